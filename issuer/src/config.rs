@@ -1,0 +1,860 @@
+//! The issuer's YAML configuration: parsing, secret resolution and validation. Key names follow Dex where
+//! the concept is the same, so a Dex configuration reads familiar. Nothing here touches the network or
+//! storage; `validate` lists every problem at once, each naming the file, the key and what was expected.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::keys::Algorithm;
+
+/// A configuration that was read, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The issuer URL, exactly as it appears in `iss` (no trailing slash).
+    pub issuer: Url,
+    /// Listeners and TLS.
+    pub web: Web,
+    /// Where state lives.
+    pub storage: StorageConfig,
+    /// Token and key lifetimes.
+    pub expiry: Expiry,
+    /// Signing algorithm.
+    pub signing: Signing,
+    /// OAuth 2.0 behaviour.
+    pub oauth2: OAuth2,
+    /// Login throttling.
+    pub brute_force: BruteForce,
+    /// Logging.
+    pub logger: Logger,
+    /// Registered clients.
+    pub static_clients: Vec<Client>,
+    /// Users of the built-in password database.
+    pub static_passwords: Vec<StaticPassword>,
+    /// Whether the password database is enabled (Dex's `enablePasswordDB`).
+    pub enable_password_db: bool,
+}
+
+/// `web:` — where the issuer listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Web {
+    /// Plain HTTP listen address.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// HTTPS listen address (needs `tlsCert` and `tlsKey`).
+    #[serde(default)]
+    pub https: Option<String>,
+    /// PEM certificate chain.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Proxies whose `X-Forwarded-For` is believed when throttling per client IP.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+/// `storage:` — the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// Process memory; lost on restart.
+    Memory,
+    /// An SQLite database file.
+    Sqlite {
+        /// Path of the database file.
+        file: PathBuf,
+    },
+}
+
+/// `expiry:` — lifetimes.
+#[derive(Debug, Clone)]
+pub struct Expiry {
+    /// How long a signing key signs before the next one takes over (Dex `signingKeys`).
+    pub signing_keys: Duration,
+    /// ID token (and access token) lifetime.
+    pub id_tokens: Duration,
+    /// How long a started login may take.
+    pub auth_requests: Duration,
+    /// Authorization code lifetime.
+    pub auth_codes: Duration,
+    /// Refresh tokens.
+    pub refresh_tokens: RefreshExpiry,
+}
+
+/// `expiry.refreshTokens:`.
+#[derive(Debug, Clone)]
+pub struct RefreshExpiry {
+    /// A refresh token not used for this long is dead.
+    pub valid_if_not_used_for: Duration,
+    /// A login's refresh tokens die this long after the login, however often they are used.
+    pub absolute_lifetime: Duration,
+    /// A rotated refresh token presented again within this window gets its successor.
+    pub reuse_interval: Duration,
+}
+
+/// `signing:`.
+#[derive(Debug, Clone)]
+pub struct Signing {
+    /// JWS algorithm of every token.
+    pub algorithm: Algorithm,
+}
+
+/// `oauth2:`.
+#[derive(Debug, Clone)]
+pub struct OAuth2 {
+    /// Dex's `skipApprovalScreen`; only `true` is supported.
+    pub skip_approval_screen: bool,
+}
+
+/// `bruteForce:` — token buckets for password logins.
+#[derive(Debug, Clone, Copy)]
+pub struct BruteForce {
+    /// Attempts a user may spend at once.
+    pub max_attempts: u32,
+    /// One attempt comes back this often.
+    pub refill_interval: Duration,
+    /// Attempts one client IP may spend at once, across users.
+    pub per_ip_max_attempts: u32,
+    /// One per-IP attempt comes back this often.
+    pub per_ip_refill_interval: Duration,
+}
+
+/// `logger:`.
+#[derive(Debug, Clone)]
+pub struct Logger {
+    /// `tracing` filter, e.g. `info`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A registered OAuth 2.0 client.
+#[derive(Clone)]
+pub struct Client {
+    /// `client_id`.
+    pub id: String,
+    /// Shared secret; `None` for public clients.
+    pub secret: Option<String>,
+    /// Public clients have no secret and must use PKCE.
+    pub public: bool,
+    /// Display name.
+    pub name: String,
+    /// Exact-match redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// Clients allowed to mint tokens with this client in `aud` (Dex cross-client trust).
+    pub trusted_peers: Vec<String>,
+    /// Where RP-initiated logout may send the browser.
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Allow PKCE `plain` (never for public clients).
+    pub allow_plain_pkce: bool,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("public", &self.public)
+            .field("redirect_uris", &self.redirect_uris)
+            .field("trusted_peers", &self.trusted_peers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A user of the password database.
+#[derive(Clone)]
+pub struct StaticPassword {
+    /// Login name, also the `email` claim.
+    pub email: String,
+    /// bcrypt hash.
+    pub hash: String,
+    /// `preferred_username` and `name`.
+    pub username: String,
+    /// Stable subject.
+    pub user_id: String,
+    /// Group memberships.
+    pub groups: Vec<String>,
+}
+
+impl fmt::Debug for StaticPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticPassword")
+            .field("email", &self.email)
+            .field("user_id", &self.user_id)
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML did not match the schema.
+    #[error("{file}: {message}")]
+    Syntax {
+        /// The file.
+        file: String,
+        /// serde_yaml's message, which carries the key path and position.
+        message: String,
+    },
+    /// The YAML parsed but values are wrong.
+    #[error("{file}: {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        file: String,
+        /// One entry per problem.
+        problems: Vec<Problem>,
+    },
+}
+
+/// One invalid value: the key path and what was expected there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `staticClients[1].redirectURIs[0]`.
+    pub key: String,
+    /// What a valid value looks like.
+    pub expected: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: expected {}", self.key, self.expected)
+    }
+}
+
+// === raw YAML ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConfig {
+    issuer: String,
+    #[serde(default)]
+    web: Option<Web>,
+    storage: RawStorage,
+    #[serde(default)]
+    expiry: RawExpiry,
+    #[serde(default)]
+    signing: RawSigning,
+    #[serde(default)]
+    oauth2: RawOAuth2,
+    #[serde(default)]
+    brute_force: RawBruteForce,
+    #[serde(default)]
+    logger: RawLogger,
+    #[serde(default)]
+    static_clients: Vec<RawClient>,
+    #[serde(default)]
+    static_passwords: Vec<RawPassword>,
+    #[serde(default, rename = "enablePasswordDB")]
+    enable_password_db: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    config: Option<RawStorageConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStorageConfig {
+    #[serde(default)]
+    file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawExpiry {
+    signing_keys: Option<String>,
+    id_tokens: Option<String>,
+    auth_requests: Option<String>,
+    auth_codes: Option<String>,
+    #[serde(default)]
+    refresh_tokens: RawRefreshExpiry,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRefreshExpiry {
+    valid_if_not_used_for: Option<String>,
+    absolute_lifetime: Option<String>,
+    reuse_interval: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    algorithm: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawOAuth2 {
+    skip_approval_screen: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawBruteForce {
+    max_attempts: Option<u32>,
+    refill_interval: Option<String>,
+    #[serde(rename = "perIPMaxAttempts")]
+    per_ip_max_attempts: Option<u32>,
+    #[serde(rename = "perIPRefillInterval")]
+    per_ip_refill_interval: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLogger {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawClient {
+    id: String,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    secret_env: Option<String>,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    public: bool,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, rename = "redirectURIs")]
+    redirect_uris: Vec<String>,
+    #[serde(default)]
+    trusted_peers: Vec<String>,
+    #[serde(default, rename = "postLogoutRedirectURIs")]
+    post_logout_redirect_uris: Vec<String>,
+    #[serde(default, rename = "allowPlainPKCE")]
+    allow_plain_pkce: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPassword {
+    email: String,
+    #[serde(default)]
+    hash: Option<String>,
+    #[serde(default)]
+    hash_from_env: Option<String>,
+    #[serde(default)]
+    hash_file: Option<PathBuf>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(rename = "userID")]
+    user_id: String,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads, parses and validates `path`. Relative paths inside the file (SQLite file, TLS files, secret
+    /// files) are resolved against the current directory, like Dex does.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        Self::parse(&file, &text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates YAML text; `file` only names the source in errors, `env` looks up variables.
+    pub fn parse(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text)
+            .map_err(|e| ConfigError::Syntax { file: file.to_owned(), message: e.to_string() })?;
+        let mut v = Validator { problems: Vec::new(), env };
+        let config = v.config(raw);
+        match config {
+            Some(config) if v.problems.is_empty() => Ok(config),
+            _ => Err(ConfigError::Invalid { file: file.to_owned(), problems: v.problems }),
+        }
+    }
+
+    /// The client registered as `id`.
+    pub fn client(&self, id: &str) -> Option<&Client> {
+        self.static_clients.iter().find(|c| c.id == id)
+    }
+
+    /// An endpoint URL under the issuer (which may have a path).
+    pub fn endpoint(&self, path: &str) -> String {
+        format!("{}{}", self.issuer.as_str().trim_end_matches('/'), path)
+    }
+
+    /// The path prefix the issuer is served under (`""` when the issuer URL has no path).
+    pub fn path_prefix(&self) -> String {
+        self.issuer.path().trim_end_matches('/').to_owned()
+    }
+}
+
+struct Validator<'a> {
+    problems: Vec<Problem>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, key: impl Into<String>, expected: impl Into<String>) {
+        self.problems.push(Problem { key: key.into(), expected: expected.into() });
+    }
+
+    fn duration(&mut self, key: &str, value: Option<String>, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        match humantime::parse_duration(&value) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                self.problem(key, format!("a positive duration such as \"10m\" or \"24h\", got {value:?}"));
+                default
+            }
+        }
+    }
+
+    /// A secret given inline (`$VAR` / `${VAR}` expands from the environment), by variable name, or by file.
+    fn secret(
+        &mut self,
+        key: &str,
+        inline: Option<String>,
+        env_name: Option<String>,
+        file: Option<PathBuf>,
+    ) -> Option<String> {
+        let given = [inline.is_some(), env_name.is_some(), file.is_some()].iter().filter(|b| **b).count();
+        if given > 1 {
+            self.problem(key, "only one of the inline, environment and file forms");
+            return None;
+        }
+        if let Some(value) = inline {
+            // Only `$NAME` / `${NAME}` with a valid variable name: a bcrypt hash also starts with `$`.
+            let var = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')).or_else(|| value.strip_prefix('$'));
+            return match var {
+                Some(name) if is_env_name(name) => self.env_var(key, name),
+                _ => Some(value),
+            };
+        }
+        if let Some(name) = env_name {
+            return self.env_var(key, &name);
+        }
+        if let Some(path) = file {
+            return match std::fs::read_to_string(&path) {
+                Ok(s) => Some(s.trim_end_matches(['\n', '\r']).to_owned()),
+                Err(e) => {
+                    self.problem(key, format!("a readable file, but {}: {e}", path.display()));
+                    None
+                }
+            };
+        }
+        None
+    }
+
+    fn env_var(&mut self, key: &str, name: &str) -> Option<String> {
+        match (self.env)(name) {
+            Some(v) if !v.is_empty() => Some(v),
+            _ => {
+                self.problem(key, format!("environment variable {name} to be set and non-empty"));
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let issuer = match Url::parse(raw.issuer.trim_end_matches('/')) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+                    && u.host().is_some() =>
+            {
+                Some(u)
+            }
+            _ => {
+                self.problem(
+                    "issuer",
+                    format!("an absolute http(s) URL without query or fragment, got {:?}", raw.issuer),
+                );
+                None
+            }
+        };
+
+        let web =
+            raw.web.unwrap_or(Web { http: None, https: None, tls_cert: None, tls_key: None, trusted_proxies: vec![] });
+        if web.http.is_none() && web.https.is_none() {
+            self.problem("web", "at least one of web.http or web.https");
+        }
+        for (key, addr) in [("web.http", &web.http), ("web.https", &web.https)] {
+            if let Some(a) = addr {
+                if a.parse::<std::net::SocketAddr>().is_err() {
+                    self.problem(key, format!("an address such as 127.0.0.1:5556, got {a:?}"));
+                }
+            }
+        }
+        if web.https.is_some() && (web.tls_cert.is_none() || web.tls_key.is_none()) {
+            self.problem("web.tlsCert", "web.tlsCert and web.tlsKey when web.https is set");
+        }
+        for (key, f) in [("web.tlsCert", &web.tls_cert), ("web.tlsKey", &web.tls_key)] {
+            if let Some(f) = f {
+                if !f.is_file() {
+                    self.problem(key, format!("an existing PEM file, got {}", f.display()));
+                }
+            }
+        }
+
+        let storage = match (raw.storage.kind.as_str(), raw.storage.config.unwrap_or_default().file) {
+            ("memory", _) => Some(StorageConfig::Memory),
+            ("sqlite3", Some(file)) => Some(StorageConfig::Sqlite { file }),
+            ("sqlite3", None) => {
+                self.problem("storage.config.file", "the path of the SQLite database file");
+                None
+            }
+            (other, _) => {
+                self.problem("storage.type", format!("one of \"memory\", \"sqlite3\", got {other:?}"));
+                None
+            }
+        };
+
+        let e = raw.expiry;
+        let r = e.refresh_tokens;
+        let expiry = Expiry {
+            signing_keys: self.duration("expiry.signingKeys", e.signing_keys, Duration::from_secs(6 * 3600)),
+            id_tokens: self.duration("expiry.idTokens", e.id_tokens, Duration::from_secs(10 * 60)),
+            auth_requests: self.duration("expiry.authRequests", e.auth_requests, Duration::from_secs(24 * 3600)),
+            auth_codes: self.duration("expiry.authCodes", e.auth_codes, Duration::from_secs(10 * 60)),
+            refresh_tokens: RefreshExpiry {
+                valid_if_not_used_for: self.duration(
+                    "expiry.refreshTokens.validIfNotUsedFor",
+                    r.valid_if_not_used_for,
+                    Duration::from_secs(168 * 3600),
+                ),
+                absolute_lifetime: self.duration(
+                    "expiry.refreshTokens.absoluteLifetime",
+                    r.absolute_lifetime,
+                    Duration::from_secs(720 * 3600),
+                ),
+                reuse_interval: self.duration(
+                    "expiry.refreshTokens.reuseInterval",
+                    r.reuse_interval,
+                    Duration::from_secs(120),
+                ),
+            },
+        };
+
+        let algorithm = match raw.signing.algorithm.as_deref() {
+            None => Algorithm::Rs256,
+            Some(name) => Algorithm::from_name(name).unwrap_or_else(|| {
+                self.problem("signing.algorithm", format!("one of RS256, ES256, EdDSA, got {name:?}"));
+                Algorithm::Rs256
+            }),
+        };
+
+        let skip_approval_screen = raw.oauth2.skip_approval_screen.unwrap_or(true);
+        if !skip_approval_screen {
+            self.problem("oauth2.skipApprovalScreen", "true (an approval screen is not implemented)");
+        }
+
+        let b = raw.brute_force;
+        let brute_force = BruteForce {
+            max_attempts: b.max_attempts.unwrap_or(20),
+            refill_interval: self.duration("bruteForce.refillInterval", b.refill_interval, Duration::from_secs(6)),
+            per_ip_max_attempts: b.per_ip_max_attempts.unwrap_or(100),
+            per_ip_refill_interval: self.duration(
+                "bruteForce.perIPRefillInterval",
+                b.per_ip_refill_interval,
+                Duration::from_secs(2),
+            ),
+        };
+        if brute_force.max_attempts == 0 {
+            self.problem("bruteForce.maxAttempts", "at least 1");
+        }
+        if brute_force.per_ip_max_attempts < brute_force.max_attempts {
+            self.problem(
+                "bruteForce.perIPMaxAttempts",
+                "at least bruteForce.maxAttempts, so one user's attempts are never cut short",
+            );
+        }
+
+        let format = match raw.logger.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                self.problem("logger.format", format!("\"text\" or \"json\", got {other:?}"));
+                LogFormat::Text
+            }
+        };
+        let logger = Logger { level: raw.logger.level.unwrap_or_else(|| "info".to_owned()), format };
+
+        let static_clients = self.clients(raw.static_clients);
+        let static_passwords = self.passwords(raw.static_passwords);
+        let enable_password_db = raw.enable_password_db.unwrap_or(!static_passwords.is_empty());
+
+        Some(Config {
+            issuer: issuer?,
+            web,
+            storage: storage?,
+            expiry,
+            signing: Signing { algorithm },
+            oauth2: OAuth2 { skip_approval_screen },
+            brute_force,
+            logger,
+            static_clients,
+            static_passwords,
+            enable_password_db,
+        })
+    }
+
+    fn clients(&mut self, raw: Vec<RawClient>) -> Vec<Client> {
+        let mut seen = HashSet::new();
+        let ids: HashSet<String> = raw.iter().map(|c| c.id.clone()).collect();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, c) in raw.into_iter().enumerate() {
+            let key = format!("staticClients[{i}]");
+            if c.id.is_empty() || !c.id.chars().all(|ch| ch.is_ascii_graphic()) {
+                self.problem(format!("{key}.id"), "a non-empty client id of printable ASCII");
+            }
+            if !seen.insert(c.id.clone()) {
+                self.problem(format!("{key}.id"), format!("a unique client id, {:?} appears twice", c.id));
+            }
+            let reported = self.problems.len();
+            let secret = self.secret(&format!("{key}.secret"), c.secret, c.secret_env, c.secret_file);
+            match (c.public, &secret) {
+                (false, None) if self.problems.len() > reported => {}
+                (false, None) => {
+                    self.problem(format!("{key}.secret"), "a secret (or secretEnv/secretFile), or public: true")
+                }
+                (true, Some(_)) => self.problem(format!("{key}.secret"), "no secret for a public client"),
+                _ => {}
+            }
+            if c.public && c.allow_plain_pkce {
+                self.problem(
+                    format!("{key}.allowPlainPKCE"),
+                    "false for a public client (public clients must use S256)",
+                );
+            }
+            for (j, uri) in c.redirect_uris.iter().enumerate() {
+                if !valid_redirect_uri(uri) {
+                    self.problem(
+                        format!("{key}.redirectURIs[{j}]"),
+                        format!("an absolute URL without fragment, got {uri:?}"),
+                    );
+                }
+            }
+            for (j, uri) in c.post_logout_redirect_uris.iter().enumerate() {
+                if !valid_redirect_uri(uri) {
+                    self.problem(
+                        format!("{key}.postLogoutRedirectURIs[{j}]"),
+                        format!("an absolute URL without fragment, got {uri:?}"),
+                    );
+                }
+            }
+            for (j, peer) in c.trusted_peers.iter().enumerate() {
+                if !ids.contains(peer) {
+                    self.problem(
+                        format!("{key}.trustedPeers[{j}]"),
+                        format!("the id of a client in staticClients, got {peer:?}"),
+                    );
+                }
+            }
+            out.push(Client {
+                name: c.name.unwrap_or_else(|| c.id.clone()),
+                id: c.id,
+                secret,
+                public: c.public,
+                redirect_uris: c.redirect_uris,
+                trusted_peers: c.trusted_peers,
+                post_logout_redirect_uris: c.post_logout_redirect_uris,
+                allow_plain_pkce: c.allow_plain_pkce,
+            });
+        }
+        out
+    }
+
+    fn passwords(&mut self, raw: Vec<RawPassword>) -> Vec<StaticPassword> {
+        let mut emails = HashSet::new();
+        let mut ids = HashSet::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, p) in raw.into_iter().enumerate() {
+            let key = format!("staticPasswords[{i}]");
+            if !p.email.contains('@') {
+                self.problem(format!("{key}.email"), format!("an email address, got {:?}", p.email));
+            }
+            if !emails.insert(p.email.to_lowercase()) {
+                self.problem(format!("{key}.email"), format!("a unique email, {:?} appears twice", p.email));
+            }
+            if p.user_id.is_empty() || !ids.insert(p.user_id.clone()) {
+                self.problem(format!("{key}.userID"), "a non-empty, unique user id");
+            }
+            let reported = self.problems.len();
+            let hash = self.secret(&format!("{key}.hash"), p.hash, p.hash_from_env, p.hash_file);
+            let hash = match hash {
+                Some(h) if bcrypt_hash_is_wellformed(&h) => h,
+                Some(_) => {
+                    self.problem(
+                        format!("{key}.hash"),
+                        "a bcrypt hash ($2a$/$2b$/$2y$, 60 characters); make one with `issuer hash-password`",
+                    );
+                    continue;
+                }
+                None => {
+                    if self.problems.len() == reported {
+                        self.problem(format!("{key}.hash"), "a bcrypt hash (or hashFromEnv/hashFile)");
+                    }
+                    continue;
+                }
+            };
+            out.push(StaticPassword {
+                username: p.username.unwrap_or_else(|| p.email.split('@').next().unwrap_or_default().to_owned()),
+                email: p.email,
+                hash,
+                user_id: p.user_id,
+                groups: p.groups,
+            });
+        }
+        out
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn valid_redirect_uri(uri: &str) -> bool {
+    Url::parse(uri).map(|u| u.fragment().is_none() && !u.cannot_be_a_base()).unwrap_or(false)
+}
+
+fn bcrypt_hash_is_wellformed(hash: &str) -> bool {
+    hash.len() == 60 && ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "$2b$10$33EMT0cVYVlPy6WAMCLsceLYjWhuHpbz5yuZxu/GAFj03J9Lytjuy";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse("test.yaml", text, &|name| (name == "APP_SECRET").then(|| "from-env".to_owned()))
+    }
+
+    fn minimal(extra: &str) -> String {
+        format!("issuer: http://127.0.0.1:5556/dex\nweb: {{http: 127.0.0.1:5556}}\nstorage: {{type: memory}}\n{extra}")
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(text) {
+            Err(ConfigError::Invalid { problems, .. }) => problems.iter().map(|p| p.to_string()).collect(),
+            Err(e) => vec![e.to_string()],
+            Ok(_) => vec![],
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_dex_like_defaults() {
+        let c = parse(&minimal("")).unwrap();
+        assert_eq!(c.issuer.as_str(), "http://127.0.0.1:5556/dex");
+        assert_eq!(c.path_prefix(), "/dex");
+        assert_eq!(c.endpoint("/keys"), "http://127.0.0.1:5556/dex/keys");
+        assert_eq!(c.expiry.id_tokens, Duration::from_secs(600));
+        assert_eq!(c.expiry.refresh_tokens.reuse_interval, Duration::from_secs(120));
+        assert_eq!(c.signing.algorithm, Algorithm::Rs256);
+        assert_eq!(c.brute_force.max_attempts, 20);
+        assert_eq!(c.brute_force.refill_interval, Duration::from_secs(6));
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let err = parse(&minimal("staticClients:\n- id: a\n  secrt: x\n")).unwrap_err().to_string();
+        assert!(err.starts_with("test.yaml: staticClients[0]: unknown field `secrt`"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_key_and_expectation() {
+        let text = minimal(&format!(
+            "expiry: {{idTokens: soon}}\nsigning: {{algorithm: HS256}}\nstaticClients:\n- id: a\n  redirectURIs: ['not a url']\n  trustedPeers: [ghost]\nstaticPasswords:\n- email: x@example.com\n  userID: '1'\n  hash: plain\n- email: X@example.com\n  userID: '1'\n  hash: '{HASH}'\n"
+        ));
+        let found = problems(&text);
+        let expected = [
+            "expiry.idTokens: expected a positive duration",
+            "signing.algorithm: expected one of RS256, ES256, EdDSA",
+            "staticClients[0].secret: expected a secret",
+            "staticClients[0].redirectURIs[0]: expected an absolute URL",
+            "staticClients[0].trustedPeers[0]: expected the id of a client",
+            "staticPasswords[0].hash: expected a bcrypt hash",
+            "staticPasswords[1].email: expected a unique email",
+            "staticPasswords[1].userID: expected a non-empty, unique user id",
+        ];
+        for e in expected {
+            assert!(found.iter().any(|f| f.starts_with(e)), "missing {e:?} in {found:#?}");
+        }
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+    }
+
+    #[test]
+    fn secrets_come_from_environment_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let text = minimal(&format!(
+            "staticClients:\n- id: a\n  secret: $APP_SECRET\n- id: b\n  secretEnv: APP_SECRET\n- id: c\n  secretFile: {}\n- id: d\n  secret: $MISSING\n",
+            file.display()
+        ));
+        assert_eq!(
+            problems(&text),
+            vec!["staticClients[3].secret: expected environment variable MISSING to be set and non-empty"]
+        );
+        let c = parse(&text.replace("  secret: $MISSING\n", "  public: true\n")).unwrap();
+        assert_eq!(c.client("a").unwrap().secret.as_deref(), Some("from-env"));
+        assert_eq!(c.client("b").unwrap().secret.as_deref(), Some("from-env"));
+        assert_eq!(c.client("c").unwrap().secret.as_deref(), Some("from-file"));
+        assert!(c.client("d").unwrap().public);
+    }
+
+    #[test]
+    fn public_clients_take_no_secret_and_no_plain_pkce() {
+        let found =
+            problems(&minimal("staticClients:\n- id: a\n  public: true\n  secret: s\n  allowPlainPKCE: true\n"));
+        assert_eq!(found.len(), 2, "{found:#?}");
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let c = parse(&minimal("staticClients:\n- id: a\n  secret: hunter2\n")).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn shipped_dev_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/dev.yaml");
+        let c = Config::load(&path).unwrap();
+        assert!(c.client("kubernetes").unwrap().trusted_peers.contains(&"example-app".to_owned()));
+        assert_eq!(c.static_passwords.len(), 2);
+    }
+}

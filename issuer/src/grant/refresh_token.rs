@@ -1,0 +1,173 @@
+//! `grant_type=refresh_token` (RFC 6749 §6) with rotation on every use.
+//!
+//! A refresh token presented again within `reuseInterval` of its rotation gets the successor its first use
+//! produced (the "obsolete tokens" grace of the Deckhouse Dex fork), so gateway replicas refreshing one
+//! session at once all succeed. The successor is derived from the presented token with a server key (see
+//! `RefreshTokenString::successor`), so nothing plaintext is stored. Presented after the window, a rotated
+//! token means it leaked: the whole family is revoked (OAuth 2.0 Security BCP §4.14.2).
+
+use subtle::ConstantTimeEq;
+
+use super::{issue, revoke_family, Issue, TokenResponse};
+use crate::config::Client;
+use crate::connector::RefreshConnector;
+use crate::http::Form;
+use crate::metrics::Metrics;
+use crate::oauth::TokenError;
+use crate::state::AppState;
+use crate::storage::{RefreshToken, StorageError};
+use crate::token::{parse_scopes, RefreshTokenString};
+
+/// How many rotations a late duplicate may follow inside the reuse window.
+const MAX_CHAIN: usize = 8;
+
+const INVALID: TokenError = TokenError::InvalidGrant("refresh token is invalid, expired or revoked");
+
+/// Exchanges a refresh token for new tokens and its successor.
+pub async fn refresh(state: &AppState, client: &Client, form: &Form) -> Result<TokenResponse, TokenError> {
+    let presented = RefreshTokenString::parse(form.require("refresh_token")?).ok_or(INVALID)?;
+    let token = load(state, &presented).await?;
+    if token.client_id != client.id {
+        return Err(TokenError::InvalidGrant("refresh token was issued to another client"));
+    }
+    let now = state.clock.now();
+    let life = &state.config.expiry.refresh_tokens;
+    if now > token.family_created_at + life.absolute_lifetime.as_secs() as i64 {
+        Metrics::count(&state.metrics.refreshes, "expired");
+        revoke_family(state, &token.family_id, "expired").await?;
+        return Err(TokenError::InvalidGrant("refresh token has expired"));
+    }
+    let scopes = match form.get("scope") {
+        None => token.scopes.clone(),
+        Some(s) => {
+            let asked =
+                parse_scopes(&state.config, &client.id, s).map_err(|e| TokenError::InvalidScope(e.to_string()))?;
+            if let Some(extra) = asked.iter().find(|s| !token.scopes.contains(s)) {
+                return Err(TokenError::InvalidScope(format!("scope {extra:?} was not granted originally")));
+            }
+            asked
+        }
+    };
+
+    let successor = match token.rotated_at {
+        None => {
+            if now > token.created_at + life.valid_if_not_used_for.as_secs() as i64 {
+                Metrics::count(&state.metrics.refreshes, "expired");
+                revoke_family(state, &token.family_id, "expired").await?;
+                return Err(TokenError::InvalidGrant("refresh token has expired (unused for too long)"));
+            }
+            rotate(state, &token, &presented, now).await?
+        }
+        Some(_) => reuse(state, token, &presented, now).await?,
+    };
+    issue(
+        state,
+        Issue {
+            client_id: &client.id,
+            scopes: &scopes,
+            identity: &successor.record.identity,
+            nonce: successor.record.nonce.as_deref(),
+            auth_time: successor.record.auth_time,
+            // The successor's issue time: a duplicate within the window gets the same claims.
+            iat: successor.record.created_at,
+            sid: Some(&successor.record.family_id),
+            refresh_token: Some(successor.string.encode()),
+            grant: "refresh_token",
+        },
+    )
+    .await
+}
+
+struct Successor {
+    string: RefreshTokenString,
+    record: RefreshToken,
+}
+
+async fn load(state: &AppState, presented: &RefreshTokenString) -> Result<RefreshToken, TokenError> {
+    let token = match state.storage.get_refresh_token(&presented.id).await {
+        Ok(t) => t,
+        Err(StorageError::NotFound) => return Err(INVALID),
+        Err(e) => return Err(e.into()),
+    };
+    if !bool::from(presented.secret_hash().as_bytes().ct_eq(token.secret_hash.as_bytes())) {
+        return Err(INVALID);
+    }
+    Ok(token)
+}
+
+async fn rotate(
+    state: &AppState,
+    token: &RefreshToken,
+    presented: &RefreshTokenString,
+    now: i64,
+) -> Result<Successor, TokenError> {
+    // Groups and the user's existence are re-read at every refresh.
+    let identity = match state.passwords.refresh(&token.identity).await {
+        Ok(Some(i)) => i,
+        Ok(None) => {
+            revoke_family(state, &token.family_id, "user_removed").await?;
+            return Err(TokenError::InvalidGrant("the user no longer exists"));
+        }
+        Err(e) => return Err(TokenError::Internal(e.to_string())),
+    };
+    let next = presented.successor(&state.server_key);
+    let life = &state.config.expiry.refresh_tokens;
+    let expiry = (now + life.valid_if_not_used_for.as_secs() as i64)
+        .min(token.family_created_at + life.absolute_lifetime.as_secs() as i64);
+    let record = RefreshToken {
+        id: next.id.clone(),
+        secret_hash: next.secret_hash(),
+        identity,
+        created_at: now,
+        expiry,
+        rotated_at: None,
+        successor: None,
+        ..token.clone()
+    };
+    match state.storage.rotate_refresh_token(&token.id, now, record.clone()).await {
+        Ok(()) => {
+            Metrics::count(&state.metrics.refreshes, "rotated");
+            tracing::info!(target: "audit", event = "refresh", result = "rotated", sub = %record.identity.user_id, client = %record.client_id, family = %record.family_id);
+            Ok(Successor { string: next, record })
+        }
+        // A concurrent request rotated it first: this one is a duplicate within the window.
+        Err(StorageError::Conflict | StorageError::AlreadyExists) => {
+            let token = load(state, presented).await?;
+            reuse(state, token, presented, now).await
+        }
+        Err(StorageError::NotFound) => Err(INVALID),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A rotated token was presented again: within the window, follow the chain to the live successor;
+/// otherwise revoke the family.
+async fn reuse(
+    state: &AppState,
+    mut token: RefreshToken,
+    presented: &RefreshTokenString,
+    now: i64,
+) -> Result<Successor, TokenError> {
+    let window = state.config.expiry.refresh_tokens.reuse_interval.as_secs() as i64;
+    let mut string = RefreshTokenString { id: presented.id.clone(), secret: presented.secret.clone() };
+    for _ in 0..MAX_CHAIN {
+        let Some(rotated_at) = token.rotated_at else {
+            Metrics::count(&state.metrics.refreshes, "reused");
+            tracing::info!(target: "audit", event = "refresh", result = "reused_within_window", sub = %token.identity.user_id, client = %token.client_id, family = %token.family_id);
+            return Ok(Successor { string, record: token });
+        };
+        if now - rotated_at > window {
+            break;
+        }
+        string = string.successor(&state.server_key);
+        token = match state.storage.get_refresh_token(&string.id).await {
+            Ok(t) if t.secret_hash == string.secret_hash() => t,
+            Ok(_) | Err(StorageError::NotFound) => return Err(INVALID),
+            Err(e) => return Err(e.into()),
+        };
+    }
+    Metrics::count(&state.metrics.refreshes, "replay_revoked");
+    tracing::warn!(target: "audit", event = "refresh_token_reuse", sub = %token.identity.user_id, client = %token.client_id, family = %token.family_id);
+    revoke_family(state, &token.family_id, "refresh_reuse").await?;
+    Err(TokenError::InvalidGrant("refresh token was already used; the session has been revoked"))
+}

@@ -1,0 +1,232 @@
+//! The HTTP surface: routes, shared extractors (forms, client authentication, client IP) and the
+//! middleware that logs internal errors and counts responses. Endpoints live in `http/*`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use subtle::ConstantTimeEq;
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::config::Client;
+use crate::oauth::{InternalError, TokenError};
+use crate::state::AppState;
+
+pub mod authorize;
+pub mod discovery;
+pub mod logout;
+pub mod revoke;
+pub mod token;
+pub mod userinfo;
+
+/// Largest request body accepted (forms are small).
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// The issuer's router, mounted under the issuer URL's path.
+pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
+        .route("/keys", get(discovery::keys))
+        .route("/auth", get(authorize::authorize).post(authorize::authorize_post))
+        .route("/login", get(authorize::login_page).post(authorize::login))
+        .route("/token", post(token::token))
+        .route("/userinfo", get(userinfo::userinfo).post(userinfo::userinfo))
+        .route("/revoke", post(revoke::revoke))
+        .route("/logout", get(logout::logout).post(logout::logout_post))
+        .route("/healthz", get(discovery::healthz))
+        .route("/metrics", get(discovery::metrics));
+    let prefix = state.config.path_prefix();
+    let app = if prefix.is_empty() { routes } else { Router::new().nest(&prefix, routes) };
+    app.layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(state)
+}
+
+/// Logs internal errors (which the client only sees as a bare 500) and counts responses.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let handler =
+        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().clone();
+    let mut resp = next.run(req).await;
+    if let Some(InternalError(e)) = resp.extensions().get::<InternalError>() {
+        tracing::error!(%method, handler, error = %e, "internal error");
+    }
+    state.metrics.http.get_or_create(&crate::metrics::HttpLabels { handler, code: resp.status().as_u16() }).inc();
+    let h = resp.headers_mut();
+    h.entry(header::X_CONTENT_TYPE_OPTIONS).or_insert(HeaderValue::from_static("nosniff"));
+    h.entry(header::REFERRER_POLICY).or_insert(HeaderValue::from_static("no-referrer"));
+    resp
+}
+
+// === forms ===
+
+/// An `application/x-www-form-urlencoded` body where each parameter appears at most once (RFC 6749 §3.2).
+pub struct Form(HashMap<String, String>);
+
+impl Form {
+    /// Parses a body; the error says what is wrong, for `invalid_request`.
+    pub fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Self, String> {
+        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !body.is_empty() && !ct.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
+            return Err("the body must be application/x-www-form-urlencoded".to_owned());
+        }
+        Self::from_pairs(
+            serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+                .map_err(|_| "malformed form body".to_owned())?,
+        )
+    }
+
+    /// Parses a query string.
+    pub fn from_query(query: Option<&str>) -> Result<Self, String> {
+        let pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(query.unwrap_or(""))
+            .map_err(|_| "malformed query string".to_owned())?;
+        Self::from_pairs(pairs)
+    }
+
+    fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, String> {
+        let mut map = HashMap::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            if map.insert(k.clone(), v).is_some() {
+                return Err(format!("parameter {k} is repeated"));
+            }
+        }
+        Ok(Self(map))
+    }
+
+    /// A parameter; empty values count as absent (RFC 6749 §3.1).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// A required parameter.
+    pub fn require(&self, key: &str) -> Result<&str, TokenError> {
+        self.get(key).ok_or_else(|| TokenError::InvalidRequest(format!("missing parameter {key}")))
+    }
+}
+
+// === client authentication ===
+
+/// Authenticates the client of a token, revocation or introspection request: `client_secret_basic`,
+/// `client_secret_post`, or (public clients) `none`. Exactly one method may be used (RFC 6749 §2.3).
+pub fn authenticate_client<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<&'a Client, TokenError> {
+    let basic = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("basic").then(|| rest.trim().to_owned())
+    });
+    let (id, secret, used_basic) = match (basic, form.get("client_secret")) {
+        (Some(_), Some(_)) => {
+            return Err(TokenError::InvalidRequest("use one client authentication method, not two".into()))
+        }
+        (Some(b), None) => {
+            let decoded = STANDARD
+                .decode(b)
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok())
+                .ok_or(TokenError::InvalidClient { basic: true })?;
+            let (id, secret) = decoded.split_once(':').ok_or(TokenError::InvalidClient { basic: true })?;
+            // RFC 6749 §2.3.1: both halves are form-urlencoded before base64.
+            let unescape = |s: &str| {
+                serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={s}"))
+                    .ok()
+                    .and_then(|v| v.into_iter().next())
+                    .map(|(_, v)| v)
+            };
+            let id = unescape(id).ok_or(TokenError::InvalidClient { basic: true })?;
+            if form.get("client_id").is_some_and(|f| f != id) {
+                return Err(TokenError::InvalidRequest("client_id does not match the Authorization header".into()));
+            }
+            (id, unescape(secret), true)
+        }
+        (None, secret) => {
+            let id = form.get("client_id").ok_or(TokenError::InvalidClient { basic: false })?.to_owned();
+            (id, secret.map(str::to_owned), false)
+        }
+    };
+    let client = state.config.client(&id).ok_or(TokenError::InvalidClient { basic: used_basic })?;
+    let ok = match (&client.secret, secret.as_deref().filter(|s| !s.is_empty())) {
+        (Some(expected), Some(given)) => bool::from(expected.as_bytes().ct_eq(given.as_bytes())),
+        (None, None) => client.public,
+        _ => false,
+    };
+    if ok {
+        Ok(client)
+    } else {
+        Err(TokenError::InvalidClient { basic: used_basic })
+    }
+}
+
+// === client IP ===
+
+/// The TCP peer, when the server was started with connect info (in-process tests have none).
+pub struct Peer(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)))
+    }
+}
+
+/// The client's address: the TCP peer, or the first untrusted hop of `X-Forwarded-For` when the peer is a
+/// trusted proxy.
+pub fn client_ip(state: &AppState, peer: &Peer, headers: &HeaderMap) -> Option<IpAddr> {
+    let peer = peer.0.map(|a| a.ip())?;
+    let trusted = &state.config.web.trusted_proxies;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let hops: Vec<IpAddr> = forwarded.split(',').filter_map(|h| h.trim().parse().ok()).collect();
+    Some(hops.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer))
+}
+
+// === pages ===
+
+/// Renders a template into a response with the page headers (no framing, no caching).
+pub fn page(status: StatusCode, t: &impl askama::Template) -> Response {
+    match t.render() {
+        Ok(body) => {
+            let mut r = (status, Html(body)).into_response();
+            let h = r.headers_mut();
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
+                ),
+            );
+            r
+        }
+        Err(e) => crate::oauth::internal(e),
+    }
+}
+
+/// The page shown when the request cannot be sent back to the client.
+#[derive(askama::Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    /// Heading.
+    pub title: String,
+    /// Explanation.
+    pub message: String,
+}
+
+/// An error page response.
+pub fn error_page(status: StatusCode, title: &str, message: impl Into<String>) -> Response {
+    page(status, &ErrorPage { title: title.to_owned(), message: message.into() })
+}

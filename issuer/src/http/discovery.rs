@@ -1,0 +1,82 @@
+//! Discovery (OpenID Connect Discovery 1.0 §3), JWKS, health and metrics.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::oauth::internal;
+use crate::state::AppState;
+use crate::token::{CLAIMS, SCOPES};
+
+/// The discovery document for `config`.
+pub fn document(config: &Config) -> Vec<u8> {
+    let doc = json!({
+        "issuer": config.issuer.as_str().trim_end_matches('/'),
+        "authorization_endpoint": config.endpoint("/auth"),
+        "token_endpoint": config.endpoint("/token"),
+        "jwks_uri": config.endpoint("/keys"),
+        "userinfo_endpoint": config.endpoint("/userinfo"),
+        "revocation_endpoint": config.endpoint("/revoke"),
+        "end_session_endpoint": config.endpoint("/logout"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": [config.signing.algorithm.as_str()],
+        "code_challenge_methods_supported": ["S256", "plain"],
+        "scopes_supported": SCOPES,
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "claims_supported": CLAIMS,
+        "request_parameter_supported": false,
+        "claims_parameter_supported": false,
+    });
+    serde_json::to_vec_pretty(&doc).unwrap_or_default()
+}
+
+fn json_bytes(body: Vec<u8>, cache: String) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(&cache) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    r
+}
+
+/// `GET /.well-known/openid-configuration`.
+pub async fn openid_configuration(State(state): State<AppState>) -> Response {
+    json_bytes(state.discovery.clone(), "public, max-age=3600".to_owned())
+}
+
+/// `GET /keys`: every key that verifies, cacheable until the next rotation (a key published now signs only
+/// after it, so a cached copy never misses a signing key).
+pub async fn keys(State(state): State<AppState>) -> Response {
+    match state.keys().await {
+        Ok(k) => {
+            let age = (k.next_rotation - state.clock.now()).clamp(0, 86_400);
+            json_bytes(k.jwks.clone(), format!("public, max-age={age}, must-revalidate"))
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /healthz`: storage answers and keys are loadable.
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    match state.keys().await {
+        Ok(_) => (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], "ok\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, [(header::CACHE_CONTROL, "no-store")], "unhealthy\n").into_response()
+        }
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+        .into_response()
+}

@@ -1,0 +1,94 @@
+//! RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0). The `id_token_hint` names the session
+//! (`sid`, a refresh-token family), which is revoked; the browser goes to a registered
+//! `post_logout_redirect_uri` or sees a signed-out page. An unregistered URI is never redirected to.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
+
+use super::{error_page, page, Form};
+use crate::grant::revoke_family;
+use crate::keys::verify_jwt;
+use crate::oauth::{internal, redirect_with};
+use crate::state::AppState;
+use crate::token::IdTokenClaims;
+
+#[derive(askama::Template)]
+#[template(path = "signed_out.html")]
+struct SignedOut;
+
+/// `GET /logout`.
+pub async fn logout(State(state): State<AppState>, uri: Uri) -> Response {
+    match Form::from_query(uri.query()) {
+        Ok(form) => handle(&state, &form).await,
+        Err(e) => error_page(StatusCode::BAD_REQUEST, "Bad request", e),
+    }
+}
+
+/// `POST /logout`.
+pub async fn logout_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match Form::parse(&headers, &body) {
+        Ok(form) => handle(&state, &form).await,
+        Err(e) => error_page(StatusCode::BAD_REQUEST, "Bad request", e),
+    }
+}
+
+async fn handle(state: &AppState, form: &Form) -> Response {
+    let keys = match state.keys().await {
+        Ok(k) => k,
+        Err(e) => return internal(e),
+    };
+    // An expired hint is fine (the point is often that the session ended); a forged one is not.
+    let hint: Option<IdTokenClaims> = match form.get("id_token_hint") {
+        None => None,
+        Some(t) => match verify_jwt(t, &keys.public).and_then(|v| serde_json::from_value(v).ok()) {
+            Some(c) => Some(c),
+            None => {
+                return error_page(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    "The id_token_hint is not a token of this issuer.",
+                )
+            }
+        },
+    };
+    let client_id = match (form.get("client_id"), &hint) {
+        (Some(c), Some(h)) if c != h.azp => {
+            return error_page(StatusCode::BAD_REQUEST, "Bad request", "client_id does not match the id_token_hint.")
+        }
+        (Some(c), _) => Some(c.to_owned()),
+        (None, Some(h)) => Some(h.azp.clone()),
+        (None, None) => None,
+    };
+    let target = match form.get("post_logout_redirect_uri") {
+        None => None,
+        Some(uri) => {
+            let registered = client_id
+                .as_deref()
+                .and_then(|id| state.config.client(id))
+                .is_some_and(|c| c.post_logout_redirect_uris.iter().any(|r| r == uri));
+            if !registered {
+                return error_page(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid redirect",
+                    "The application asked to return to an address it has not registered for sign-out.",
+                );
+            }
+            Some(uri.to_owned())
+        }
+    };
+    if let Some(sid) = hint.as_ref().and_then(|h| h.sid.as_deref()) {
+        if let Err(e) = revoke_family(state, sid, "logout").await {
+            return e.into_response();
+        }
+        tracing::info!(target: "audit", event = "logout", sub = hint.as_ref().map_or("", |h| h.sub.as_str()), client = client_id.as_deref().unwrap_or(""));
+    }
+    match target {
+        Some(uri) => {
+            let params: Vec<(&str, &str)> = form.get("state").map(|s| vec![("state", s)]).unwrap_or_default();
+            Redirect::to(&redirect_with(&uri, &params)).into_response()
+        }
+        None => page(StatusCode::OK, &SignedOut),
+    }
+}

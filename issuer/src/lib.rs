@@ -1,0 +1,26 @@
+//! An OpenID Connect issuer for Kubernetes and the gateway filter: discovery, JWKS with rotation, a login
+//! form over configured connectors, authorization code + PKCE, rotating refresh tokens with a reuse grace
+//! window, revocation, logout and brute-force protection. `main.rs` only parses arguments and serves.
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod config;
+pub mod connector;
+pub mod gc;
+pub mod grant;
+pub mod http;
+pub mod keyring;
+pub mod keys;
+pub mod metrics;
+pub mod oauth;
+pub mod ratelimit;
+pub mod state;
+pub mod storage;
+pub mod token;
+
+pub use state::AppState;
+
+/// The issuer's HTTP application.
+pub fn app(state: AppState) -> axum::Router {
+    http::router(state)
+}

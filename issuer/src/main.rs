@@ -1,0 +1,184 @@
+//! The `issuer` command: serve, check a configuration, hash a password, make development certificates.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use issuer::config::{Config, LogFormat};
+use issuer::state::{open_storage, AppState};
+
+#[derive(Parser)]
+#[command(name = "issuer", version, about = "OpenID Connect issuer for Kubernetes and Envoy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the issuer.
+    Serve {
+        /// YAML configuration file.
+        #[arg(long, short, env = "ISSUER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and list every problem.
+    CheckConfig {
+        /// YAML configuration file.
+        file: PathBuf,
+    },
+    /// Read a password from standard input and print its bcrypt hash.
+    HashPassword {
+        /// bcrypt cost.
+        #[arg(long, default_value_t = 10)]
+        cost: u32,
+    },
+    /// Write a development CA and a server certificate signed by it.
+    DevCerts {
+        /// Output directory.
+        #[arg(long, default_value = "dev-certs")]
+        out: PathBuf,
+        /// Host names (and IP addresses) the server certificate is for.
+        #[arg(long = "host", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        hosts: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::HashPassword { cost } => hash_password(cost),
+        Command::DevCerts { out, hosts } => dev_certs(&out, &hosts),
+    }
+}
+
+#[allow(clippy::print_stdout)] // the command's output is its result
+fn check_config(file: &Path) -> anyhow::Result<()> {
+    let c = Config::load(file)?;
+    println!(
+        "{}: ok (issuer {}, {} client(s), {} user(s), {} storage, {} signing)",
+        file.display(),
+        c.issuer,
+        c.static_clients.len(),
+        c.static_passwords.len(),
+        match c.storage {
+            issuer::config::StorageConfig::Memory => "memory",
+            issuer::config::StorageConfig::Sqlite { .. } => "sqlite3",
+        },
+        c.signing.algorithm.as_str()
+    );
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)] // the command's output is its result
+fn hash_password(cost: u32) -> anyhow::Result<()> {
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input).context("reading the password from standard input")?;
+    let password = input.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        bail!("no password on standard input");
+    }
+    println!("{}", bcrypt::hash(password, cost)?);
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)] // the command's output is its result
+fn dev_certs(out: &Path, hosts: &[String]) -> anyhow::Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name.push(DnType::CommonName, "issuer development CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_key = KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let mut params = CertificateParams::new(hosts.to_vec())?;
+    params.distinguished_name.push(DnType::CommonName, hosts.first().map_or("localhost", String::as_str));
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    write(&out.join("ca.pem"), ca.pem().as_bytes(), 0o644)?;
+    write(&out.join("ca-key.pem"), ca_key.serialize_pem().as_bytes(), 0o600)?;
+    write(&out.join("cert.pem"), cert.pem().as_bytes(), 0o644)?;
+    write(&out.join("key.pem"), key.serialize_pem().as_bytes(), 0o600)?;
+    println!("wrote {0}/ca.pem, {0}/cert.pem and {0}/key.pem for {1}", out.display(), hosts.join(", "));
+    Ok(())
+}
+
+fn write(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(data)?;
+    Ok(())
+}
+
+fn serve(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.logger.level))
+        .with_context(|| format!("{}: logger.level: expected a tracing filter such as \"info\"", path.display()))?;
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.logger.format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt.init(),
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let storage = open_storage(&config).await.context("opening storage")?;
+    let state = AppState::new(config.clone(), storage, issuer::clock::Clock::system()).await?;
+    tokio::spawn(issuer::gc::run(state.clone(), Duration::from_secs(300)));
+    let app = issuer::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let handle = axum_server::Handle::new();
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(addr) = &config.web.http {
+        let addr: SocketAddr = addr.parse()?;
+        tracing::info!(%addr, issuer = %config.issuer, "listening (http)");
+        servers.spawn(axum_server::bind(addr).handle(handle.clone()).serve(app.clone()));
+    }
+    if let (Some(addr), Some(cert), Some(key)) = (&config.web.https, &config.web.tls_cert, &config.web.tls_key) {
+        let addr: SocketAddr = addr.parse()?;
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+            .await
+            .with_context(|| format!("loading web.tlsCert {} / web.tlsKey {}", cert.display(), key.display()))?;
+        tracing::info!(%addr, issuer = %config.issuer, "listening (https)");
+        servers.spawn(axum_server::bind_rustls(addr, tls).handle(handle.clone()).serve(app.clone()));
+    }
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            handle.graceful_shutdown(Some(Duration::from_secs(10)));
+            while servers.join_next().await.is_some() {}
+        }
+        Some(result) = servers.join_next() => { result??; }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,161 @@
+//! OAuth 2.0 errors and how they go on the wire. This is the one place protocol failures become HTTP
+//! responses: token-endpoint errors as RFC 6749 §5.2 JSON, authorization errors as a redirect
+//! (§4.1.2.1) or, when the client or redirect URI cannot be trusted, as an error page.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::storage::StorageError;
+
+/// An internal failure, carried to the logging middleware in a response extension.
+#[derive(Debug, Clone)]
+pub struct InternalError(pub String);
+
+/// A bare 500 whose cause is logged by the middleware, never shown to the client.
+pub fn internal(e: impl std::fmt::Display) -> Response {
+    let mut r = (StatusCode::INTERNAL_SERVER_ERROR, [(header::CACHE_CONTROL, "no-store")], "internal server error\n")
+        .into_response();
+    r.extensions_mut().insert(InternalError(e.to_string()));
+    r
+}
+
+/// Token, revocation and userinfo endpoint failures (RFC 6749 §5.2, RFC 7009 §2.2.1, RFC 6750 §3.1).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Malformed request.
+    #[error("invalid_request: {0}")]
+    InvalidRequest(String),
+    /// Client authentication failed; `basic` when the client tried the Authorization header.
+    #[error("invalid_client")]
+    InvalidClient {
+        /// Whether the client used HTTP Basic.
+        basic: bool,
+    },
+    /// The grant (code, refresh token, verifier) is invalid, expired, revoked or not the client's.
+    #[error("invalid_grant: {0}")]
+    InvalidGrant(&'static str),
+    /// The client may not use this grant.
+    #[error("unauthorized_client: {0}")]
+    UnauthorizedClient(&'static str),
+    /// Unknown grant type.
+    #[error("unsupported_grant_type")]
+    UnsupportedGrantType,
+    /// Bad scope.
+    #[error("invalid_scope: {0}")]
+    InvalidScope(String),
+    /// RFC 6750: a missing or bad bearer token at userinfo.
+    #[error("invalid_token: {0}")]
+    InvalidToken(&'static str),
+    /// Storage or signing failed.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<StorageError> for TokenError {
+    fn from(e: StorageError) -> Self {
+        TokenError::Internal(e.to_string())
+    }
+}
+
+impl TokenError {
+    fn code(&self) -> &'static str {
+        match self {
+            TokenError::InvalidRequest(_) => "invalid_request",
+            TokenError::InvalidClient { .. } => "invalid_client",
+            TokenError::InvalidGrant(_) => "invalid_grant",
+            TokenError::UnauthorizedClient(_) => "unauthorized_client",
+            TokenError::UnsupportedGrantType => "unsupported_grant_type",
+            TokenError::InvalidScope(_) => "invalid_scope",
+            TokenError::InvalidToken(_) => "invalid_token",
+            TokenError::Internal(_) => "server_error",
+        }
+    }
+
+    fn description(&self) -> String {
+        match self {
+            TokenError::InvalidRequest(d) | TokenError::InvalidScope(d) => d.clone(),
+            TokenError::InvalidClient { .. } => "client authentication failed".to_owned(),
+            TokenError::InvalidGrant(d) | TokenError::UnauthorizedClient(d) | TokenError::InvalidToken(d) => {
+                (*d).to_owned()
+            }
+            TokenError::UnsupportedGrantType => "grant_type is not supported".to_owned(),
+            TokenError::Internal(_) => String::new(),
+        }
+    }
+}
+
+impl IntoResponse for TokenError {
+    fn into_response(self) -> Response {
+        if let TokenError::Internal(e) = self {
+            return internal(e);
+        }
+        let status = match &self {
+            TokenError::InvalidClient { .. } | TokenError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let body = json!({ "error": self.code(), "error_description": self.description() });
+        let mut r =
+            (status, [(header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")], Json(body)).into_response();
+        let challenge = match &self {
+            TokenError::InvalidClient { basic: true } => Some(r#"Basic realm="issuer""#.to_owned()),
+            TokenError::InvalidToken(d) => Some(format!(r#"Bearer error="invalid_token", error_description="{d}""#)),
+            _ => None,
+        };
+        if let Some(v) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        r
+    }
+}
+
+/// RFC 6749 §4.1.2.1 error codes sent back to a trusted redirect URI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizeErrorCode {
+    /// Malformed request.
+    InvalidRequest,
+    /// The client may not use this flow.
+    UnauthorizedClient,
+    /// The user or the server refused.
+    AccessDenied,
+    /// Only `code` is supported.
+    UnsupportedResponseType,
+    /// Bad scope.
+    InvalidScope,
+    /// Internal failure.
+    ServerError,
+    /// OIDC Core §3.1.2.6: `prompt=none` but the user must sign in.
+    LoginRequired,
+}
+
+impl AuthorizeErrorCode {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthorizeErrorCode::InvalidRequest => "invalid_request",
+            AuthorizeErrorCode::UnauthorizedClient => "unauthorized_client",
+            AuthorizeErrorCode::AccessDenied => "access_denied",
+            AuthorizeErrorCode::UnsupportedResponseType => "unsupported_response_type",
+            AuthorizeErrorCode::InvalidScope => "invalid_scope",
+            AuthorizeErrorCode::ServerError => "server_error",
+            AuthorizeErrorCode::LoginRequired => "login_required",
+        }
+    }
+}
+
+/// Appends query parameters to a (validated) redirect URI, keeping any query it already has.
+pub fn redirect_with(uri: &str, params: &[(&str, &str)]) -> String {
+    match url::Url::parse(uri) {
+        Ok(mut u) => {
+            {
+                let mut q = u.query_pairs_mut();
+                for (k, v) in params {
+                    q.append_pair(k, v);
+                }
+            }
+            u.into()
+        }
+        Err(_) => uri.to_owned(),
+    }
+}

@@ -1,0 +1,217 @@
+//! Storage: the one trait every backend implements, the records it keeps, and its errors. Backends keep
+//! no process-local state that matters, so several replicas can share one database: everything that must
+//! be atomic across replicas (code redemption, refresh rotation, key rotation, login buckets) is an update
+//! the backend runs in one transaction. Expiry is always judged against a `now` the caller passes.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::Keys;
+
+pub mod memory;
+pub mod sqlite;
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+/// Storage failures. `NotFound` and `Conflict` are expected outcomes that callers turn into protocol errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// No record with that id.
+    #[error("not found")]
+    NotFound,
+    /// A record with that id exists already.
+    #[error("already exists")]
+    AlreadyExists,
+    /// The record changed under the caller (e.g. a refresh token was rotated by a concurrent request).
+    #[error("conflict")]
+    Conflict,
+    /// The backend failed.
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+/// The closure form of updates: it sees the current record and returns the new one, or refuses.
+pub type Update<T> = Box<dyn FnOnce(T) -> Result<T, StorageError> + Send>;
+
+/// Who logged in, as the connector reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Stable user id, the `sub`.
+    pub user_id: String,
+    /// Display name.
+    pub username: String,
+    /// Email address.
+    pub email: String,
+    /// Whether the connector vouches for the email.
+    pub email_verified: bool,
+    /// Groups at login (re-read at refresh).
+    pub groups: Vec<String>,
+    /// Which connector authenticated the user.
+    pub connector_id: String,
+}
+
+/// A login in progress: what `/auth` was asked, kept until the user authenticates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthRequest {
+    /// Random id, carried by the login form.
+    pub id: String,
+    /// Requesting client.
+    pub client_id: String,
+    /// Validated redirect URI.
+    pub redirect_uri: String,
+    /// Requested scopes.
+    pub scopes: Vec<String>,
+    /// Client state, echoed back.
+    pub state: Option<String>,
+    /// OIDC nonce, copied into the ID token.
+    pub nonce: Option<String>,
+    /// PKCE challenge.
+    pub code_challenge: Option<String>,
+    /// PKCE method (`S256` or `plain`).
+    pub code_challenge_method: Option<String>,
+    /// Anti-CSRF token: the login form must carry it, and so must a cookie.
+    pub csrf_token: String,
+    /// Unix time after which the login is abandoned.
+    pub expiry: i64,
+}
+
+/// An authorization code, kept after redemption so a replay can revoke what it issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthCode {
+    /// The code itself (random, unguessable).
+    pub id: String,
+    /// Client it was issued to.
+    pub client_id: String,
+    /// Redirect URI of the request; the token request must repeat it.
+    pub redirect_uri: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// OIDC nonce.
+    pub nonce: Option<String>,
+    /// PKCE challenge.
+    pub code_challenge: Option<String>,
+    /// PKCE method.
+    pub code_challenge_method: Option<String>,
+    /// The user.
+    pub identity: Identity,
+    /// Unix time of the login.
+    pub auth_time: i64,
+    /// Unix time after which it cannot be redeemed.
+    pub expiry: i64,
+    /// Set on redemption.
+    pub redeemed_at: Option<i64>,
+    /// The refresh-token family the redemption created, revoked if the code is replayed.
+    pub family_id: Option<String>,
+}
+
+/// A refresh token. Only a hash of its secret is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshToken {
+    /// Public id, the first half of the token string.
+    pub id: String,
+    /// All tokens descended from one login share a family; it is what revocation removes.
+    pub family_id: String,
+    /// SHA-256 of the secret half, base64url.
+    pub secret_hash: String,
+    /// Client it was issued to.
+    pub client_id: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Nonce of the original request.
+    pub nonce: Option<String>,
+    /// The user, as of this token's issue.
+    pub identity: Identity,
+    /// Unix time of the login.
+    pub auth_time: i64,
+    /// Unix time this token was issued.
+    pub created_at: i64,
+    /// Unix time of the login that started the family (for `absoluteLifetime`).
+    pub family_created_at: i64,
+    /// Unix time after which nothing in this record may be used (storage GC deletes it then).
+    pub expiry: i64,
+    /// Set when this token was exchanged for its successor.
+    pub rotated_at: Option<i64>,
+    /// The successor's id.
+    pub successor: Option<String>,
+}
+
+/// A login-attempt token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Attempts left as of `updated_at`.
+    pub tokens: f64,
+    /// Unix time (fractional seconds) of the last change.
+    pub updated_at: f64,
+    /// Unix time after which the bucket is full again and the record can go.
+    pub expiry: i64,
+}
+
+/// What one garbage-collection pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcResult {
+    /// Auth requests.
+    pub auth_requests: u64,
+    /// Auth codes.
+    pub auth_codes: u64,
+    /// Refresh tokens.
+    pub refresh_tokens: u64,
+    /// Full buckets.
+    pub buckets: u64,
+}
+
+impl GcResult {
+    /// Total records removed.
+    pub fn total(&self) -> u64 {
+        self.auth_requests + self.auth_codes + self.refresh_tokens + self.buckets
+    }
+}
+
+/// The storage contract. `storage::conformance` is its executable specification.
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// Stores a new login; `AlreadyExists` on an id clash.
+    async fn create_auth_request(&self, r: AuthRequest) -> Result<(), StorageError>;
+    /// Reads a login.
+    async fn get_auth_request(&self, id: &str) -> Result<AuthRequest, StorageError>;
+    /// Removes a login; `NotFound` if absent.
+    async fn delete_auth_request(&self, id: &str) -> Result<(), StorageError>;
+
+    /// Stores a new code.
+    async fn create_auth_code(&self, c: AuthCode) -> Result<(), StorageError>;
+    /// Reads a code.
+    async fn get_auth_code(&self, id: &str) -> Result<AuthCode, StorageError>;
+    /// Atomically replaces a code with what `f` makes of it.
+    async fn update_auth_code(&self, id: &str, f: Update<AuthCode>) -> Result<AuthCode, StorageError>;
+
+    /// Stores a new refresh token.
+    async fn create_refresh_token(&self, t: RefreshToken) -> Result<(), StorageError>;
+    /// Reads a refresh token.
+    async fn get_refresh_token(&self, id: &str) -> Result<RefreshToken, StorageError>;
+    /// Atomically replaces a refresh token with what `f` makes of it.
+    async fn update_refresh_token(&self, id: &str, f: Update<RefreshToken>) -> Result<RefreshToken, StorageError>;
+    /// In one transaction: marks `old_id` rotated at `now` with `successor` as its successor, and stores
+    /// `successor`. `Conflict` if `old_id` was rotated already (a concurrent refresh won), `NotFound` if gone.
+    async fn rotate_refresh_token(&self, old_id: &str, now: i64, successor: RefreshToken) -> Result<(), StorageError>;
+    /// Every token of a family (rotated ones included).
+    async fn list_refresh_family(&self, family_id: &str) -> Result<Vec<RefreshToken>, StorageError>;
+    /// Removes a whole family; returns how many tokens went.
+    async fn delete_refresh_family(&self, family_id: &str) -> Result<u64, StorageError>;
+
+    /// The signing keys; `NotFound` before the first rotation.
+    async fn get_keys(&self) -> Result<Keys, StorageError>;
+    /// Atomically replaces the key set with what `f` returns; `None` from `f` leaves it as it is.
+    /// Returns the stored set afterwards.
+    async fn update_keys(&self, f: Update<Option<Keys>>) -> Result<Keys, StorageError>;
+
+    /// A named server secret: the stored one, or `candidate` stored now if there was none.
+    async fn get_or_create_secret(&self, name: &str, candidate: Vec<u8>) -> Result<Vec<u8>, StorageError>;
+
+    /// Reads a bucket.
+    async fn get_bucket(&self, key: &str) -> Result<Option<Bucket>, StorageError>;
+    /// Atomically replaces a bucket (absent: `None`) with what `f` returns.
+    async fn update_bucket(&self, key: &str, f: Update<Option<Bucket>>) -> Result<Option<Bucket>, StorageError>;
+
+    /// Removes up to `batch` expired records of each kind.
+    async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError>;
+}

@@ -1,0 +1,252 @@
+//! The storage contract as tests. Every backend expands `suite!` with a constructor; each case becomes its
+//! own `#[tokio::test]`, so a failure names the backend and the case.
+
+use std::sync::Arc;
+
+use super::{AuthCode, AuthRequest, Bucket, Identity, RefreshToken, Storage, StorageError};
+use crate::keys::{self, Algorithm};
+
+/// Expands the conformance cases for one backend. `$make` is a closure returning a future of the store.
+macro_rules! suite {
+    ($make:expr) => {
+        $crate::storage::conformance::suite!(@cases $make;
+            auth_request_crud, auth_code_update_is_atomic_and_sees_the_latest_state, refresh_token_crud,
+            rotation_has_exactly_one_winner, rotation_of_a_missing_token_is_not_found, family_deletion,
+            keys_update_and_keep, secrets_are_created_once, buckets_update_and_delete,
+            garbage_collection_removes_only_expired_records_in_batches, timestamps_round_trip_exactly);
+    };
+    (@cases $make:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let make = $make;
+                $crate::storage::conformance::$case(std::sync::Arc::new(make().await)).await;
+            }
+        )*
+    };
+}
+pub(crate) use suite;
+
+pub(crate) fn identity() -> Identity {
+    Identity {
+        user_id: "u1".into(),
+        username: "jane".into(),
+        email: "jane@example.com".into(),
+        email_verified: true,
+        groups: vec!["developers".into()],
+        connector_id: "local".into(),
+    }
+}
+
+pub(crate) fn refresh_token(id: &str, family: &str, expiry: i64) -> RefreshToken {
+    RefreshToken {
+        id: id.into(),
+        family_id: family.into(),
+        secret_hash: "h".into(),
+        client_id: "c".into(),
+        scopes: vec!["openid".into()],
+        nonce: None,
+        identity: identity(),
+        auth_time: 1,
+        created_at: 1,
+        family_created_at: 1,
+        expiry,
+        rotated_at: None,
+        successor: None,
+    }
+}
+
+fn auth_request(id: &str, expiry: i64) -> AuthRequest {
+    AuthRequest {
+        id: id.into(),
+        client_id: "c".into(),
+        redirect_uri: "http://127.0.0.1/cb".into(),
+        scopes: vec!["openid".into()],
+        state: Some("s".into()),
+        nonce: None,
+        code_challenge: None,
+        code_challenge_method: None,
+        csrf_token: "x".into(),
+        expiry,
+    }
+}
+
+fn auth_code(id: &str, expiry: i64) -> AuthCode {
+    AuthCode {
+        id: id.into(),
+        client_id: "c".into(),
+        redirect_uri: "http://127.0.0.1/cb".into(),
+        scopes: vec!["openid".into()],
+        nonce: Some("n".into()),
+        code_challenge: None,
+        code_challenge_method: None,
+        identity: identity(),
+        auth_time: 5,
+        expiry,
+        redeemed_at: None,
+        family_id: None,
+    }
+}
+
+pub(crate) async fn auth_request_crud<S: Storage>(s: Arc<S>) {
+    let r = auth_request("r1", 100);
+    s.create_auth_request(r.clone()).await.unwrap();
+    assert!(matches!(s.create_auth_request(r.clone()).await, Err(StorageError::AlreadyExists)));
+    assert_eq!(s.get_auth_request("r1").await.unwrap(), r);
+    s.delete_auth_request("r1").await.unwrap();
+    assert!(matches!(s.get_auth_request("r1").await, Err(StorageError::NotFound)));
+    assert!(matches!(s.delete_auth_request("r1").await, Err(StorageError::NotFound)));
+}
+
+pub(crate) async fn auth_code_update_is_atomic_and_sees_the_latest_state<S: Storage + 'static>(s: Arc<S>) {
+    s.create_auth_code(auth_code("c1", 100)).await.unwrap();
+    assert!(matches!(s.create_auth_code(auth_code("c1", 100)).await, Err(StorageError::AlreadyExists)));
+    // Ten concurrent redemptions: exactly one may see the code unredeemed.
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.update_auth_code(
+                    "c1",
+                    Box::new(move |mut c| {
+                        if c.redeemed_at.is_some() {
+                            return Err(StorageError::Conflict);
+                        }
+                        c.redeemed_at = Some(i);
+                        Ok(c)
+                    }),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(StorageError::Conflict) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(wins, 1, "exactly one redemption wins");
+    assert!(s.get_auth_code("c1").await.unwrap().redeemed_at.is_some());
+    assert!(matches!(s.update_auth_code("missing", Box::new(Ok)).await, Err(StorageError::NotFound)));
+}
+
+pub(crate) async fn refresh_token_crud<S: Storage>(s: Arc<S>) {
+    let t = refresh_token("t1", "f1", 100);
+    s.create_refresh_token(t.clone()).await.unwrap();
+    assert!(matches!(s.create_refresh_token(t.clone()).await, Err(StorageError::AlreadyExists)));
+    assert_eq!(s.get_refresh_token("t1").await.unwrap(), t);
+    let updated = s
+        .update_refresh_token(
+            "t1",
+            Box::new(|mut t| {
+                t.identity.groups = vec!["admins".into()];
+                t.expiry = 200;
+                Ok(t)
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.get_refresh_token("t1").await.unwrap(), updated);
+    assert!(matches!(s.get_refresh_token("nope").await, Err(StorageError::NotFound)));
+}
+
+pub(crate) async fn rotation_has_exactly_one_winner<S: Storage + 'static>(s: Arc<S>) {
+    s.create_refresh_token(refresh_token("old", "f", 100)).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(
+                async move { s.rotate_refresh_token("old", 50, refresh_token(&format!("new{i}"), "f", 100)).await },
+            )
+        })
+        .collect();
+    let mut winners = vec![];
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Ok(()) => winners.push(format!("new{i}")),
+            Err(StorageError::Conflict) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one rotation wins");
+    let old = s.get_refresh_token("old").await.unwrap();
+    assert_eq!(old.rotated_at, Some(50));
+    assert_eq!(old.successor.as_ref(), Some(&winners[0]));
+    assert_eq!(s.list_refresh_family("f").await.unwrap().len(), 2, "losers left no successor behind");
+}
+
+pub(crate) async fn rotation_of_a_missing_token_is_not_found<S: Storage>(s: Arc<S>) {
+    let r = s.rotate_refresh_token("ghost", 1, refresh_token("n", "f", 10)).await;
+    assert!(matches!(r, Err(StorageError::NotFound)), "{r:?}");
+    assert!(matches!(s.get_refresh_token("n").await, Err(StorageError::NotFound)));
+}
+
+pub(crate) async fn family_deletion<S: Storage>(s: Arc<S>) {
+    for (id, fam) in [("a", "f1"), ("b", "f1"), ("c", "f2")] {
+        s.create_refresh_token(refresh_token(id, fam, 100)).await.unwrap();
+    }
+    assert_eq!(s.delete_refresh_family("f1").await.unwrap(), 2);
+    assert!(s.list_refresh_family("f1").await.unwrap().is_empty());
+    assert_eq!(s.list_refresh_family("f2").await.unwrap().len(), 1);
+    assert_eq!(s.delete_refresh_family("f1").await.unwrap(), 0);
+}
+
+pub(crate) async fn keys_update_and_keep<S: Storage>(s: Arc<S>) {
+    assert!(matches!(s.get_keys().await, Err(StorageError::NotFound)));
+    let first =
+        keys::rotate(None, Algorithm::EdDsa, 0, std::time::Duration::from_secs(60), std::time::Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
+    let f = first.clone();
+    let stored = s.update_keys(Box::new(move |cur| Ok(if cur.is_none() { Some(f) } else { None }))).await.unwrap();
+    assert_eq!(stored.signing.kid, first.signing.kid);
+    let kept = s.update_keys(Box::new(|_| Ok(None))).await.unwrap();
+    assert_eq!(kept.next.kid, first.next.kid, "None leaves the set as it is");
+    assert_eq!(s.get_keys().await.unwrap().signing.pkcs8, first.signing.pkcs8);
+}
+
+pub(crate) async fn secrets_are_created_once<S: Storage>(s: Arc<S>) {
+    assert_eq!(s.get_or_create_secret("k", vec![1]).await.unwrap(), vec![1]);
+    assert_eq!(s.get_or_create_secret("k", vec![2]).await.unwrap(), vec![1], "the first secret stays");
+}
+
+pub(crate) async fn buckets_update_and_delete<S: Storage>(s: Arc<S>) {
+    assert_eq!(s.get_bucket("u").await.unwrap(), None);
+    let b = Bucket { tokens: 19.5, updated_at: 1234.25, expiry: 99 };
+    assert_eq!(s.update_bucket("u", Box::new(move |cur| Ok(cur.or(Some(b))))).await.unwrap(), Some(b));
+    assert_eq!(s.get_bucket("u").await.unwrap(), Some(b));
+    assert_eq!(s.update_bucket("u", Box::new(|_| Ok(None))).await.unwrap(), None);
+    assert_eq!(s.get_bucket("u").await.unwrap(), None);
+}
+
+pub(crate) async fn garbage_collection_removes_only_expired_records_in_batches<S: Storage>(s: Arc<S>) {
+    for i in 0..5 {
+        s.create_auth_request(auth_request(&format!("old{i}"), 10)).await.unwrap();
+    }
+    s.create_auth_request(auth_request("live", 1000)).await.unwrap();
+    s.create_auth_code(auth_code("old", 10)).await.unwrap();
+    s.create_refresh_token(refresh_token("old", "f", 10)).await.unwrap();
+    s.create_refresh_token(refresh_token("live", "g", 1000)).await.unwrap();
+    s.update_bucket("b", Box::new(|_| Ok(Some(Bucket { tokens: 1.0, updated_at: 0.0, expiry: 10 })))).await.unwrap();
+
+    let first = s.garbage_collect(500, 3).await.unwrap();
+    assert_eq!(first.auth_requests, 3, "a pass removes at most one batch");
+    assert_eq!((first.auth_codes, first.refresh_tokens, first.buckets), (1, 1, 1));
+    let second = s.garbage_collect(500, 3).await.unwrap();
+    assert_eq!(second.auth_requests, 2);
+    assert_eq!(s.garbage_collect(500, 3).await.unwrap().total(), 0);
+    assert!(s.get_auth_request("live").await.is_ok());
+    assert!(s.get_refresh_token("live").await.is_ok());
+}
+
+pub(crate) async fn timestamps_round_trip_exactly<S: Storage>(s: Arc<S>) {
+    // Times are Unix seconds (UTC by definition): what goes in comes out, whatever the local zone.
+    let mut t = refresh_token("tz", "f", 4_102_444_800);
+    t.created_at = -86_400;
+    t.rotated_at = Some(1_700_000_000);
+    s.create_refresh_token(t.clone()).await.unwrap();
+    assert_eq!(s.get_refresh_token("tz").await.unwrap(), t);
+}

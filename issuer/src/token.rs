@@ -1,0 +1,377 @@
+//! What goes into tokens: scopes, ID-token and access-token claims, refresh-token strings. Signing is
+//! `keys`' job; deciding *whether* to issue is the grants' job.
+
+use aws_lc_rs::{digest, hmac};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::storage::Identity;
+
+/// Prefix of Dex's cross-client scope: `audience:server:client_id:<peer>`.
+pub const CROSS_CLIENT_PREFIX: &str = "audience:server:client_id:";
+
+/// Scopes this issuer understands (besides cross-client ones).
+pub const SCOPES: &[&str] = &["openid", "email", "profile", "groups", "offline_access"];
+
+/// Claims this issuer may put into tokens.
+pub const CLAIMS: &[&str] = &[
+    "iss",
+    "sub",
+    "aud",
+    "azp",
+    "exp",
+    "iat",
+    "auth_time",
+    "nonce",
+    "at_hash",
+    "sid",
+    "email",
+    "email_verified",
+    "name",
+    "preferred_username",
+    "groups",
+];
+
+/// Why a scope request is refused (`invalid_scope`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScopeError {
+    /// `openid` is missing.
+    #[error("the openid scope is required")]
+    MissingOpenid,
+    /// An unknown scope.
+    #[error("unsupported scope {0:?}")]
+    Unknown(String),
+    /// A cross-client scope for a client that does not trust the requester.
+    #[error("client {peer:?} does not trust {client:?}")]
+    Untrusted {
+        /// The peer named in the scope.
+        peer: String,
+        /// The requesting client.
+        client: String,
+    },
+}
+
+/// Parses and checks a space-separated scope list for `client`.
+pub fn parse_scopes(config: &Config, client: &str, scope: &str) -> Result<Vec<String>, ScopeError> {
+    let mut scopes: Vec<String> = Vec::new();
+    for s in scope.split(' ').filter(|s| !s.is_empty()) {
+        if let Some(peer) = s.strip_prefix(CROSS_CLIENT_PREFIX) {
+            let trusted =
+                peer == client || config.client(peer).is_some_and(|p| p.trusted_peers.iter().any(|t| t == client));
+            if !trusted {
+                return Err(ScopeError::Untrusted { peer: peer.to_owned(), client: client.to_owned() });
+            }
+        } else if !SCOPES.contains(&s) {
+            return Err(ScopeError::Unknown(s.to_owned()));
+        }
+        if !scopes.iter().any(|x| x == s) {
+            scopes.push(s.to_owned());
+        }
+    }
+    if !scopes.iter().any(|s| s == "openid") {
+        return Err(ScopeError::MissingOpenid);
+    }
+    Ok(scopes)
+}
+
+fn has(scopes: &[String], s: &str) -> bool {
+    scopes.iter().any(|x| x == s)
+}
+
+/// `aud` as OIDC allows it: a string for one audience, an array for several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// One audience.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// Whether `id` is among the audiences.
+    pub fn contains(&self, id: &str) -> bool {
+        match self {
+            Audience::One(a) => a == id,
+            Audience::Many(v) => v.iter().any(|a| a == id),
+        }
+    }
+}
+
+/// OIDC Core §2 ID token claims (plus the profile/email claims and `groups`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdTokenClaims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject.
+    pub sub: String,
+    /// Audience.
+    pub aud: Audience,
+    /// Authorized party: the client the token was issued to.
+    pub azp: String,
+    /// Expiry.
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Time of the login.
+    pub auth_time: i64,
+    /// The request's nonce.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// Access-token hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_hash: Option<String>,
+    /// Session id (the refresh-token family): what RP-initiated logout ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// With the `email` scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// With the `email` scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+    /// With the `profile` scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// With the `profile` scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_username: Option<String>,
+    /// With the `groups` scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+}
+
+/// Access-token claims (RFC 9068 shape); `/userinfo` reads them back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessTokenClaims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject.
+    pub sub: String,
+    /// The issuer's userinfo endpoint is the resource this token is for.
+    pub aud: String,
+    /// The client.
+    pub client_id: String,
+    /// Expiry.
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// Unique id.
+    pub jti: String,
+    /// The user's claims as of issue, filtered by scope.
+    #[serde(flatten)]
+    pub profile: serde_json::Map<String, Value>,
+}
+
+/// Everything needed to mint one pair of tokens.
+pub struct Mint<'a> {
+    /// The configuration (issuer, lifetimes).
+    pub config: &'a Config,
+    /// Client the tokens are for.
+    pub client_id: &'a str,
+    /// Granted scopes.
+    pub scopes: &'a [String],
+    /// The user.
+    pub identity: &'a Identity,
+    /// The request's nonce.
+    pub nonce: Option<&'a str>,
+    /// Time of the login.
+    pub auth_time: i64,
+    /// Issue time.
+    pub iat: i64,
+    /// Session id.
+    pub sid: Option<&'a str>,
+}
+
+impl Mint<'_> {
+    /// The profile claims the scopes allow.
+    pub fn profile(&self) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        let id = self.identity;
+        if has(self.scopes, "email") {
+            m.insert("email".into(), id.email.clone().into());
+            m.insert("email_verified".into(), id.email_verified.into());
+        }
+        if has(self.scopes, "profile") {
+            m.insert("name".into(), id.username.clone().into());
+            m.insert("preferred_username".into(), id.username.clone().into());
+        }
+        if has(self.scopes, "groups") {
+            m.insert("groups".into(), id.groups.clone().into());
+        }
+        m
+    }
+
+    /// ID-token claims; `access_token` feeds `at_hash`, computed for the signing algorithm `alg`.
+    pub fn id_token(&self, alg: crate::keys::Algorithm, access_token: &str) -> IdTokenClaims {
+        let peers: Vec<String> =
+            self.scopes.iter().filter_map(|s| s.strip_prefix(CROSS_CLIENT_PREFIX)).map(str::to_owned).collect();
+        // Dex semantics: cross-client scopes replace the audience with the named peers (the requester is in
+        // it only if it named itself); `azp` always names the requester (OIDC Core §2).
+        let aud = match peers.len() {
+            0 => Audience::One(self.client_id.to_owned()),
+            1 => Audience::One(peers[0].clone()),
+            _ => Audience::Many(peers),
+        };
+        let id = self.identity;
+        IdTokenClaims {
+            iss: self.config.issuer.as_str().trim_end_matches('/').to_owned(),
+            sub: id.user_id.clone(),
+            aud,
+            azp: self.client_id.to_owned(),
+            exp: self.iat + self.config.expiry.id_tokens.as_secs() as i64,
+            iat: self.iat,
+            auth_time: self.auth_time,
+            nonce: self.nonce.map(str::to_owned),
+            at_hash: Some(crate::keys::left_half_hash(alg, access_token)),
+            sid: self.sid.map(str::to_owned),
+            email: has(self.scopes, "email").then(|| id.email.clone()),
+            email_verified: has(self.scopes, "email").then_some(id.email_verified),
+            name: has(self.scopes, "profile").then(|| id.username.clone()),
+            preferred_username: has(self.scopes, "profile").then(|| id.username.clone()),
+            groups: has(self.scopes, "groups").then(|| id.groups.clone()),
+        }
+    }
+
+    /// Access-token claims; `jti` makes each token distinct.
+    pub fn access_token(&self, jti: String) -> AccessTokenClaims {
+        AccessTokenClaims {
+            iss: self.config.issuer.as_str().trim_end_matches('/').to_owned(),
+            sub: self.identity.user_id.clone(),
+            aud: self.config.endpoint("/userinfo"),
+            client_id: self.client_id.to_owned(),
+            exp: self.iat + self.config.expiry.id_tokens.as_secs() as i64,
+            iat: self.iat,
+            scope: self.scopes.join(" "),
+            jti,
+            profile: self.profile(),
+        }
+    }
+}
+
+// === refresh-token strings ===
+
+/// A refresh token as the client holds it: `<id>.<secret>`.
+pub struct RefreshTokenString {
+    /// Public id (the storage key).
+    pub id: String,
+    /// Secret half; only its hash is stored.
+    pub secret: String,
+}
+
+impl RefreshTokenString {
+    /// A fresh random token.
+    pub fn random() -> Self {
+        Self { id: random_b64::<16>(), secret: random_b64::<32>() }
+    }
+
+    /// Splits `<id>.<secret>`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (id, secret) = s.split_once('.')?;
+        let ok = |p: &str| {
+            !p.is_empty() && p.len() <= 64 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        (ok(id) && ok(secret)).then(|| Self { id: id.to_owned(), secret: secret.to_owned() })
+    }
+
+    /// The successor of this token. Derived, not random: a replica that sees this token again within the
+    /// reuse interval recomputes the same successor without the issuer ever storing a plaintext token, and
+    /// nobody without the server key can compute it.
+    pub fn successor(&self, server_key: &[u8]) -> Self {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, server_key);
+        let id = hmac::sign(&key, format!("refresh-id\0{}", self.id).as_bytes());
+        let secret = hmac::sign(&key, format!("refresh-secret\0{}\0{}", self.id, self.secret).as_bytes());
+        Self { id: B64.encode(&id.as_ref()[..16]), secret: B64.encode(secret.as_ref()) }
+    }
+
+    /// What storage keeps of the secret.
+    pub fn secret_hash(&self) -> String {
+        B64.encode(digest::digest(&digest::SHA256, self.secret.as_bytes()).as_ref())
+    }
+
+    /// The token string.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.id, self.secret)
+    }
+}
+
+/// `N` random bytes, base64url.
+pub fn random_b64<const N: usize>() -> String {
+    let mut b = [0u8; N];
+    rand::fill(&mut b[..]);
+    B64.encode(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let yaml = "issuer: http://127.0.0.1:5556\nweb: {http: '127.0.0.1:5556'}\nstorage: {type: memory}\nstaticClients:\n- {id: app, secret: s}\n- {id: kubernetes, secret: s, trustedPeers: [app]}\n- {id: other, secret: s}\n";
+        Config::parse("t.yaml", yaml, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn scope_parsing_cases() {
+        let c = config();
+        let cases: &[(&str, &str, Result<usize, ScopeError>)] = &[
+            ("app", "openid email", Ok(2)),
+            ("app", "openid openid  groups", Ok(2)),
+            ("app", "email", Err(ScopeError::MissingOpenid)),
+            ("app", "openid admin", Err(ScopeError::Unknown("admin".into()))),
+            ("app", "openid audience:server:client_id:kubernetes", Ok(2)),
+            ("app", "openid audience:server:client_id:app", Ok(2)),
+            (
+                "other",
+                "openid audience:server:client_id:kubernetes",
+                Err(ScopeError::Untrusted { peer: "kubernetes".into(), client: "other".into() }),
+            ),
+            (
+                "app",
+                "openid audience:server:client_id:ghost",
+                Err(ScopeError::Untrusted { peer: "ghost".into(), client: "app".into() }),
+            ),
+        ];
+        for (client, scope, want) in cases {
+            assert_eq!(&parse_scopes(&c, client, scope).map(|v| v.len()), want, "{client} {scope:?}");
+        }
+    }
+
+    #[test]
+    fn cross_client_scope_puts_the_peer_in_aud_and_the_requester_in_azp() {
+        let c = config();
+        let scopes = parse_scopes(&c, "app", "openid groups audience:server:client_id:kubernetes").unwrap();
+        let identity = crate::storage::conformance::identity();
+        let mint = Mint {
+            config: &c,
+            client_id: "app",
+            scopes: &scopes,
+            identity: &identity,
+            nonce: None,
+            auth_time: 1,
+            iat: 2,
+            sid: None,
+        };
+        let claims = mint.id_token(crate::keys::Algorithm::Rs256, "at");
+        assert_eq!(claims.aud, Audience::One("kubernetes".into()));
+        assert_eq!(claims.azp, "app");
+        assert_eq!(claims.groups, Some(vec!["developers".into()]));
+        assert_eq!(claims.email, None, "no email without the email scope");
+        assert_eq!(claims.exp, 2 + 600);
+    }
+
+    #[test]
+    fn refresh_token_successor_is_deterministic_and_keyed() {
+        let t = RefreshTokenString::random();
+        let parsed = RefreshTokenString::parse(&t.encode()).unwrap();
+        assert_eq!(parsed.successor(b"k").encode(), t.successor(b"k").encode());
+        assert_ne!(t.successor(b"k").encode(), t.successor(b"other key").encode());
+        assert!(RefreshTokenString::parse("no-dot").is_none());
+        assert!(RefreshTokenString::parse("a.b/c").is_none());
+    }
+}
