@@ -53,7 +53,8 @@ async fn bad_code_exchanges_get_rfc6749_errors_never_5xx() {
     let issuer = Issuer::start().await;
     let code = issuer.login("openid", "jane@example.com", "password").await;
     let wrong_verifier = VERIFIER.replace('d', "e");
-    let cases: Vec<(Vec<(&str, &str)>, u16, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![
                 ("grant_type", "authorization_code"),

@@ -1,0 +1,125 @@
+//! The `issuer` binary itself: `check-config`, `hash-password`, `dev-certs`, and `serve` over HTTPS with
+//! the development certificates (the way kube-apiserver would reach a local issuer).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_issuer");
+
+#[test]
+fn check_config_names_the_file_the_key_and_the_expectation() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "issuer: http://127.0.0.1:5556\nweb: {http: 127.0.0.1:5556}\nstorage: {type: memory}\nexpiry: {idTokens: soon}\nstaticClients:\n- id: a\n  redirectURIs: ['not a url']\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check-config"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        file.display().to_string(),
+        "expiry.idTokens: expected a positive duration".to_owned(),
+        "staticClients[0].redirectURIs[0]: expected an absolute URL".to_owned(),
+        "staticClients[0].secret: expected a secret".to_owned(),
+    ] {
+        assert!(err.contains(&expected), "{expected:?} in {err}");
+    }
+
+    let dev = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml");
+    let ok = Command::new(BIN).args(["check-config", dev]).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok (issuer http://127.0.0.1:5556/, 2 client(s), 2 user(s)"));
+}
+
+#[test]
+fn hash_password_prints_a_bcrypt_hash_of_stdin() {
+    let mut child = Command::new(BIN)
+        .args(["hash-password", "--cost", "4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    assert!(bcrypt::verify("s3cret", hash.trim()).unwrap(), "{hash}");
+    assert!(!bcrypt::verify("s3cret\n", hash.trim()).unwrap(), "the trailing newline is not part of the password");
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn serve_over_https_with_dev_certs() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = Command::new(BIN)
+        .arg("dev-certs")
+        .arg("--out")
+        .arg(&certs)
+        .args(["--host", "127.0.0.1", "--host", "localhost"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(certs.join("key.pem")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the private key is readable by its owner only");
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("issuer.yaml");
+    let dev = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml")).unwrap();
+    let text = dev
+        .replace("issuer: http://127.0.0.1:5556", &format!("issuer: https://127.0.0.1:{port}"))
+        .replace(
+            "web:\n  http: 127.0.0.1:5556",
+            &format!(
+                "web:\n  https: 127.0.0.1:{port}\n  tlsCert: {}\n  tlsKey: {}",
+                certs.join("cert.pem").display(),
+                certs.join("key.pem").display()
+            ),
+        )
+        .replace("file: ./data/issuer.db", &format!("file: {}", dir.path().join("db/issuer.db").display()))
+        .replace("format: text", "format: json");
+    std::fs::write(&config, text).unwrap();
+    let _server = Child(
+        Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
+    let client = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.get(format!("{url}/healthz")).send().await {
+            Ok(r) if r.status() == 200 => break,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("the issuer did not become healthy over https: {other:?}"),
+        }
+    }
+    let doc: serde_json::Value =
+        client.get(format!("{url}/.well-known/openid-configuration")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(doc["issuer"], url);
+    assert_eq!(doc["token_endpoint"], format!("{url}/token"));
+    let plain = reqwest::Client::new().get(format!("{url}/healthz")).send().await;
+    assert!(plain.is_err(), "a client that does not trust the development CA is refused");
+}
