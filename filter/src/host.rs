@@ -1,13 +1,189 @@
-//! proxy-wasm glue: the root context. Placeholder until the filter core lands.
-use proxy_wasm::traits::{Context, RootContext};
-use proxy_wasm::types::LogLevel;
+//! proxy-wasm glue, compiled for wasm32 only: the only code that calls the ABI. It owns the plumbing the
+//! pure modules leave out — shared data as a [`Store`], metrics, logging, the clock — and the per-worker
+//! [`Shared`] state that the root context builds in `on_configure` and hands to every stream.
+//! Decisions are made in `flow`; `root` schedules key fetches, `stream` applies decisions.
+
+mod root;
+mod stream;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::RootContext;
+use proxy_wasm::types::{LogLevel, MetricType};
+
+use crate::cache::{self, Cache, Store};
+use crate::callout::{Callout, CalloutResponse, MAX_BODY, TIMEOUT_MS};
+use crate::config::FilterConfig;
+use crate::discovery::{Provider, RETRY_AFTER_FAILURE};
+use crate::flow::Event;
+use crate::random::SystemRandom;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(root::Root::default()) });
 }}
 
-struct Root;
+/// Logs through the host. Callers never pass tokens, secrets or cookie values.
+fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, &format!("tokengate: {message}"));
+}
 
-impl Context for Root {}
-impl RootContext for Root {}
+/// proxy-wasm shared data: one copy per VM id, visible to every worker.
+struct SharedData;
+
+impl Store for SharedData {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(v), _)) if !v.is_empty() => Some(v),
+            _ => None,
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8]) {
+        // Caches are last-writer-wins; a lost write costs a refresh or a re-verification.
+        let _ = hostcalls::set_shared_data(key, Some(value), None);
+    }
+}
+
+/// Counters, defined on first use.
+#[derive(Default)]
+struct Metrics {
+    ids: RefCell<HashMap<String, u32>>,
+}
+
+impl Metrics {
+    fn count(&self, event: Event) {
+        let name = event.metric_name();
+        let known = self.ids.borrow().get(&name).copied();
+        let id = known.or_else(|| {
+            let id = hostcalls::define_metric(MetricType::Counter, &name).ok()?;
+            self.ids.borrow_mut().insert(name, id);
+            Some(id)
+        });
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+}
+
+/// Per-worker state shared by the root context and its streams.
+struct Shared {
+    cfg: FilterConfig,
+    ns: String,
+    /// The last provider snapshot parsed, with the shared-data CAS it was read at.
+    provider: RefCell<Option<(u32, Rc<Provider>)>>,
+    metrics: Metrics,
+    rng: SystemRandom,
+}
+
+impl Shared {
+    fn new(cfg: FilterConfig) -> Shared {
+        Shared {
+            ns: cache::namespace(&cfg.issuer, &cfg.client_id),
+            cfg,
+            provider: RefCell::new(None),
+            metrics: Metrics::default(),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    fn cache(&self) -> Cache<'_> {
+        Cache::new(&SharedData, &self.ns)
+    }
+
+    /// The provider in shared data, re-parsed only when another worker replaced it.
+    fn provider(&self) -> Option<Rc<Provider>> {
+        let (bytes, cas) = hostcalls::get_shared_data(&Cache::provider_key(&self.ns)).ok()?;
+        let cas = cas.unwrap_or(0);
+        if let Some((seen, p)) = self.provider.borrow().as_ref() {
+            if *seen == cas {
+                return Some(p.clone());
+            }
+        }
+        let p = Rc::new(Provider::from_bytes(&bytes?)?);
+        *self.provider.borrow_mut() = Some((cas, p.clone()));
+        Some(p)
+    }
+
+    fn store_provider(&self, p: &Provider) {
+        SharedData.set(&Cache::provider_key(&self.ns), &p.to_bytes());
+        self.set_health(true, p.fetched_at);
+    }
+
+    fn health_key(&self) -> String {
+        format!("tokengate:{}:health", self.ns)
+    }
+
+    /// Records whether the last attempt to reach the issuer worked.
+    fn set_health(&self, up: bool, now: u64) {
+        let value = if up { format!("up:{now}") } else { format!("down:{now}") };
+        SharedData.set(&self.health_key(), value.as_bytes());
+    }
+
+    /// `(issuer down, unix seconds of the last attempt)`.
+    fn health(&self) -> (bool, u64) {
+        let raw = SharedData.get(&self.health_key()).unwrap_or_default();
+        let raw = String::from_utf8_lossy(&raw);
+        match raw.split_once(':') {
+            Some((state, at)) => (state == "down", at.parse().unwrap_or(0)),
+            None => (false, 0),
+        }
+    }
+
+    /// Whether a request needing the issuer should fail at once rather than try: it failed within the
+    /// retry window and no keys are known.
+    fn recently_failed(&self, now: u64) -> bool {
+        let (down, at) = self.health();
+        down && now < at + RETRY_AFTER_FAILURE.as_secs()
+    }
+
+    /// Takes the cross-worker fetch lease if it is free (compare-and-swap on shared data).
+    fn try_lease(&self, now: u64) -> bool {
+        let key = Cache::lease_key(&self.ns);
+        let (value, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
+        let held_until: u64 = value.and_then(|v| String::from_utf8(v).ok()).and_then(|s| s.parse().ok()).unwrap_or(0);
+        if held_until > now {
+            return false;
+        }
+        let until = now + 2 * TIMEOUT_MS / 1000 + 1;
+        hostcalls::set_shared_data(&key, Some(until.to_string().as_bytes()), cas).is_ok()
+    }
+}
+
+fn dispatch(cluster: &str, callout: &Callout) -> Result<u32, proxy_wasm::types::Status> {
+    hostcalls::dispatch_http_call(
+        cluster,
+        callout.header_pairs(),
+        callout.body.as_deref().map(str::as_bytes),
+        vec![],
+        std::time::Duration::from_millis(TIMEOUT_MS),
+    )
+}
+
+/// Reads the answer to a callout inside `on_http_call_response`. No headers means no answer.
+fn read_response(num_headers: usize, body_size: usize) -> CalloutResponse {
+    if num_headers == 0 {
+        return CalloutResponse::default();
+    }
+    let status = hostcalls::get_map_value(proxy_wasm::types::MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, body_size.min(MAX_BODY))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    CalloutResponse { status, body }
+}
+
+fn unix_now() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,848 @@
+//! The request flow: [`decide`] what to do with a request, and [`resume`] after a callout to the issuer
+//! answered. Everything here is a pure function of the configuration, the request, the keys, the shared
+//! caches and `now`; `host` applies the resulting [`Decision`] and is the one place that turns it into
+//! ABI calls and wire responses.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+use crate::cache::{token_hash, Cache, CachedBearer, CachedIdToken};
+use crate::callout::{Callout, CalloutResponse};
+use crate::config::{CookieConfig, FilterConfig, PathMatch, SameSite};
+use crate::discovery::Provider;
+use crate::oauth::{self, TokenEndpointError};
+use crate::random::{self, Random};
+use crate::request::RequestParts;
+use crate::session::{self, LoginFlow, Session};
+use crate::token::{self, constant_time_eq, Expectations, TokenError};
+use crate::url::HttpUrl;
+
+/// A cached ID token with less than this left is refreshed before use.
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(30);
+
+/// How long a login flow (redirect to issuer and back) may take.
+pub const LOGIN_FLOW_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Everything outside the request that a decision depends on.
+pub struct Ctx<'a> {
+    /// The current time.
+    pub now: SystemTime,
+    /// Discovery metadata and keys, once fetched.
+    pub provider: Option<&'a Provider>,
+    /// The last attempt to reach the issuer failed.
+    pub issuer_down: bool,
+    /// Shared ID-token and bearer caches.
+    pub cache: Cache<'a>,
+    /// Randomness for session ids, state, nonce and PKCE.
+    pub rng: &'a dyn Random,
+    /// Where metric events go.
+    pub events: &'a dyn Fn(Event),
+    /// Keys were refetched for this very request: an unknown `kid` is now final.
+    pub keys_refetched: bool,
+}
+
+impl Ctx<'_> {
+    fn now_secs(&self) -> u64 {
+        self.now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+}
+
+/// Something worth counting. Metric names are defined once, in [`Event::metric_name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A browser was sent to the issuer.
+    LoginStarted,
+    /// A callback produced a session.
+    LoginSucceeded,
+    /// A callback failed.
+    LoginFailed,
+    /// A refresh produced a new ID token.
+    RefreshSucceeded,
+    /// The issuer ended the session (`invalid_grant`/`invalid_client`).
+    RefreshRejected,
+    /// The issuer could not be reached for a refresh.
+    RefreshUnavailable,
+    /// A session's ID token was in the shared cache.
+    SessionCacheHit,
+    /// A session's ID token was missing or expiring.
+    SessionCacheMiss,
+    /// A bearer token was found verified in the cache.
+    BearerCacheHit,
+    /// A bearer token had to be verified.
+    BearerCacheMiss,
+    /// A token failed verification, with [`TokenError::reason`].
+    VerificationFailed(&'static str),
+    /// `allowed_groups`/`allowed_emails` said no.
+    Forbidden,
+    /// A user signed out.
+    SignedOut,
+    /// A request failed because the issuer was unreachable.
+    IssuerUnreachable,
+}
+
+impl Event {
+    /// The counter's name (Envoy prefixes `wasmcustom.`).
+    pub fn metric_name(&self) -> String {
+        let name = match self {
+            Event::LoginStarted => "logins_started",
+            Event::LoginSucceeded => "logins_succeeded",
+            Event::LoginFailed => "logins_failed",
+            Event::RefreshSucceeded => "refreshes_succeeded",
+            Event::RefreshRejected => "refreshes_rejected",
+            Event::RefreshUnavailable => "refreshes_unavailable",
+            Event::SessionCacheHit => "session_cache_hits",
+            Event::SessionCacheMiss => "session_cache_misses",
+            Event::BearerCacheHit => "bearer_cache_hits",
+            Event::BearerCacheMiss => "bearer_cache_misses",
+            Event::VerificationFailed(reason) => return format!("tokengate.verification_failures.{reason}"),
+            Event::Forbidden => "forbidden",
+            Event::SignedOut => "sign_outs",
+            Event::IssuerUnreachable => "issuer_unreachable",
+        };
+        format!("tokengate.{name}")
+    }
+}
+
+/// What the host should do with the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Let it through after removing, then setting, these request headers; add `response_cookies` as
+    /// `Set-Cookie` on the upstream's response.
+    Forward {
+        /// Headers to set (replacing any client copy).
+        set_headers: Vec<(String, String)>,
+        /// Client headers to remove first.
+        remove_headers: Vec<String>,
+        /// `Set-Cookie` values for the response.
+        response_cookies: Vec<String>,
+    },
+    /// Answer 302.
+    Redirect {
+        /// `Location`.
+        location: String,
+        /// `Set-Cookie` values.
+        set_cookies: Vec<String>,
+    },
+    /// Answer locally with an error.
+    Deny {
+        /// HTTP status.
+        status: u16,
+        /// Short label for logs (never a secret).
+        reason: &'static str,
+        /// Extra response headers (`WWW-Authenticate`, `Set-Cookie`, content type).
+        headers: Vec<(String, String)>,
+        /// Response body.
+        body: String,
+    },
+    /// Pause, call the issuer, then [`resume`] with `then` and the answer.
+    Call {
+        /// The request to make.
+        callout: Callout,
+        /// What the answer is for.
+        then: Pending,
+    },
+    /// Pause, fetch discovery and JWKS (only the JWKS when `jwks_only`), store them, and [`decide`]
+    /// again; if the fetch fails, answer with [`issuer_unreachable`].
+    FetchKeys {
+        /// Discovery is known; only the keys are wanted (unknown `kid`).
+        jwks_only: bool,
+    },
+}
+
+/// What a callout's answer is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    /// Authorization-code exchange for this login flow.
+    CodeExchange {
+        /// The opened flow cookie.
+        flow: LoginFlow,
+        /// Its name, to clear it.
+        flow_cookie: String,
+    },
+    /// Refresh of this session.
+    Refresh {
+        /// The opened session cookie.
+        session: Session,
+        /// The ID token cached for it, possibly still usable.
+        cached: Option<CachedIdToken>,
+    },
+    /// Revocation during sign-out; the answer does not change where the browser goes.
+    SignOut {
+        /// Where to send the browser.
+        location: String,
+        /// Cookies to clear.
+        set_cookies: Vec<String>,
+    },
+}
+
+/// Decides what to do with a request.
+pub fn decide(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
+    if (cfg.skip_cors_preflight && req.is_cors_preflight()) || is_skipped(cfg, req) {
+        return Decision::Forward {
+            set_headers: Vec::new(),
+            remove_headers: claim_header_names(cfg),
+            response_cookies: Vec::new(),
+        };
+    }
+    let path = req.path_only();
+    if path == cfg.redirect_path {
+        return callback(cfg, ctx, req);
+    }
+    if path == cfg.sign_out_path {
+        return sign_out(cfg, ctx, req);
+    }
+    if let Some(token) = req.bearer_token() {
+        return bearer(cfg, ctx, req, token);
+    }
+    match open_session(cfg, ctx, req) {
+        Some(session) => with_session(cfg, ctx, req, session),
+        None => start_login(cfg, ctx, req, clear_session_cookies(cfg, req)),
+    }
+}
+
+/// Continues after the issuer answered a [`Decision::Call`].
+pub fn resume(
+    cfg: &FilterConfig,
+    ctx: &Ctx<'_>,
+    req: &RequestParts,
+    pending: Pending,
+    resp: &CalloutResponse,
+) -> Decision {
+    match pending {
+        Pending::CodeExchange { flow, flow_cookie } => code_exchanged(cfg, ctx, req, flow, &flow_cookie, resp),
+        Pending::Refresh { session, cached } => refreshed(cfg, ctx, req, session, cached, resp),
+        Pending::SignOut { location, set_cookies } => Decision::Redirect { location, set_cookies },
+    }
+}
+
+/// The answer when the issuer is needed but unreachable: fail closed with 503.
+pub fn issuer_unreachable(ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
+    (ctx.events)(Event::IssuerUnreachable);
+    deny_page(
+        req,
+        503,
+        "issuer_unreachable",
+        "Identity provider unreachable",
+        "The identity provider cannot be reached right now, so you cannot be signed in. Please try again in a moment.",
+        Vec::new(),
+    )
+}
+
+// === bearer tokens ===
+
+fn bearer(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, token: &str) -> Decision {
+    let now = ctx.now_secs();
+    let hash = token_hash(token);
+    let mut remove = claim_header_names(cfg);
+    if !cfg.pass_authorization_header {
+        remove.push("authorization".into());
+    }
+    if let Some(hit) = ctx.cache.get_bearer(&hash, now) {
+        (ctx.events)(Event::BearerCacheHit);
+        return identity(cfg, ctx, req, &hit.claims, None, remove, Vec::new());
+    }
+    (ctx.events)(Event::BearerCacheMiss);
+    let Some(provider) = ctx.provider else {
+        return Decision::FetchKeys { jwks_only: false };
+    };
+    let want = Expectations {
+        issuer: &cfg.issuer,
+        client_id: &cfg.client_id,
+        audiences: &cfg.audiences,
+        nonce: None,
+        clock_skew: cfg.clock_skew,
+        now,
+    };
+    match token::verify(token, &provider.jwks, &want) {
+        Ok(v) => {
+            ctx.cache.put_bearer(&CachedBearer {
+                hash,
+                expires_at: v.expires_at.saturating_add(cfg.clock_skew.as_secs()),
+                claims: v.claims.clone(),
+            });
+            identity(cfg, ctx, req, &v.claims, None, remove, Vec::new())
+        }
+        Err(TokenError::UnknownKey) if !ctx.keys_refetched && provider.may_refetch_for_unknown_kid(now) => {
+            Decision::FetchKeys { jwks_only: true }
+        }
+        Err(e) => {
+            (ctx.events)(Event::VerificationFailed(e.reason()));
+            Decision::Deny {
+                status: 401,
+                reason: e.reason(),
+                headers: vec![
+                    ("www-authenticate".into(), format!("Bearer error=\"invalid_token\", error_description=\"{e}\"")),
+                    ("cache-control".into(), "no-store".into()),
+                ],
+                body: String::new(),
+            }
+        }
+    }
+}
+
+// === sessions ===
+
+fn open_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Option<Session> {
+    let raw = session::join(|n| req.cookie(n), &cfg.cookie.name)?;
+    cfg.keyring.open::<Session>(&cfg.cookie.name, &raw, ctx.now_secs()).ok()
+}
+
+fn with_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: Session) -> Decision {
+    let now = ctx.now_secs();
+    let cached = ctx.cache.get_session(&session.id);
+    if let Some(c) = cached.as_ref().filter(|c| c.expires_at > now + REFRESH_MARGIN.as_secs()) {
+        (ctx.events)(Event::SessionCacheHit);
+        return use_id_token(cfg, ctx, req, c, Vec::new());
+    }
+    (ctx.events)(Event::SessionCacheMiss);
+    let still_valid = cached.as_ref().filter(|c| c.expires_at > now);
+    match (&session.refresh_token, ctx.provider) {
+        (Some(rt), Some(p)) => match oauth::refresh_request(cfg, &p.metadata, rt) {
+            Ok(callout) => Decision::Call { callout, then: Pending::Refresh { session, cached } },
+            Err(_) => issuer_unreachable(ctx, req),
+        },
+        (Some(_), None) => match still_valid {
+            Some(c) => use_id_token(cfg, ctx, req, c, Vec::new()),
+            None => Decision::FetchKeys { jwks_only: false },
+        },
+        (None, _) => match still_valid {
+            Some(c) => use_id_token(cfg, ctx, req, c, Vec::new()),
+            None => start_login(cfg, ctx, req, clear_session_cookies(cfg, req)),
+        },
+    }
+}
+
+fn use_id_token(
+    cfg: &FilterConfig,
+    ctx: &Ctx<'_>,
+    req: &RequestParts,
+    c: &CachedIdToken,
+    cookies: Vec<String>,
+) -> Decision {
+    let claims = token::claims_of_trusted(&c.id_token).unwrap_or_default();
+    let mut remove = claim_header_names(cfg);
+    if cfg.pass_authorization_header {
+        remove.push("authorization".into());
+    }
+    identity(cfg, ctx, req, &claims, Some(&c.id_token), remove, cookies)
+}
+
+fn refreshed(
+    cfg: &FilterConfig,
+    ctx: &Ctx<'_>,
+    req: &RequestParts,
+    session: Session,
+    cached: Option<CachedIdToken>,
+    resp: &CalloutResponse,
+) -> Decision {
+    let now = ctx.now_secs();
+    let unavailable = |ctx: &Ctx<'_>| {
+        (ctx.events)(Event::RefreshUnavailable);
+        match cached.as_ref().filter(|c| c.expires_at > now) {
+            Some(c) => use_id_token(cfg, ctx, req, c, Vec::new()),
+            None => issuer_unreachable(ctx, req),
+        }
+    };
+    let tokens = match oauth::parse_token_response(resp) {
+        Ok(t) => t,
+        Err(e) if e.ends_session() => {
+            (ctx.events)(Event::RefreshRejected);
+            ctx.cache.delete_session(&session.id);
+            return start_login(cfg, ctx, req, clear_session_cookies(cfg, req));
+        }
+        Err(_) => return unavailable(ctx),
+    };
+    let Some(id_token) = tokens.id_token else {
+        return unavailable(ctx);
+    };
+    let Some(provider) = ctx.provider else {
+        return unavailable(ctx);
+    };
+    let want = Expectations {
+        issuer: &cfg.issuer,
+        client_id: &cfg.client_id,
+        audiences: &[],
+        nonce: None,
+        clock_skew: cfg.clock_skew,
+        now,
+    };
+    let verified = match token::verify(&id_token, &provider.jwks, &want) {
+        Ok(v) => v,
+        Err(e) => {
+            (ctx.events)(Event::VerificationFailed(e.reason()));
+            return unavailable(ctx);
+        }
+    };
+    // OpenID Connect Core §12.2: a refreshed ID token must be about the same user.
+    let old_sub =
+        cached.as_ref().and_then(|c| token::claims_of_trusted(&c.id_token)).and_then(|c| c.get("sub").cloned());
+    if old_sub.is_some_and(|s| Some(&s) != verified.claims.get("sub")) {
+        (ctx.events)(Event::VerificationFailed("sub_changed"));
+        ctx.cache.delete_session(&session.id);
+        return start_login(cfg, ctx, req, clear_session_cookies(cfg, req));
+    }
+    let entry = CachedIdToken { sid: session.id.clone(), id_token, expires_at: verified.expires_at };
+    ctx.cache.put_session(&entry);
+    (ctx.events)(Event::RefreshSucceeded);
+    let cookies = match tokens.refresh_token {
+        Some(rt) if Some(&rt) != session.refresh_token.as_ref() => {
+            let rotated = Session { refresh_token: Some(rt), ..session };
+            match session_cookies(cfg, ctx, req, &rotated) {
+                Some(c) => c,
+                None => return internal_error(req),
+            }
+        }
+        _ => Vec::new(),
+    };
+    use_id_token(cfg, ctx, req, &entry, cookies)
+}
+
+/// `Set-Cookie` values that store `s`, split as needed, and clear stale chunks.
+fn session_cookies(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, s: &Session) -> Option<Vec<String>> {
+    let sealed = cfg.keyring.seal(&cfg.cookie.name, s, ctx.rng).ok()?;
+    let remaining = Duration::from_secs(s.expires_at.saturating_sub(ctx.now_secs()));
+    let parts = session::split(&cfg.cookie.name, &sealed);
+    let mut out: Vec<String> = session::chunk_names(|n| req.cookie(n), &cfg.cookie.name)
+        .into_iter()
+        .filter(|n| !parts.iter().any(|(p, _)| p == n))
+        .map(|n| session::clear_cookie(&cfg.cookie, &n))
+        .collect();
+    out.extend(parts.iter().map(|(n, v)| session::set_cookie(&cfg.cookie, n, v, remaining, cfg.cookie.same_site)));
+    Some(out)
+}
+
+fn clear_session_cookies(cfg: &FilterConfig, req: &RequestParts) -> Vec<String> {
+    session::chunk_names(|n| req.cookie(n), &cfg.cookie.name)
+        .iter()
+        .map(|n| session::clear_cookie(&cfg.cookie, n))
+        .collect()
+}
+
+// === login ===
+
+/// At most this many login flows are kept in cookies; more are cleared, bounding the `Cookie` header.
+pub const MAX_LOGIN_FLOWS: usize = 4;
+
+fn flow_cookie_prefix(cfg: &FilterConfig) -> String {
+    format!("{}_csrf_", cfg.cookie.name)
+}
+
+fn flow_cookie_name(cfg: &FilterConfig, flow_id: &str) -> String {
+    format!("{}{flow_id}", flow_cookie_prefix(cfg))
+}
+
+/// Flow cookies are scoped to the callback path, whatever `cookie.path` says, so they reach it and
+/// nothing else.
+fn flow_cookie_attrs(cfg: &FilterConfig) -> CookieConfig {
+    CookieConfig { path: cfg.redirect_path.clone(), ..cfg.cookie.clone() }
+}
+
+fn clear_flow_cookie(cfg: &FilterConfig, name: &str) -> String {
+    session::clear_cookie(&flow_cookie_attrs(cfg), name)
+}
+
+fn redirect_uri(cfg: &FilterConfig, req: &RequestParts) -> String {
+    format!("{}://{}{}", req.scheme, req.authority, cfg.redirect_path)
+}
+
+fn start_login(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, mut set_cookies: Vec<String>) -> Decision {
+    if !req.is_navigation() {
+        let mut headers =
+            vec![("www-authenticate".to_string(), "Bearer".to_string()), ("cache-control".into(), "no-store".into())];
+        headers.extend(set_cookies.into_iter().map(|c| ("set-cookie".to_string(), c)));
+        return Decision::Deny { status: 401, reason: "unauthenticated", headers, body: String::new() };
+    }
+    if ctx.issuer_down {
+        return issuer_unreachable(ctx, req);
+    }
+    let Some(provider) = ctx.provider else {
+        return Decision::FetchKeys { jwks_only: false };
+    };
+    let now = ctx.now_secs();
+    let ids = (|| {
+        Some((
+            random::hex_token(ctx.rng, 4).ok()?,
+            random::token(ctx.rng, 16).ok()?,
+            random::token(ctx.rng, 16).ok()?,
+            random::token(ctx.rng, 32).ok()?,
+        ))
+    })();
+    let Some((flow_id, state_secret, nonce, verifier)) = ids else {
+        return internal_error(req);
+    };
+    let state = format!("{flow_id}.{state_secret}");
+    let Ok(location) =
+        oauth::authorization_url(cfg, &provider.metadata, &redirect_uri(cfg, req), &state, &nonce, &verifier)
+    else {
+        return issuer_unreachable(ctx, req);
+    };
+    let flow =
+        LoginFlow { state, nonce, verifier, return_to: req.url(), expires_at: now + LOGIN_FLOW_LIFETIME.as_secs() };
+    let name = flow_cookie_name(cfg, &flow_id);
+    let Ok(sealed) = cfg.keyring.seal(&name, &flow, ctx.rng) else {
+        return internal_error(req);
+    };
+    // The callback is a cross-site navigation from the issuer: a Strict cookie would not come back.
+    let same_site = match cfg.cookie.same_site {
+        SameSite::None => SameSite::None,
+        _ => SameSite::Lax,
+    };
+    let prefix = flow_cookie_prefix(cfg);
+    let open_flows: Vec<&str> = req.cookie_names_with_prefix(&prefix).collect();
+    if open_flows.len() >= MAX_LOGIN_FLOWS {
+        set_cookies.extend(open_flows.iter().map(|n| clear_flow_cookie(cfg, n)));
+    }
+    set_cookies.push(session::set_cookie(&flow_cookie_attrs(cfg), &name, &sealed, LOGIN_FLOW_LIFETIME, same_site));
+    (ctx.events)(Event::LoginStarted);
+    Decision::Redirect { location, set_cookies }
+}
+
+fn callback(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
+    let query = req.query();
+    let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let state = param("state").unwrap_or_default();
+    let flow_id = state.split('.').next().unwrap_or_default();
+    let valid_id = flow_id.len() == 8 && flow_id.bytes().all(|b| b.is_ascii_hexdigit());
+    let flow_cookie = flow_cookie_name(cfg, if valid_id { flow_id } else { "none" });
+    let clear_flow = if valid_id && req.cookie(&flow_cookie).is_some() {
+        vec![clear_flow_cookie(cfg, &flow_cookie)]
+    } else {
+        Vec::new()
+    };
+    let fail = |reason: &'static str, message: &str, cookies: Vec<String>| {
+        (ctx.events)(Event::LoginFailed);
+        deny_page(req, 400, reason, "Sign-in failed", message, cookies)
+    };
+    if let Some(error) = param("error") {
+        return fail(
+            "authorization_error",
+            &format!("The identity provider refused the sign-in ({}). Go back and try again.", html_escape(error)),
+            clear_flow,
+        );
+    }
+    if !valid_id {
+        return fail("bad_state", "The sign-in response is missing its state. Go back and try again.", clear_flow);
+    }
+    let Some(raw) = req.cookie(&flow_cookie) else {
+        return fail(
+            "no_flow_cookie",
+            "This sign-in has expired or cookies are disabled. Go back and try again.",
+            clear_flow,
+        );
+    };
+    let flow: LoginFlow = match cfg.keyring.open(&flow_cookie, raw, ctx.now_secs()) {
+        Ok(f) => f,
+        Err(_) => return fail("bad_flow_cookie", "This sign-in has expired. Go back and try again.", clear_flow),
+    };
+    if !constant_time_eq(flow.state.as_bytes(), state.as_bytes()) {
+        return fail(
+            "state_mismatch",
+            "The sign-in response does not match this browser. Go back and try again.",
+            clear_flow,
+        );
+    }
+    let Some(code) = param("code").filter(|c| !c.is_empty()) else {
+        return fail("no_code", "The sign-in response has no authorization code.", clear_flow);
+    };
+    let Some(provider) = ctx.provider else {
+        return Decision::FetchKeys { jwks_only: false };
+    };
+    match oauth::code_request(cfg, &provider.metadata, code, &redirect_uri(cfg, req), &flow.verifier) {
+        Ok(callout) => Decision::Call { callout, then: Pending::CodeExchange { flow, flow_cookie } },
+        Err(_) => issuer_unreachable(ctx, req),
+    }
+}
+
+fn code_exchanged(
+    cfg: &FilterConfig,
+    ctx: &Ctx<'_>,
+    req: &RequestParts,
+    flow: LoginFlow,
+    flow_cookie: &str,
+    resp: &CalloutResponse,
+) -> Decision {
+    let mut set_cookies = vec![clear_flow_cookie(cfg, flow_cookie)];
+    let fail = |reason: &'static str, message: &str, cookies: Vec<String>| {
+        (ctx.events)(Event::LoginFailed);
+        deny_page(req, 401, reason, "Sign-in failed", message, cookies)
+    };
+    let tokens = match oauth::parse_token_response(resp) {
+        Ok(t) => t,
+        Err(TokenEndpointError::Rejected { code }) => {
+            return fail(
+                "code_rejected",
+                &format!(
+                    "The identity provider rejected the sign-in ({}). Go back and try again.",
+                    html_escape(code.as_str())
+                ),
+                set_cookies,
+            )
+        }
+        Err(_) => {
+            (ctx.events)(Event::LoginFailed);
+            let mut d = issuer_unreachable(ctx, req);
+            if let Decision::Deny { headers, .. } = &mut d {
+                headers.extend(set_cookies.into_iter().map(|c| ("set-cookie".to_string(), c)));
+            }
+            return d;
+        }
+    };
+    let (Some(id_token), Some(provider)) = (tokens.id_token, ctx.provider) else {
+        return fail("no_id_token", "The identity provider returned no ID token.", set_cookies);
+    };
+    let now = ctx.now_secs();
+    let want = Expectations {
+        issuer: &cfg.issuer,
+        client_id: &cfg.client_id,
+        audiences: &[],
+        nonce: Some(&flow.nonce),
+        clock_skew: cfg.clock_skew,
+        now,
+    };
+    let verified = match token::verify(&id_token, &provider.jwks, &want) {
+        Ok(v) => v,
+        Err(e) => {
+            (ctx.events)(Event::VerificationFailed(e.reason()));
+            return fail(e.reason(), "The identity provider's answer could not be verified.", set_cookies);
+        }
+    };
+    if let Some(denied) = forbidden(cfg, ctx, req, &verified.claims) {
+        return denied;
+    }
+    let Ok(sid) = random::hex_token(ctx.rng, 16) else {
+        return internal_error(req);
+    };
+    ctx.cache.put_session(&CachedIdToken { sid: sid.clone(), id_token, expires_at: verified.expires_at });
+    let session =
+        Session { id: sid, refresh_token: tokens.refresh_token, expires_at: now + cfg.cookie.lifetime.as_secs() };
+    let Some(cookies) = session_cookies(cfg, ctx, req, &session) else {
+        return internal_error(req);
+    };
+    set_cookies.extend(cookies);
+    (ctx.events)(Event::LoginSucceeded);
+    let location = if is_safe_redirect(cfg, req, &flow.return_to) { flow.return_to } else { "/".into() };
+    Decision::Redirect { location, set_cookies }
+}
+
+// === sign-out ===
+
+fn sign_out(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
+    let set_cookies = clear_session_cookies(cfg, req);
+    let session = open_session(cfg, ctx, req);
+    let id_token_hint = session.as_ref().and_then(|s| ctx.cache.get_session(&s.id)).map(|c| c.id_token);
+    if let Some(s) = &session {
+        ctx.cache.delete_session(&s.id);
+    }
+    let after = cfg.post_logout_redirect_uri.clone().or_else(|| {
+        req.query_param("rd").filter(|rd| is_safe_redirect(cfg, req, rd)).map(|rd| {
+            if rd.starts_with('/') {
+                format!("{}://{}{rd}", req.scheme, req.authority)
+            } else {
+                rd
+            }
+        })
+    });
+    let end_session =
+        ctx.provider.and_then(|p| p.metadata.end_session_endpoint.as_deref()).and_then(|e| HttpUrl::parse(e).ok());
+    let location = match end_session {
+        Some(endpoint) => {
+            // OpenID Connect RP-Initiated Logout 1.0 §2.
+            let mut params = vec![("client_id", cfg.client_id.as_str())];
+            if let Some(hint) = &id_token_hint {
+                params.push(("id_token_hint", hint));
+            }
+            if let Some(after) = &after {
+                params.push(("post_logout_redirect_uri", after));
+            }
+            endpoint.with_query(&params)
+        }
+        None => after.unwrap_or_else(|| "/".into()),
+    };
+    (ctx.events)(Event::SignedOut);
+    let revoke = session
+        .and_then(|s| s.refresh_token)
+        .zip(ctx.provider.and_then(|p| p.metadata.revocation_endpoint.as_deref()))
+        .and_then(|(rt, endpoint)| oauth::revocation_request(cfg, endpoint, &rt).ok());
+    match revoke {
+        Some(callout) => Decision::Call { callout, then: Pending::SignOut { location, set_cookies } },
+        None => Decision::Redirect { location, set_cookies },
+    }
+}
+
+// === identity, access control, pages ===
+
+/// Checks access, then forwards with the identity headers.
+fn identity(
+    cfg: &FilterConfig,
+    ctx: &Ctx<'_>,
+    req: &RequestParts,
+    claims: &Map<String, Value>,
+    id_token: Option<&str>,
+    remove_headers: Vec<String>,
+    response_cookies: Vec<String>,
+) -> Decision {
+    if let Some(denied) = forbidden(cfg, ctx, req, claims) {
+        return denied;
+    }
+    let mut set_headers = claim_headers(cfg, claims);
+    if let (true, Some(t)) = (cfg.pass_authorization_header, id_token) {
+        set_headers.push(("authorization".into(), format!("Bearer {t}")));
+    }
+    Decision::Forward { set_headers, remove_headers, response_cookies }
+}
+
+/// The 403 page when `allowed_groups`/`allowed_emails` say no.
+fn forbidden(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, claims: &Map<String, Value>) -> Option<Decision> {
+    if is_allowed(cfg, claims) {
+        return None;
+    }
+    (ctx.events)(Event::Forbidden);
+    Some(deny_page(
+        req,
+        403,
+        "forbidden",
+        "Access denied",
+        "You are signed in, but your account is not allowed to use this application.",
+        Vec::new(),
+    ))
+}
+
+/// `allowed_groups` and `allowed_emails`, each checked when configured.
+pub fn is_allowed(cfg: &FilterConfig, claims: &Map<String, Value>) -> bool {
+    if !cfg.allowed_groups.is_empty() {
+        let groups: Vec<&str> = match claims.get("groups") {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            Some(Value::String(s)) => vec![s.as_str()],
+            _ => Vec::new(),
+        };
+        if !groups.iter().any(|g| cfg.allowed_groups.iter().any(|a| a == g)) {
+            return false;
+        }
+    }
+    if !cfg.allowed_emails.is_empty() {
+        let Some(email) = claims.get("email").and_then(Value::as_str) else {
+            return false;
+        };
+        if claims.get("email_verified") == Some(&Value::Bool(false)) {
+            return false;
+        }
+        let email = email.to_ascii_lowercase();
+        let ok =
+            cfg.allowed_emails.iter().any(
+                |a| {
+                    if a.starts_with('@') {
+                        email.ends_with(a.as_str())
+                    } else {
+                        email == *a
+                    }
+                },
+            );
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+fn claim_header_names(cfg: &FilterConfig) -> Vec<String> {
+    cfg.claims_to_headers.iter().map(|(_, h)| h.clone()).collect()
+}
+
+/// Claim values as header values: strings as-is, arrays comma-joined, control characters dropped.
+pub fn claim_headers(cfg: &FilterConfig, claims: &Map<String, Value>) -> Vec<(String, String)> {
+    cfg.claims_to_headers
+        .iter()
+        .filter_map(|(claim, header)| {
+            let value = match claims.get(claim)? {
+                Value::String(s) => s.clone(),
+                Value::Array(items) => items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                Value::Null => return None,
+                other => other.to_string(),
+            };
+            let clean: String = value.chars().filter(|c| !c.is_control()).collect();
+            Some((header.clone(), clean))
+        })
+        .collect()
+}
+
+fn is_skipped(cfg: &FilterConfig, req: &RequestParts) -> bool {
+    let path = req.path_only();
+    cfg.skip.iter().any(|rule| {
+        (rule.methods.is_empty() || rule.methods.contains(&req.method))
+            && match &rule.path {
+                PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+                PathMatch::Regex(re) => re.is_match(path),
+            }
+    })
+}
+
+/// Whether the browser may be sent to `target` after login or logout: a local path, the request's own
+/// host, or an `allowed_redirect_domains` entry (`host`, or `.domain` for it and its subdomains).
+pub fn is_safe_redirect(cfg: &FilterConfig, req: &RequestParts, target: &str) -> bool {
+    if target.starts_with('/') {
+        // `//evil` and `/\evil` are protocol-relative to browsers.
+        return !target.starts_with("//")
+            && !target.starts_with("/\\")
+            && !target.chars().any(|c| c.is_control() || c == '\\');
+    }
+    let Ok(url) = HttpUrl::parse(target) else {
+        return false;
+    };
+    url.host == req.host()
+        || cfg.allowed_redirect_domains.iter().any(|d| {
+            let d = d.split(':').next().unwrap_or(d);
+            match d.strip_prefix('.') {
+                Some(suffix) => url.host == suffix || url.host.ends_with(&format!(".{suffix}")),
+                None => url.host == d,
+            }
+        })
+}
+
+fn internal_error(req: &RequestParts) -> Decision {
+    deny_page(req, 500, "internal", "Internal error", "Something went wrong. Please try again.", Vec::new())
+}
+
+/// A local error: a small HTML page for browsers, plain text for everyone else.
+fn deny_page(
+    req: &RequestParts,
+    status: u16,
+    reason: &'static str,
+    title: &str,
+    message: &str,
+    set_cookies: Vec<String>,
+) -> Decision {
+    let mut headers = vec![("cache-control".to_string(), "no-store".to_string())];
+    let body = if req.is_navigation() {
+        headers.push(("content-type".into(), "text/html; charset=utf-8".into()));
+        format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+             <body><h1>{title}</h1><p>{message}</p></body></html>\n"
+        )
+    } else {
+        headers.push(("content-type".into(), "text/plain; charset=utf-8".into()));
+        format!("{title}\n")
+    };
+    headers.extend(set_cookies.into_iter().map(|c| ("set-cookie".to_string(), c)));
+    Decision::Deny { status, reason, headers, body }
+}
+
+fn html_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '&' => "&amp;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&#39;".to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,677 @@
+//! Journeys through `decide` and `resume`: each test plays the host's part by hand.
+
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::json;
+
+use super::*;
+use crate::cache::{namespace, MemoryStore};
+use crate::discovery::ProviderMetadata;
+use crate::random::RandomError;
+use crate::token::testing::Signer;
+
+const NOW: u64 = 1_700_000_000;
+const ISSUER: &str = "https://dex.example.com";
+const HTML: &str = "text/html,application/xhtml+xml";
+
+/// Deterministic bytes: each fill continues a counter.
+struct SeqRandom(Cell<u8>);
+
+impl Random for SeqRandom {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError> {
+        for b in buf {
+            *b = self.0.get();
+            self.0.set(self.0.get().wrapping_add(1));
+        }
+        Ok(())
+    }
+}
+
+struct World {
+    cfg: FilterConfig,
+    signer: Signer,
+    provider: Option<Provider>,
+    store: MemoryStore,
+    ns: String,
+    rng: SeqRandom,
+    events: RefCell<Vec<Event>>,
+    now: Cell<u64>,
+    issuer_down: bool,
+    keys_refetched: bool,
+}
+
+fn config(patch: serde_json::Value) -> FilterConfig {
+    let mut v = json!({
+        "issuer": ISSUER,
+        "client_id": "kube",
+        "client_secret": "s3cret",
+        "cluster": "issuer",
+        "cookie_secrets": ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="],
+        "claims_to_headers": {"email": "X-Auth-Email", "groups": "X-Auth-Groups"},
+        "skip": [{"path_prefix": "/healthz"}, {"path_regex": "^/static/.*\\.css$", "methods": ["GET"]}],
+        "allowed_redirect_domains": [".example.org"],
+    });
+    for (k, val) in patch.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    FilterConfig::parse(v.to_string().as_bytes()).unwrap()
+}
+
+fn metadata() -> ProviderMetadata {
+    ProviderMetadata {
+        issuer: ISSUER.into(),
+        authorization_endpoint: format!("{ISSUER}/auth"),
+        token_endpoint: format!("{ISSUER}/token"),
+        jwks_uri: format!("{ISSUER}/keys"),
+        revocation_endpoint: Some(format!("{ISSUER}/revoke")),
+        end_session_endpoint: Some(format!("{ISSUER}/logout")),
+    }
+}
+
+impl World {
+    fn new() -> World {
+        World::with_config(config(json!({})))
+    }
+
+    fn with_config(cfg: FilterConfig) -> World {
+        let signer = Signer::new();
+        let provider = Provider {
+            metadata: metadata(),
+            jwks: signer.jwks.clone(),
+            jwks_json: String::new(),
+            fetched_at: NOW - 100,
+        };
+        World {
+            ns: namespace(&cfg.issuer, &cfg.client_id),
+            cfg,
+            signer,
+            provider: Some(provider),
+            store: MemoryStore::default(),
+            rng: SeqRandom(Cell::new(0)),
+            events: RefCell::new(Vec::new()),
+            now: Cell::new(NOW),
+            issuer_down: false,
+            keys_refetched: false,
+        }
+    }
+
+    fn ctx<'a>(&'a self, events: &'a dyn Fn(Event)) -> Ctx<'a> {
+        Ctx {
+            now: UNIX_EPOCH + Duration::from_secs(self.now.get()),
+            provider: self.provider.as_ref(),
+            issuer_down: self.issuer_down,
+            cache: Cache::new(&self.store, &self.ns),
+            rng: &self.rng,
+            events,
+            keys_refetched: self.keys_refetched,
+        }
+    }
+
+    fn decide(&self, req: &RequestParts) -> Decision {
+        let push = |e| self.events.borrow_mut().push(e);
+        decide(&self.cfg, &self.ctx(&push), req)
+    }
+
+    fn resume(&self, req: &RequestParts, pending: Pending, status: u16, body: &str) -> Decision {
+        let push = |e| self.events.borrow_mut().push(e);
+        let resp = CalloutResponse { status, body: body.as_bytes().to_vec() };
+        resume(&self.cfg, &self.ctx(&push), req, pending, &resp)
+    }
+
+    fn id_token(&self, patch: serde_json::Value) -> String {
+        let mut claims = json!({
+            "iss": ISSUER, "sub": "user-1", "aud": "kube",
+            "exp": self.now.get() + 3600, "iat": self.now.get(),
+            "email": "alice@example.com", "email_verified": true, "groups": ["admins", "dev"],
+        });
+        for (k, v) in patch.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        self.signer.sign("RS256", Some("rsa"), &claims)
+    }
+
+    fn saw(&self, e: Event) -> bool {
+        self.events.borrow().contains(&e)
+    }
+
+    /// Runs start → callback → code exchange and returns the session cookies (`name=value`).
+    fn login(&self) -> Vec<String> {
+        let start = browser("/app?x=1", &[]);
+        let Decision::Redirect { location, set_cookies } = self.decide(&start) else { panic!("login starts") };
+        let state = query_of(&location, "state");
+        let flow_cookie = cookie_pair(&set_cookies[0]);
+        let cb = browser(&format!("/oauth2/callback?code=c0de&state={state}"), &[&flow_cookie]);
+        let Decision::Call { then, .. } = self.decide(&cb) else { panic!("code exchange") };
+        let Pending::CodeExchange { flow, .. } = &then else { panic!() };
+        let body =
+            json!({"id_token": self.id_token(json!({"nonce": flow.nonce})), "refresh_token": "rt-1"}).to_string();
+        let Decision::Redirect { set_cookies, .. } = self.resume(&cb, then, 200, &body) else {
+            panic!("session starts")
+        };
+        set_cookies.iter().filter(|c| !c.contains("Max-Age=0")).map(|c| cookie_pair(c)).collect()
+    }
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)], cookies: &[&str]) -> RequestParts {
+    let mut h: Vec<(String, String)> = vec![
+        (":method".into(), method.into()),
+        (":scheme".into(), "https".into()),
+        (":authority".into(), "app.example.com".into()),
+        (":path".into(), path.into()),
+    ];
+    h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    if !cookies.is_empty() {
+        h.push(("cookie".into(), cookies.join("; ")));
+    }
+    RequestParts::from_headers(h)
+}
+
+fn browser(path: &str, cookies: &[&str]) -> RequestParts {
+    request("GET", path, &[("accept", HTML)], cookies)
+}
+
+fn api(path: &str, headers: &[(&str, &str)]) -> RequestParts {
+    request("GET", path, &[&[("accept", "application/json")], headers].concat(), &[])
+}
+
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+fn query_of(url: &str, name: &str) -> String {
+    let q = url.split_once('?').unwrap().1;
+    crate::url::parse_query(q).into_iter().find(|(k, _)| k == name).map(|(_, v)| v).unwrap_or_default()
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn skipped_paths_and_cors_preflights_pass_without_claim_headers() {
+    let w = World::new();
+    for req in [
+        api("/healthz/ready", &[("x-auth-email", "forged@evil")]),
+        request("GET", "/static/site.css", &[], &[]),
+        request("OPTIONS", "/api", &[("origin", "https://x"), ("access-control-request-method", "PUT")], &[]),
+    ] {
+        assert_eq!(
+            w.decide(&req),
+            Decision::Forward {
+                set_headers: vec![],
+                remove_headers: vec!["x-auth-email".into(), "x-auth-groups".into()],
+                response_cookies: vec![]
+            },
+            "{}",
+            req.path
+        );
+    }
+    assert!(
+        matches!(w.decide(&request("POST", "/static/site.css", &[], &[])), Decision::Deny { status: 401, .. }),
+        "method-limited rule"
+    );
+}
+
+#[test]
+fn browser_without_session_is_sent_to_the_issuer_with_state_nonce_and_pkce() {
+    let w = World::new();
+    let Decision::Redirect { location, set_cookies } = w.decide(&browser("/app?x=1", &[])) else { panic!() };
+    assert!(location.starts_with("https://dex.example.com/auth?response_type=code&client_id=kube"), "{location}");
+    assert_eq!(query_of(&location, "redirect_uri"), "https://app.example.com/oauth2/callback");
+    assert_eq!(query_of(&location, "scope"), "openid email profile groups offline_access");
+    assert_eq!(query_of(&location, "code_challenge_method"), "S256");
+    let state = query_of(&location, "state");
+    let flow_id = state.split('.').next().unwrap();
+    assert_eq!(flow_id.len(), 8);
+    assert_eq!(set_cookies.len(), 1);
+    assert!(set_cookies[0].starts_with(&format!("_tokengate_csrf_{flow_id}=")), "{}", set_cookies[0]);
+    assert!(
+        set_cookies[0].ends_with("; Path=/oauth2/callback; Max-Age=600; HttpOnly; Secure; SameSite=Lax"),
+        "{}",
+        set_cookies[0]
+    );
+    let flow: LoginFlow = w
+        .cfg
+        .keyring
+        .open(&format!("_tokengate_csrf_{flow_id}"), cookie_pair(&set_cookies[0]).split_once('=').unwrap().1, NOW)
+        .unwrap();
+    assert_eq!(flow.state, state);
+    assert_eq!(flow.return_to, "https://app.example.com/app?x=1");
+    assert_eq!(query_of(&location, "nonce"), flow.nonce);
+    assert_eq!(query_of(&location, "code_challenge"), oauth::pkce_challenge(&flow.verifier));
+    assert!(w.saw(Event::LoginStarted));
+}
+
+#[test]
+fn two_tabs_get_separate_flow_cookies() {
+    let w = World::new();
+    let Decision::Redirect { set_cookies: a, .. } = w.decide(&browser("/a", &[])) else { panic!() };
+    let Decision::Redirect { set_cookies: b, .. } = w.decide(&browser("/b", &[])) else { panic!() };
+    assert_ne!(a[0].split('=').next(), b[0].split('=').next());
+}
+
+#[test]
+fn abandoned_login_flows_are_cleared_beyond_the_limit() {
+    let w = World::new();
+    let flows: Vec<String> = (0..MAX_LOGIN_FLOWS).map(|i| format!("_tokengate_csrf_0000000{i}=x")).collect();
+    let Decision::Redirect { set_cookies, .. } = w.decide(&browser("/", &refs(&flows))) else { panic!() };
+    assert_eq!(set_cookies.len(), MAX_LOGIN_FLOWS + 1, "{set_cookies:?}");
+    assert!(set_cookies[..MAX_LOGIN_FLOWS].iter().all(|c| c.contains("Max-Age=0")));
+    let Decision::Redirect { set_cookies, .. } = w.decide(&browser("/", &refs(&flows[1..]))) else { panic!() };
+    assert_eq!(set_cookies.len(), 1, "below the limit nothing is cleared");
+}
+
+#[test]
+fn api_calls_without_session_get_401_not_a_redirect() {
+    let w = World::new();
+    for req in [
+        api("/api", &[]),
+        request("POST", "/form", &[("accept", HTML)], &[]),
+        request("GET", "/x", &[("accept", HTML), ("x-requested-with", "XMLHttpRequest")], &[]),
+    ] {
+        let d = w.decide(&req);
+        assert!(matches!(&d, Decision::Deny { status: 401, reason: "unauthenticated", .. }), "{d:?}");
+    }
+}
+
+#[test]
+fn full_login_sets_a_session_that_forwards_the_id_token_and_claims() {
+    let w = World::new();
+    let cookies = w.login();
+    assert!(w.saw(Event::LoginSucceeded));
+    assert_eq!(cookies.len(), 1);
+    assert!(cookies[0].starts_with("_tokengate="));
+    let req =
+        request("GET", "/app", &[("authorization", "Basic forged"), ("x-auth-email", "forged@evil")], &refs(&cookies));
+    let Decision::Forward { set_headers, remove_headers, response_cookies } = w.decide(&req) else { panic!() };
+    assert_eq!(header(&set_headers, "x-auth-email"), Some("alice@example.com"));
+    assert_eq!(header(&set_headers, "x-auth-groups"), Some("admins,dev"));
+    assert!(header(&set_headers, "authorization").unwrap().starts_with("Bearer ey"));
+    assert!(remove_headers.contains(&"authorization".to_string()), "client Authorization is replaced");
+    assert!(remove_headers.contains(&"x-auth-email".to_string()), "client claim headers are removed");
+    assert!(response_cookies.is_empty());
+    assert!(w.saw(Event::SessionCacheHit));
+}
+
+#[test]
+fn callback_redirects_back_to_the_original_url_and_clears_the_flow_cookie() {
+    let w = World::new();
+    let start = browser("/app?x=1", &[]);
+    let Decision::Redirect { location, set_cookies } = w.decide(&start) else { panic!() };
+    let cb = browser(
+        &format!("/oauth2/callback?code=c0de&state={}", query_of(&location, "state")),
+        &[&cookie_pair(&set_cookies[0])],
+    );
+    let Decision::Call { callout, then } = w.decide(&cb) else { panic!() };
+    assert_eq!(callout.path, "/token");
+    let body = callout.body.clone().unwrap();
+    assert!(body.starts_with("grant_type=authorization_code&code=c0de&redirect_uri=https%3A%2F%2Fapp.example.com%2Foauth2%2Fcallback&code_verifier="), "{body}");
+    assert!(header(&callout.headers, "authorization").unwrap().starts_with("Basic "));
+    let Pending::CodeExchange { flow, .. } = &then else { panic!() };
+    let resp = json!({"id_token": w.id_token(json!({"nonce": flow.nonce})), "refresh_token": "rt"}).to_string();
+    let Decision::Redirect { location, set_cookies } = w.resume(&cb, then, 200, &resp) else { panic!() };
+    assert_eq!(location, "https://app.example.com/app?x=1");
+    assert!(set_cookies[0].contains("_csrf_") && set_cookies[0].contains("Max-Age=0"), "{set_cookies:?}");
+    assert!(set_cookies[1].starts_with("_tokengate="));
+    assert!(set_cookies[1].contains(&format!("Max-Age={}", 168 * 3600)));
+}
+
+#[test]
+fn callback_problems_fail_closed_with_400() {
+    let w = World::new();
+    let Decision::Redirect { location, set_cookies } = w.decide(&browser("/", &[])) else { panic!() };
+    let state = query_of(&location, "state");
+    let flow = cookie_pair(&set_cookies[0]);
+    let flow_id = &state[..8];
+    let cases: Vec<(&str, RequestParts, &str)> = vec![
+        (
+            "issuer error",
+            browser(&format!("/oauth2/callback?error=access_denied&state={state}"), &[&flow]),
+            "authorization_error",
+        ),
+        ("missing state", browser("/oauth2/callback?code=c", &[&flow]), "bad_state"),
+        ("no flow cookie", browser(&format!("/oauth2/callback?code=c&state={state}"), &[]), "no_flow_cookie"),
+        (
+            "state mismatch",
+            browser(&format!("/oauth2/callback?code=c&state={flow_id}.other"), &[&flow]),
+            "state_mismatch",
+        ),
+        ("no code", browser(&format!("/oauth2/callback?state={state}"), &[&flow]), "no_code"),
+        (
+            "flow cookie from another flow id",
+            browser("/oauth2/callback?code=c&state=ffffffff.x", &[&flow.replacen(flow_id, "ffffffff", 1)]),
+            "bad_flow_cookie",
+        ),
+    ];
+    for (name, req, want) in cases {
+        match w.decide(&req) {
+            Decision::Deny { status: 400, reason, .. } => assert_eq!(reason, want, "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    w.now.set(NOW + 601);
+    let late = browser(&format!("/oauth2/callback?code=c&state={state}"), &[&flow]);
+    assert!(matches!(w.decide(&late), Decision::Deny { reason: "bad_flow_cookie", .. }), "flow expired");
+}
+
+#[test]
+fn id_token_with_the_wrong_nonce_does_not_start_a_session() {
+    let w = World::new();
+    let Decision::Redirect { location, set_cookies } = w.decide(&browser("/", &[])) else { panic!() };
+    let cb = browser(
+        &format!("/oauth2/callback?code=c&state={}", query_of(&location, "state")),
+        &[&cookie_pair(&set_cookies[0])],
+    );
+    let Decision::Call { then, .. } = w.decide(&cb) else { panic!() };
+    let resp = json!({"id_token": w.id_token(json!({"nonce": "someone-else"}))}).to_string();
+    assert!(matches!(w.resume(&cb, then, 200, &resp), Decision::Deny { status: 401, reason: "nonce_mismatch", .. }));
+    assert!(w.store.is_empty(), "no session stored");
+    assert!(w.saw(Event::VerificationFailed("nonce_mismatch")));
+}
+
+#[test]
+fn code_exchange_against_an_unreachable_issuer_shows_the_503_page() {
+    let w = World::new();
+    let Decision::Redirect { location, set_cookies } = w.decide(&browser("/", &[])) else { panic!() };
+    let cb = browser(
+        &format!("/oauth2/callback?code=c&state={}", query_of(&location, "state")),
+        &[&cookie_pair(&set_cookies[0])],
+    );
+    let Decision::Call { then, .. } = w.decide(&cb) else { panic!() };
+    let Decision::Deny { status, body, .. } = w.resume(&cb, then, 0, "") else { panic!() };
+    assert_eq!(status, 503);
+    assert!(body.contains("Identity provider unreachable"), "{body}");
+}
+
+#[test]
+fn login_open_redirects_are_refused() {
+    let w = World::new();
+    let cases: &[(&str, bool)] = &[
+        ("/app", true),
+        ("https://app.example.com/x", true),
+        ("https://APP.example.com:8443/x", true),
+        ("https://example.org/", true),
+        ("https://a.b.example.org/", true),
+        ("https://evilexample.org/", false),
+        ("https://evil.com/", false),
+        ("//evil.com/", false),
+        ("/\\evil.com", false),
+        ("https://app.example.com@evil.com/", false),
+        ("javascript:alert(1)", false),
+        ("https://evil.com\\@app.example.com/", false),
+    ];
+    let req = browser("/", &[]);
+    for (target, want) in cases {
+        assert_eq!(is_safe_redirect(&w.cfg, &req, target), *want, "{target}");
+    }
+}
+
+#[test]
+fn expiring_id_token_is_refreshed_and_the_rotated_refresh_token_set_on_the_response() {
+    let w = World::new();
+    let cookies = w.login();
+    w.now.set(NOW + 3600 - 10);
+    let req = request("GET", "/app", &[("accept", HTML)], &refs(&cookies));
+    let Decision::Call { callout, then } = w.decide(&req) else { panic!("refresh") };
+    assert_eq!(callout.body.as_deref(), Some("grant_type=refresh_token&refresh_token=rt-1"));
+    let new_token = w.id_token(json!({"email": "alice@example.com"}));
+    let resp = json!({"id_token": new_token, "refresh_token": "rt-2"}).to_string();
+    let Decision::Forward { set_headers, response_cookies, .. } = w.resume(&req, then, 200, &resp) else { panic!() };
+    assert_eq!(header(&set_headers, "authorization"), Some(format!("Bearer {new_token}").as_str()));
+    assert_eq!(response_cookies.len(), 1);
+    let sealed = &cookie_pair(&response_cookies[0])["_tokengate=".len()..];
+    let s: Session = w.cfg.keyring.open("_tokengate", sealed, w.now.get()).unwrap();
+    assert_eq!(s.refresh_token.as_deref(), Some("rt-2"));
+    assert!(w.saw(Event::RefreshSucceeded));
+    // The next request, even with the old cookie, uses the new cached token.
+    assert!(matches!(w.decide(&req), Decision::Forward { .. }));
+}
+
+#[test]
+fn refresh_rejected_with_invalid_grant_ends_the_session() {
+    let w = World::new();
+    let cookies = w.login();
+    w.now.set(NOW + 3600 - 10);
+    for (req, navigation) in [
+        (request("GET", "/app", &[("accept", HTML)], &refs(&cookies)), true),
+        (request("GET", "/api", &[("accept", "application/json")], &refs(&cookies)), false),
+    ] {
+        let Decision::Call { then, .. } = w.decide(&req) else { panic!() };
+        let d = w.resume(&req, then, 400, r#"{"error":"invalid_grant"}"#);
+        let set_cookies = match (&d, navigation) {
+            (Decision::Redirect { set_cookies, .. }, true) => set_cookies.clone(),
+            (Decision::Deny { status: 401, headers, .. }, false) => {
+                headers.iter().filter(|(k, _)| k == "set-cookie").map(|(_, v)| v.clone()).collect()
+            }
+            _ => panic!("{d:?}"),
+        };
+        assert!(
+            set_cookies.iter().any(|c| c.starts_with("_tokengate=;") && c.contains("Max-Age=0")),
+            "{set_cookies:?}"
+        );
+    }
+    assert!(w.saw(Event::RefreshRejected));
+}
+
+#[test]
+fn refresh_failing_on_the_network_keeps_a_still_valid_session() {
+    let w = World::new();
+    let cookies = w.login();
+    let req = request("GET", "/app", &[("accept", HTML)], &refs(&cookies));
+    w.now.set(NOW + 3600 - 10);
+    let Decision::Call { then, .. } = w.decide(&req) else { panic!() };
+    assert!(
+        matches!(w.resume(&req, then, 503, "upstream connect error"), Decision::Forward { .. }),
+        "token still valid for 10 s"
+    );
+    w.now.set(NOW + 3600 + 5);
+    let Decision::Call { then, .. } = w.decide(&req) else { panic!() };
+    assert!(matches!(w.resume(&req, then, 0, ""), Decision::Deny { status: 503, .. }), "expired token: fail closed");
+    let Decision::Call { then, .. } = w.decide(&req) else { panic!() };
+    assert!(
+        matches!(
+            w.resume(&req, then, 400, r#"{"error":"temporarily_unavailable"}"#),
+            Decision::Deny { status: 503, .. }
+        ),
+        "other error codes keep the session"
+    );
+    assert!(w.saw(Event::RefreshUnavailable));
+}
+
+#[test]
+fn huge_refresh_tokens_split_the_session_cookie() {
+    let w = World::new();
+    let Decision::Redirect { location, set_cookies } = w.decide(&browser("/", &[])) else { panic!() };
+    let cb = browser(
+        &format!("/oauth2/callback?code=c&state={}", query_of(&location, "state")),
+        &[&cookie_pair(&set_cookies[0])],
+    );
+    let Decision::Call { then, .. } = w.decide(&cb) else { panic!() };
+    let Pending::CodeExchange { flow, .. } = &then else { panic!() };
+    let resp =
+        json!({"id_token": w.id_token(json!({"nonce": flow.nonce})), "refresh_token": "r".repeat(6000)}).to_string();
+    let Decision::Redirect { set_cookies, .. } = w.resume(&cb, then, 200, &resp) else { panic!() };
+    let session: Vec<String> = set_cookies
+        .iter()
+        .filter(|c| c.starts_with("_tokengate_"))
+        .filter(|c| !c.contains("_csrf_"))
+        .map(|c| cookie_pair(c))
+        .collect();
+    assert_eq!(session.len(), 3, "{set_cookies:?}");
+    assert!(session[0].starts_with("_tokengate_0="));
+    assert!(matches!(w.decide(&browser("/", &refs(&session))), Decision::Forward { .. }));
+}
+
+#[test]
+fn tampered_session_cookie_is_cleared_and_login_starts() {
+    let w = World::new();
+    let mut cookies = w.login();
+    cookies[0].push('A');
+    let Decision::Redirect { set_cookies, .. } = w.decide(&browser("/", &refs(&cookies))) else { panic!() };
+    assert!(set_cookies[0].starts_with("_tokengate=; ") && set_cookies[0].contains("Max-Age=0"), "{set_cookies:?}");
+}
+
+#[test]
+fn valid_bearer_token_is_forwarded_and_cached() {
+    let w = World::new();
+    let token = w.id_token(json!({}));
+    let req = api("/api", &[("authorization", &format!("Bearer {token}")), ("x-auth-email", "forged")]);
+    let Decision::Forward { set_headers, remove_headers, .. } = w.decide(&req) else { panic!() };
+    assert_eq!(header(&set_headers, "x-auth-email"), Some("alice@example.com"));
+    assert_eq!(header(&set_headers, "authorization"), None, "the client's own token goes through");
+    assert_eq!(remove_headers, vec!["x-auth-email", "x-auth-groups"]);
+    assert!(w.saw(Event::BearerCacheMiss));
+    assert!(matches!(w.decide(&req), Decision::Forward { .. }));
+    assert!(w.saw(Event::BearerCacheHit), "second use is a cache hit");
+}
+
+#[test]
+fn bearer_with_pass_authorization_header_false_has_it_stripped() {
+    let w = World::with_config(config(json!({"pass_authorization_header": false})));
+    let token = w.id_token(json!({}));
+    let Decision::Forward { remove_headers, .. } =
+        w.decide(&api("/api", &[("authorization", &format!("Bearer {token}"))]))
+    else {
+        panic!()
+    };
+    assert!(remove_headers.contains(&"authorization".to_string()));
+}
+
+#[test]
+fn invalid_bearer_tokens_get_401_with_www_authenticate() {
+    let w = World::new();
+    let cases = [
+        (w.id_token(json!({"exp": NOW - 3600})), "expired", "token expired"),
+        (w.id_token(json!({"aud": "someone-else"})), "wrong_audience", "wrong audience"),
+        ("not.a.jwt".to_string(), "malformed", "malformed token: not base64url"),
+    ];
+    for (token, reason, description) in cases {
+        let d = w.decide(&api("/api", &[("authorization", &format!("Bearer {token}"))]));
+        let Decision::Deny { status: 401, reason: r, headers, .. } = d else { panic!("{d:?}") };
+        assert_eq!(r, reason);
+        assert_eq!(
+            header(&headers, "www-authenticate"),
+            Some(format!("Bearer error=\"invalid_token\", error_description=\"{description}\"").as_str())
+        );
+        assert!(w.saw(Event::VerificationFailed(reason)));
+    }
+}
+
+#[test]
+fn unknown_kid_refetches_keys_once_then_fails() {
+    let mut w = World::new();
+    let token =
+        w.signer.sign("RS256", Some("rotated"), &json!({"iss": ISSUER, "sub": "u", "aud": "kube", "exp": NOW + 60}));
+    let req = api("/api", &[("authorization", &format!("Bearer {token}"))]);
+    assert_eq!(w.decide(&req), Decision::FetchKeys { jwks_only: true });
+    w.keys_refetched = true;
+    assert!(matches!(w.decide(&req), Decision::Deny { status: 401, reason: "unknown_kid", .. }));
+    w.keys_refetched = false;
+    w.provider.as_mut().unwrap().fetched_at = NOW - 5;
+    assert!(matches!(w.decide(&req), Decision::Deny { status: 401, .. }), "rate-limited: keys fetched 5 s ago");
+}
+
+#[test]
+fn requests_before_keys_are_known_wait_for_a_fetch() {
+    let mut w = World::new();
+    w.provider = None;
+    assert_eq!(w.decide(&browser("/", &[])), Decision::FetchKeys { jwks_only: false });
+    assert_eq!(w.decide(&api("/", &[("authorization", "Bearer a.b.c")])), Decision::FetchKeys { jwks_only: false });
+    let push = |_| {};
+    let Decision::Deny { status, .. } = issuer_unreachable(&w.ctx(&push), &browser("/", &[])) else { panic!() };
+    assert_eq!(status, 503);
+}
+
+#[test]
+fn new_logins_get_503_while_the_issuer_is_down_but_sessions_keep_working() {
+    let mut w = World::new();
+    let cookies = w.login();
+    w.issuer_down = true;
+    let Decision::Deny { status: 503, body, headers, .. } = w.decide(&browser("/", &[])) else { panic!() };
+    assert!(body.contains("<h1>Identity provider unreachable</h1>"));
+    assert_eq!(header(&headers, "content-type"), Some("text/html; charset=utf-8"));
+    assert!(matches!(w.decide(&browser("/", &refs(&cookies))), Decision::Forward { .. }));
+}
+
+#[test]
+fn users_outside_allowed_groups_and_emails_get_403() {
+    let cases: &[(serde_json::Value, serde_json::Value, bool)] = &[
+        (json!({"allowed_groups": ["admins"]}), json!({}), true),
+        (json!({"allowed_groups": ["ops"]}), json!({}), false),
+        (json!({"allowed_emails": ["@example.com"]}), json!({}), true),
+        (json!({"allowed_emails": ["ALICE@example.com"]}), json!({}), true),
+        (json!({"allowed_emails": ["bob@example.com"]}), json!({}), false),
+        (json!({"allowed_emails": ["@example.com"]}), json!({"email_verified": false}), false),
+        (json!({"allowed_emails": ["@example.com"]}), json!({"email": "alice@example.com.evil"}), false),
+        (json!({"allowed_groups": ["admins"], "allowed_emails": ["@other.org"]}), json!({}), false),
+    ];
+    for (patch, claims, allowed) in cases {
+        let w = World::with_config(config(patch.clone()));
+        let token = w.id_token(claims.clone());
+        let d = w.decide(&request("GET", "/", &[("accept", HTML), ("authorization", &format!("Bearer {token}"))], &[]));
+        match (&d, allowed) {
+            (Decision::Forward { .. }, true) => {}
+            (Decision::Deny { status: 403, body, .. }, false) => assert!(body.contains("Access denied")),
+            _ => panic!("{patch} {claims}: {d:?}"),
+        }
+    }
+}
+
+#[test]
+fn sign_out_revokes_clears_cookies_and_goes_to_the_end_session_endpoint() {
+    let w = World::with_config(config(json!({"post_logout_redirect_uri": "https://app.example.com/bye"})));
+    let cookies = w.login();
+    let req = browser("/oauth2/sign_out", &refs(&cookies));
+    let Decision::Call { callout, then } = w.decide(&req) else { panic!() };
+    assert_eq!(callout.path, "/revoke");
+    assert_eq!(callout.body.as_deref(), Some("token=rt-1&token_type_hint=refresh_token"));
+    let Decision::Redirect { location, set_cookies } = w.resume(&req, then, 503, "") else { panic!() };
+    assert!(location.starts_with("https://dex.example.com/logout?client_id=kube&id_token_hint=ey"), "{location}");
+    assert_eq!(query_of(&location, "post_logout_redirect_uri"), "https://app.example.com/bye");
+    assert!(set_cookies.iter().any(|c| c.starts_with("_tokengate=;") && c.contains("Max-Age=0")));
+    assert!(w.store.is_empty(), "the cached ID token is gone");
+    let old = browser("/", &refs(&cookies));
+    let Decision::Call { then, .. } = w.decide(&old) else {
+        panic!("the old cookie can only try its revoked refresh token")
+    };
+    assert!(matches!(w.resume(&old, then, 400, r#"{"error":"invalid_grant"}"#), Decision::Redirect { .. }));
+}
+
+#[test]
+fn sign_out_rd_parameter_is_checked_against_open_redirects() {
+    let mut w = World::new();
+    w.provider.as_mut().unwrap().metadata.end_session_endpoint = None;
+    let Decision::Redirect { location, .. } = w.decide(&browser("/oauth2/sign_out?rd=https://evil.com/", &[])) else {
+        panic!()
+    };
+    assert_eq!(location, "/");
+    let Decision::Redirect { location, .. } = w.decide(&browser("/oauth2/sign_out?rd=/home", &[])) else { panic!() };
+    assert_eq!(location, "https://app.example.com/home");
+}
+
+#[test]
+fn claim_values_are_flattened_and_stripped_of_control_characters() {
+    let cfg = config(
+        json!({"claims_to_headers": {"email": "x-email", "groups": "x-groups", "n": "x-n", "missing": "x-missing"}}),
+    );
+    let claims = json!({"email": "a@b\r\nInjected: yes", "groups": ["a", "b"], "n": 3}).as_object().unwrap().clone();
+    assert_eq!(
+        claim_headers(&cfg, &claims),
+        vec![
+            ("x-email".to_string(), "a@bInjected: yes".to_string()),
+            ("x-groups".to_string(), "a,b".to_string()),
+            ("x-n".to_string(), "3".to_string())
+        ]
+    );
+}
+
+#[test]
+fn metric_names_are_stable() {
+    assert_eq!(Event::LoginStarted.metric_name(), "tokengate.logins_started");
+    assert_eq!(Event::VerificationFailed("expired").metric_name(), "tokengate.verification_failures.expired");
+}

@@ -1,0 +1,194 @@
+//! One HTTP stream: collects [`RequestParts`], asks `flow` for a [`Decision`], applies it (headers, local
+//! response, or a paused callout), feeds callout answers back, and adds `Set-Cookie` to the response.
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
+
+use super::{dispatch, log, read_response, unix_now, Shared};
+use crate::callout::CalloutResponse;
+use crate::discovery::{self, FetchOutcome, FetchStep};
+use crate::flow::{self, Ctx, Decision, Event, Pending};
+use crate::request::RequestParts;
+
+/// What a paused stream waits for.
+enum Waiting {
+    Callout(u32, Pending),
+    Keys(u32, FetchStep),
+}
+
+/// Per-request state.
+pub(super) struct Stream {
+    shared: Option<Rc<Shared>>,
+    req: RequestParts,
+    waiting: Option<Waiting>,
+    response_cookies: Vec<String>,
+    keys_refetched: bool,
+}
+
+impl Stream {
+    pub(super) fn new(shared: Option<Rc<Shared>>) -> Stream {
+        Stream {
+            shared,
+            req: RequestParts::default(),
+            waiting: None,
+            response_cookies: Vec::new(),
+            keys_refetched: false,
+        }
+    }
+
+    /// Runs `f` with a [`Ctx`] built from the host's clock, shared data and metrics.
+    fn with_ctx<T>(&self, shared: &Shared, f: impl FnOnce(&Ctx<'_>) -> T) -> T {
+        let now = self.get_current_time();
+        let provider = shared.provider();
+        let events = |e: Event| shared.metrics.count(e);
+        let ctx = Ctx {
+            now,
+            provider: provider.as_deref(),
+            issuer_down: shared.health().0,
+            cache: shared.cache(),
+            rng: &shared.rng,
+            events: &events,
+            keys_refetched: self.keys_refetched,
+        };
+        f(&ctx)
+    }
+
+    /// Applies a decision. `Continue` means the request may go upstream now.
+    fn apply(&mut self, shared: &Shared, decision: Decision) -> Action {
+        match decision {
+            Decision::Forward { set_headers, remove_headers, response_cookies } => {
+                for name in &remove_headers {
+                    self.set_http_request_header(name, None);
+                }
+                for (name, value) in &set_headers {
+                    self.set_http_request_header(name, Some(value));
+                }
+                self.response_cookies = response_cookies;
+                Action::Continue
+            }
+            Decision::Redirect { location, set_cookies } => {
+                let mut headers = vec![("location", location.as_str()), ("cache-control", "no-store")];
+                headers.extend(set_cookies.iter().map(|c| ("set-cookie", c.as_str())));
+                self.send_http_response(302, headers, None);
+                Action::Pause
+            }
+            Decision::Deny { status, reason, headers, body } => {
+                log(
+                    LogLevel::Debug,
+                    &format!("{} {} denied: {status} {reason}", self.req.method, self.req.path_only()),
+                );
+                let headers = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                self.send_http_response(u32::from(status), headers, Some(body.as_bytes()));
+                Action::Pause
+            }
+            Decision::Call { callout, then } => match dispatch(&shared.cfg.cluster, &callout) {
+                Ok(token) => {
+                    self.waiting = Some(Waiting::Callout(token, then));
+                    Action::Pause
+                }
+                Err(status) => {
+                    log(LogLevel::Warn, &format!("cannot call cluster {:?}: {status:?}", shared.cfg.cluster));
+                    let d = self.with_ctx(shared, |ctx| flow::issuer_unreachable(ctx, &self.req));
+                    self.apply(shared, d)
+                }
+            },
+            Decision::FetchKeys { jwks_only } => {
+                let now = unix_now();
+                let metadata = shared.provider().map(|p| p.metadata.clone());
+                if self.keys_refetched || shared.recently_failed(now) {
+                    // One fetch per request, and none while the issuer just failed: an unknown `kid`
+                    // is then final (401), missing keys are a 503.
+                    let retry = jwks_only && !self.keys_refetched;
+                    self.keys_refetched = true;
+                    let d = self.with_ctx(shared, |ctx| match retry {
+                        true => flow::decide(&shared.cfg, ctx, &self.req),
+                        false => flow::issuer_unreachable(ctx, &self.req),
+                    });
+                    return self.apply(shared, d);
+                }
+                let start = discovery::start_fetch(&shared.cfg, metadata.as_ref().filter(|_| jwks_only));
+                self.fetch_step(shared, start, now)
+            }
+        }
+    }
+
+    fn fetch_step(&mut self, shared: &Shared, outcome: FetchOutcome, now: u64) -> Action {
+        let outcome = match outcome {
+            FetchOutcome::Next(callout, step) => match dispatch(&shared.cfg.cluster, &callout) {
+                Ok(token) => {
+                    self.waiting = Some(Waiting::Keys(token, step));
+                    return Action::Pause;
+                }
+                Err(_) => FetchOutcome::Failed(discovery::DiscoveryError::Status(0)),
+            },
+            other => other,
+        };
+        self.keys_refetched = true;
+        let decision = match outcome {
+            FetchOutcome::Done(provider) => {
+                shared.store_provider(&provider);
+                self.with_ctx(shared, |ctx| flow::decide(&shared.cfg, ctx, &self.req))
+            }
+            _ => {
+                log(LogLevel::Warn, "issuer unreachable while a request waited for keys");
+                shared.set_health(false, now);
+                self.with_ctx(shared, |ctx| flow::issuer_unreachable(ctx, &self.req))
+            }
+        };
+        self.apply(shared, decision)
+    }
+
+    fn on_answer(&mut self, shared: &Shared, waiting: Waiting, resp: CalloutResponse) -> Action {
+        match waiting {
+            Waiting::Callout(_, pending) => {
+                let d = self.with_ctx(shared, |ctx| flow::resume(&shared.cfg, ctx, &self.req, pending, &resp));
+                self.apply(shared, d)
+            }
+            Waiting::Keys(_, step) => {
+                let now = unix_now();
+                let outcome = discovery::advance_fetch(&shared.cfg, step, &resp, now);
+                self.fetch_step(shared, outcome, now)
+            }
+        }
+    }
+}
+
+impl Context for Stream {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let matches = match &self.waiting {
+            Some(Waiting::Callout(t, _) | Waiting::Keys(t, _)) => *t == token_id,
+            None => false,
+        };
+        let Some(waiting) = self.waiting.take().filter(|_| matches) else {
+            return;
+        };
+        let resp = read_response(num_headers, body_size);
+        if let Action::Continue = self.on_answer(&shared, waiting, resp) {
+            self.resume_http_request();
+        }
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            self.send_http_response(503, vec![("cache-control", "no-store")], Some(b"filter not configured\n"));
+            return Action::Pause;
+        };
+        self.req = RequestParts::from_headers(self.get_http_request_headers());
+        let decision = self.with_ctx(&shared, |ctx| flow::decide(&shared.cfg, ctx, &self.req));
+        self.apply(&shared, decision)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for cookie in std::mem::take(&mut self.response_cookies) {
+            self.add_http_response_header("set-cookie", &cookie);
+        }
+        Action::Continue
+    }
+}
