@@ -5,6 +5,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_issuer");
 
 #[test]
@@ -122,4 +124,88 @@ async fn serve_over_https_with_dev_certs() {
     assert_eq!(doc["token_endpoint"], format!("{url}/token"));
     let plain = reqwest::Client::new().get(format!("{url}/healthz")).send().await;
     assert!(plain.is_err(), "a client that does not trust the development CA is refused");
+}
+
+#[tokio::test]
+async fn audit_events_are_logged_as_json_and_no_secret_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let dev = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml")).unwrap();
+    let text = dev
+        .replace("issuer: http://127.0.0.1:5556", &format!("issuer: {url}"))
+        .replace("http: 127.0.0.1:5556", &format!("http: 127.0.0.1:{port}"))
+        .replace("file: ./data/issuer.db", &format!("file: {}", dir.path().join("issuer.db").display()))
+        .replace("format: text", "format: json");
+    let config = dir.path().join("issuer.yaml");
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("issuer.log");
+    let server = Child(
+        Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reqwest::get(format!("{url}/healthz")).await.map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "the issuer did not become healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let auth = format!(
+        "{url}/auth?client_id=example-app&redirect_uri=http%3A%2F%2F127.0.0.1%3A5555%2Fcallback&response_type=code&scope=openid+offline_access&state=s&code_challenge={}&code_challenge_method=S256",
+        common::CHALLENGE
+    );
+    let browser = common::Browser::new();
+    let (url_, req, csrf) = browser.open_login(&auth).await;
+    let (status, _, _) = browser.submit(&url_, &req, &csrf, "jane@example.com", "wrong-password-123").await;
+    assert_eq!(status, 401);
+    let (status, location, _) = browser.submit(&url_, &req, &csrf, "jane@example.com", "password").await;
+    assert_eq!(status, 303);
+    let code = common::query_param(&location.unwrap(), "code").unwrap();
+    let tokens: serde_json::Value = common::http()
+        .post(format!("{url}/token"))
+        .basic_auth("example-app", Some("example-app-secret"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", common::REDIRECT),
+            ("code_verifier", common::VERIFIER),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    drop(server);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(!events.is_empty(), "JSON log lines: {text}");
+    let audit = |event: &str, result: Option<&str>| {
+        events.iter().any(|e| {
+            e["target"] == "audit"
+                && e["fields"]["event"] == event
+                && result.is_none_or(|r| e["fields"]["result"] == r)
+                && e["fields"].get("client").is_some()
+        })
+    };
+    assert!(audit("login", Some("failure")), "failed login audited:\n{text}");
+    assert!(audit("login", Some("success")), "successful login audited:\n{text}");
+    assert!(audit("token_issued", None), "token issue audited:\n{text}");
+    for secret in [
+        "wrong-password-123",
+        "example-app-secret",
+        code.as_str(),
+        tokens["refresh_token"].as_str().unwrap(),
+        tokens["id_token"].as_str().unwrap(),
+        tokens["access_token"].as_str().unwrap(),
+    ] {
+        assert!(!text.contains(secret), "a secret was logged");
+    }
 }
