@@ -37,6 +37,14 @@ pub struct CalloutResponse {
     pub body: Vec<u8>,
 }
 
+impl CalloutResponse {
+    /// Whether the issuer answered as a working server: any 2xx–4xx. No answer (0) or a 5xx means it is
+    /// down or failing, which is also when oauth2-proxy keeps sessions instead of ending them.
+    pub fn issuer_reachable(&self) -> bool {
+        (200..500).contains(&self.status)
+    }
+}
+
 // === impl Callout ===
 
 impl Callout {

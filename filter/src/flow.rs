@@ -192,13 +192,15 @@ pub fn decide(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision
     if path == cfg.sign_out_path {
         return sign_out(cfg, ctx, req);
     }
+    // A valid session wins over a client-sent Authorization header, which it replaces; without one, a
+    // bearer token is checked on its own.
+    if let Some(session) = open_session(cfg, ctx, req) {
+        return with_session(cfg, ctx, req, session);
+    }
     if let Some(token) = req.bearer_token() {
         return bearer(cfg, ctx, req, token);
     }
-    match open_session(cfg, ctx, req) {
-        Some(session) => with_session(cfg, ctx, req, session),
-        None => start_login(cfg, ctx, req, clear_session_cookies(cfg, req)),
-    }
+    start_login(cfg, ctx, req, clear_session_cookies(cfg, req))
 }
 
 /// Continues after the issuer answered a [`Decision::Call`].

@@ -33,7 +33,7 @@ fn check_config_names_the_file_the_key_and_the_expectation() {
     let dev = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml");
     let ok = Command::new(BIN).args(["check-config", dev]).output().unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok (issuer http://127.0.0.1:5556/, 2 client(s), 2 user(s)"));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok (issuer http://127.0.0.1:5556/, 3 client(s), 2 user(s)"));
 }
 
 #[test]

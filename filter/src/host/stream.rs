@@ -143,6 +143,8 @@ impl Stream {
     fn on_answer(&mut self, shared: &Shared, waiting: Waiting, resp: CalloutResponse) -> Action {
         match waiting {
             Waiting::Callout(_, pending) => {
+                // Every answer tells whether the issuer is reachable; new logins use it to fail fast.
+                shared.set_health(resp.issuer_reachable(), unix_now());
                 let d = self.with_ctx(shared, |ctx| flow::resume(&shared.cfg, ctx, &self.req, pending, &resp));
                 self.apply(shared, d)
             }
