@@ -30,14 +30,9 @@ setup: ## Install the Rust toolchain, the wasm target and system packages (idemp
 
 ##@ Development
 
-run: setup ## Start the local stack: the issuer on http://127.0.0.1:5556 (Ctrl-C stops it)
-	$(CARGO) build --release -p issuer
-	@echo
-	@echo "  issuer:      http://127.0.0.1:5556/.well-known/openid-configuration"
-	@echo "  users:       admin@example.com / password, jane@example.com / password"
-	@echo "  client:      example-app / example-app-secret (redirect http://127.0.0.1:5555/callback)"
-	@echo
-	$(CARGO_TARGET_DIR)/release/issuer serve --config $(ISSUER_CONFIG)
+run: setup wasm ## Start the local stack: issuer :5556, gateway with the filter :8080, whoami :8081 (Ctrl-C stops it)
+	$(CARGO) build -p issuer -p tests --bins
+	TOKENGATE_WASM=$(WASM_OUT) scripts/run-stack.sh
 
 wasm: setup ## Build the filter for Envoy: target/wasm32-wasip1/release/filter.wasm
 	$(CARGO) build -p filter --target $(WASM_TARGET) --profile wasm-release

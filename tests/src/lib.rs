@@ -21,6 +21,8 @@ use proxy_wasm_host::abi::v0_2_1::{
 };
 use proxy_wasm_host::{Buffer, EngineConfig, HeaderMap, HeaderMapExt, Limits, Module, VecHeaderMap};
 
+pub mod envoy;
+
 /// Where the filter was built: `TOKENGATE_WASM`, else `$CARGO_TARGET_DIR` (or the workspace's
 /// `target/`) + `wasm32-wasip1/release/filter.wasm`, which `make wasm` writes.
 pub fn wasm_path() -> PathBuf {
@@ -40,11 +42,20 @@ struct Compiled {
 
 static COMPILED: OnceLock<Result<Compiled, String>> = OnceLock::new();
 
+/// Compiles the filter from `path` now (instead of from [`wasm_path`] on first use). Returns the error
+/// of the compilation that happened first, whichever path it used.
+pub fn preload(path: &std::path::Path) -> Result<(), String> {
+    compile(path.to_path_buf()).map(|_| ())
+}
+
 /// The filter, compiled once per process (Cranelift compilation is the expensive step).
 fn compiled() -> Result<&'static Compiled, String> {
+    compile(wasm_path())
+}
+
+fn compile(path: PathBuf) -> Result<&'static Compiled, String> {
     COMPILED
         .get_or_init(|| {
-            let path = wasm_path();
             let bytes = std::fs::read(&path)
                 .map_err(|e| format!("cannot read {} ({e}); build it with `make wasm`", path.display()))?;
             // External ticks: no epoch thread, so a slow CI machine never trips the per-call CPU budget.
@@ -387,6 +398,8 @@ pub struct WorkerOptions {
     pub store: Arc<InMemoryStore>,
     /// Where log lines go.
     pub logs: Arc<Logs>,
+    /// Extra trusted CA certificates (PEM) for TLS clusters.
+    pub ca_certificates: Vec<Vec<u8>>,
 }
 
 /// One filter VM (an Envoy worker thread's copy of the plugin).
@@ -421,10 +434,12 @@ impl Worker {
             Started::Serving(root) => root,
             Started::Refused { .. } => return Err(HostError::Refused { logs: options.logs.text() }),
         };
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| HostError::Load(e.to_string()))?;
+        let mut http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+        for pem in &options.ca_certificates {
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| HostError::Load(format!("CA certificate: {e}")))?;
+            http = http.add_root_certificate(cert);
+        }
+        let http = http.build().map_err(|e| HostError::Load(e.to_string()))?;
         let worker = Worker {
             guest: Mutex::new(guest),
             root,

@@ -196,6 +196,7 @@ async fn a_refused_configuration_names_the_key_and_the_filter_does_not_start() {
         clock: tests::FilterClock::system(),
         store: Default::default(),
         logs: Default::default(),
+        ca_certificates: vec![],
     };
     let bad = filter_config(&issuer, json!({"cookie": {"secure": "yes"}, "unknown_key": 1}));
     match tests::Worker::start(&bad, options).await {

@@ -147,6 +147,7 @@ pub async fn worker_with_store(issuer: &Issuer, extra: Value, store: Arc<InMemor
         clock: FilterClock::frozen_at(issuer.clock.now_ms()),
         store,
         logs: Arc::new(Logs::default()),
+        ca_certificates: vec![],
     };
     Worker::start(&filter_config(issuer, extra), options).await.unwrap()
 }
