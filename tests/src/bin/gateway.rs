@@ -35,13 +35,16 @@ struct Args {
     /// Override a cluster's address: NAME=HOST:PORT (repeatable), e.g. for tests on ephemeral ports.
     #[arg(long = "cluster", value_parser = parse_override)]
     clusters: Vec<(String, String)>,
+    /// Override a key of the plugin configuration: KEY=JSON (repeatable), e.g. `issuer="http://…"`.
+    #[arg(long = "set", value_parser = parse_override)]
+    settings: Vec<(String, String)>,
     /// Filter VMs (Envoy worker threads) sharing one shared-data store.
     #[arg(long, default_value_t = 2)]
     workers: usize,
 }
 
 fn parse_override(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(n, a)| (n.to_owned(), a.to_owned())).ok_or_else(|| format!("expected NAME=HOST:PORT, got {s:?}"))
+    s.split_once('=').map(|(n, a)| (n.to_owned(), a.to_owned())).ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
 }
 
 struct Gateway {
@@ -58,6 +61,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, address) in &args.clusters {
         let cluster = config.clusters.get_mut(name).ok_or_else(|| format!("--cluster {name}: no such cluster in {}", args.envoy.display()))?;
         cluster.address.clone_from(address);
+    }
+    if !args.settings.is_empty() {
+        let mut plugin: serde_json::Value = serde_json::from_str(&config.plugin_configuration)?;
+        for (key, value) in &args.settings {
+            let value = serde_json::from_str(value).map_err(|e| format!("--set {key}: expected JSON ({e})"))?;
+            plugin[key] = value;
+        }
+        config.plugin_configuration = plugin.to_string();
     }
     let wasm = args
         .wasm

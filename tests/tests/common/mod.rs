@@ -31,10 +31,15 @@ pub struct Issuer {
 
 impl Issuer {
     pub async fn start() -> Self {
-        Self::start_at(Arc::new(tempfile::tempdir().unwrap()), None, Clock::frozen()).await
+        Self::start_at(Arc::new(tempfile::tempdir().unwrap()), None, Clock::frozen(), |_| {}).await
     }
 
-    async fn start_at(dir: Arc<tempfile::TempDir>, addr: Option<SocketAddr>, clock: Clock) -> Self {
+    /// An issuer on the system clock whose configuration `tune` adjusts (for tests with real processes).
+    pub async fn start_live(tune: impl FnOnce(&mut Config)) -> Self {
+        Self::start_at(Arc::new(tempfile::tempdir().unwrap()), None, Clock::system(), tune).await
+    }
+
+    async fn start_at(dir: Arc<tempfile::TempDir>, addr: Option<SocketAddr>, clock: Clock, tune: impl FnOnce(&mut Config)) -> Self {
         let listener = tokio::net::TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../issuer/examples/dev.yaml");
@@ -42,7 +47,8 @@ impl Issuer {
             .unwrap()
             .replace("issuer: http://127.0.0.1:5556", &format!("issuer: {url}"))
             .replace("file: ./data/issuer.db", &format!("file: {}", dir.path().join("issuer.db").display()));
-        let config = Config::parse(path, &text, &|_| None).unwrap();
+        let mut config = Config::parse(path, &text, &|_| None).unwrap();
+        tune(&mut config);
         let storage = open_storage(&config).await.unwrap();
         let state = AppState::new(config, storage, clock.clone()).await.unwrap();
         let app = issuer::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -64,7 +70,7 @@ impl Issuer {
     pub async fn replace_with_fresh_keys(self) -> Self {
         let addr: SocketAddr = self.url.trim_start_matches("http://").parse().unwrap();
         self.stop().await;
-        Self::start_at(Arc::new(tempfile::tempdir().unwrap()), Some(addr), self.clock.clone()).await
+        Self::start_at(Arc::new(tempfile::tempdir().unwrap()), Some(addr), self.clock.clone(), |_| {}).await
     }
 
     /// A token response for `login` straight from the issuer (for bearer tests), as client `client`.
