@@ -37,6 +37,8 @@ pub struct Config {
     pub static_passwords: Vec<StaticPassword>,
     /// Whether the password database is enabled (Dex's `enablePasswordDB`).
     pub enable_password_db: bool,
+    /// Kubernetes access (`kubernetes:`); `None` when the section is absent.
+    pub kubernetes: Option<Kubernetes>,
 }
 
 /// `web:` — where the issuer listens.
@@ -83,6 +85,8 @@ pub struct Expiry {
     pub auth_requests: Duration,
     /// Authorization code lifetime.
     pub auth_codes: Duration,
+    /// How long a device authorization (RFC 8628 device and user code) may wait for the user.
+    pub device_requests: Duration,
     /// Refresh tokens.
     pub refresh_tokens: RefreshExpiry,
 }
@@ -173,6 +177,55 @@ impl fmt::Debug for Client {
             .field("redirect_uris", &self.redirect_uris)
             .field("trusted_peers", &self.trusted_peers)
             .finish_non_exhaustive()
+    }
+}
+
+/// `kubernetes:` — what kube-apiserver and kubectl users need. Dex has no such section; the key names are
+/// this issuer's own.
+#[derive(Debug, Clone)]
+pub struct Kubernetes {
+    /// The client kube-apiserver trusts (`--oidc-client-id`, the `aud` of kubectl's ID tokens); it must be
+    /// in `staticClients`. Default `kubernetes`.
+    pub client_id: String,
+    /// Prefix kube-apiserver puts before every group (`--oidc-groups-prefix`). Default `oidc:`, so no group
+    /// from the issuer can pose as a built-in `system:` group.
+    pub groups_prefix: String,
+    /// Path (under the issuer) of the kubeconfig page. Default `/kubeconfig`.
+    pub kubeconfig_path: String,
+    /// The CA that signed the issuer's own TLS certificate (PEM), for kube-apiserver's `--oidc-ca-file` and
+    /// kubeconfigs' `idp-certificate-authority-data`. From `issuerCertificateAuthority` (a file), else
+    /// `web.tlsCert` when the issuer is https.
+    pub issuer_ca: Option<CaFile>,
+    /// Clusters the kubeconfig page writes configurations for.
+    pub clusters: Vec<Cluster>,
+}
+
+/// A PEM file and its contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaFile {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The PEM text.
+    pub pem: String,
+}
+
+/// `kubernetes.clusters[]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Name used for the cluster, user and context in kubeconfigs.
+    pub name: String,
+    /// The API server URL.
+    pub server: String,
+    /// The API server's CA bundle (PEM), from `certificateAuthorityData` (base64) or `certificateAuthority`
+    /// (a file); `None` means the system roots.
+    pub certificate_authority: Option<String>,
+}
+
+impl Kubernetes {
+    /// The kubeconfig page's callback path (under the issuer), registered implicitly as a redirect URI of
+    /// the Kubernetes client.
+    pub fn callback_path(&self) -> String {
+        format!("{}/callback", self.kubeconfig_path)
     }
 }
 
@@ -270,6 +323,34 @@ struct RawConfig {
     static_passwords: Vec<RawPassword>,
     #[serde(default, rename = "enablePasswordDB")]
     enable_password_db: Option<bool>,
+    #[serde(default)]
+    kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawKubernetes {
+    #[serde(default, rename = "clientID")]
+    client_id: Option<String>,
+    #[serde(default)]
+    groups_prefix: Option<String>,
+    #[serde(default)]
+    kubeconfig_path: Option<String>,
+    #[serde(default)]
+    issuer_certificate_authority: Option<PathBuf>,
+    #[serde(default)]
+    clusters: Vec<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCluster {
+    name: String,
+    server: String,
+    #[serde(default)]
+    certificate_authority_data: Option<String>,
+    #[serde(default)]
+    certificate_authority: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -295,6 +376,7 @@ struct RawExpiry {
     id_tokens: Option<String>,
     auth_requests: Option<String>,
     auth_codes: Option<String>,
+    device_requests: Option<String>,
     #[serde(default)]
     refresh_tokens: RawRefreshExpiry,
 }
@@ -547,6 +629,7 @@ impl Validator<'_> {
             id_tokens: self.duration("expiry.idTokens", e.id_tokens, Duration::from_secs(10 * 60)),
             auth_requests: self.duration("expiry.authRequests", e.auth_requests, Duration::from_secs(24 * 3600)),
             auth_codes: self.duration("expiry.authCodes", e.auth_codes, Duration::from_secs(10 * 60)),
+            device_requests: self.duration("expiry.deviceRequests", e.device_requests, Duration::from_secs(5 * 60)),
             refresh_tokens: RefreshExpiry {
                 valid_if_not_used_for: self.duration(
                     "expiry.refreshTokens.validIfNotUsedFor",
@@ -610,9 +693,10 @@ impl Validator<'_> {
         };
         let logger = Logger { level: raw.logger.level.unwrap_or_else(|| "info".to_owned()), format };
 
-        let static_clients = self.clients(raw.static_clients);
+        let mut static_clients = self.clients(raw.static_clients);
         let static_passwords = self.passwords(raw.static_passwords);
         let enable_password_db = raw.enable_password_db.unwrap_or(!static_passwords.is_empty());
+        let kubernetes = raw.kubernetes.map(|k| self.kubernetes(k, issuer.as_ref(), &web, &mut static_clients));
 
         Some(Config {
             issuer: issuer?,
@@ -626,7 +710,123 @@ impl Validator<'_> {
             static_clients,
             static_passwords,
             enable_password_db,
+            kubernetes,
         })
+    }
+
+    fn kubernetes(
+        &mut self,
+        raw: RawKubernetes,
+        issuer: Option<&Url>,
+        web: &Web,
+        clients: &mut [Client],
+    ) -> Kubernetes {
+        let client_id = raw.client_id.unwrap_or_else(|| "kubernetes".to_owned());
+        let kubeconfig_path = raw.kubeconfig_path.unwrap_or_else(|| "/kubeconfig".to_owned());
+        let path_ok = kubeconfig_path.len() > 1
+            && kubeconfig_path.starts_with('/')
+            && !kubeconfig_path.ends_with('/')
+            && kubeconfig_path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b))
+            && !RESERVED_PATHS.iter().any(|r| kubeconfig_path == *r || kubeconfig_path.starts_with(&format!("{r}/")));
+        if !path_ok {
+            self.problem(
+                "kubernetes.kubeconfigPath",
+                format!(
+                    "a path such as \"/kubeconfig\" (leading slash, no trailing slash, not one of the issuer's own endpoints), got {kubeconfig_path:?}"
+                ),
+            );
+        }
+        let k8s_client = clients.iter_mut().find(|c| c.id == client_id);
+        match (k8s_client, issuer) {
+            (None, _) => {
+                self.problem("kubernetes.clientID", format!("the id of a client in staticClients, got {client_id:?}"))
+            }
+            // The kubeconfig page is this issuer acting as the Kubernetes client: its callback is
+            // registered implicitly, so the configuration need not repeat the issuer URL.
+            (Some(c), Some(issuer)) if path_ok => {
+                let callback = format!("{}{}/callback", issuer.as_str().trim_end_matches('/'), kubeconfig_path);
+                if !c.redirect_uris.contains(&callback) {
+                    c.redirect_uris.push(callback);
+                }
+            }
+            (Some(_), _) => {}
+        }
+
+        let issuer_ca = match raw.issuer_certificate_authority {
+            Some(path) => self.pem_file("kubernetes.issuerCertificateAuthority", &path),
+            None => match (&web.tls_cert, issuer.map(Url::scheme)) {
+                (Some(path), Some("https")) => {
+                    std::fs::read_to_string(path).ok().map(|pem| CaFile { path: path.clone(), pem })
+                }
+                _ => None,
+            },
+        };
+
+        let mut names = HashSet::new();
+        let mut clusters = Vec::with_capacity(raw.clusters.len());
+        for (i, c) in raw.clusters.into_iter().enumerate() {
+            let key = format!("kubernetes.clusters[{i}]");
+            let name_ok =
+                !c.name.is_empty() && c.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._@:".contains(&b));
+            if !name_ok {
+                self.problem(format!("{key}.name"), format!("a name of letters, digits and -._@:, got {:?}", c.name));
+            } else if !names.insert(c.name.clone()) {
+                self.problem(format!("{key}.name"), format!("a unique cluster name, {:?} appears twice", c.name));
+            }
+            match Url::parse(&c.server) {
+                Ok(u) if u.scheme() == "https" && u.host().is_some() && u.fragment().is_none() => {}
+                _ => self.problem(
+                    format!("{key}.server"),
+                    format!("the API server's https URL, such as \"https://k8s.example.com:6443\", got {:?}", c.server),
+                ),
+            }
+            let certificate_authority = match (c.certificate_authority_data, c.certificate_authority) {
+                (Some(_), Some(_)) => {
+                    self.problem(
+                        format!("{key}.certificateAuthorityData"),
+                        "only one of certificateAuthorityData and certificateAuthority",
+                    );
+                    None
+                }
+                (Some(data), None) => {
+                    let pem = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data.trim())
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .filter(|p| is_pem_certificate(p));
+                    if pem.is_none() {
+                        self.problem(
+                            format!("{key}.certificateAuthorityData"),
+                            "base64 of a PEM certificate bundle (as in a kubeconfig)",
+                        );
+                    }
+                    pem
+                }
+                (None, Some(path)) => self.pem_file(&format!("{key}.certificateAuthority"), &path).map(|f| f.pem),
+                (None, None) => None,
+            };
+            clusters.push(Cluster { name: c.name, server: c.server, certificate_authority });
+        }
+        Kubernetes {
+            client_id,
+            groups_prefix: raw.groups_prefix.unwrap_or_else(|| "oidc:".to_owned()),
+            kubeconfig_path,
+            issuer_ca,
+            clusters,
+        }
+    }
+
+    fn pem_file(&mut self, key: &str, path: &Path) -> Option<CaFile> {
+        match std::fs::read_to_string(path) {
+            Ok(pem) if is_pem_certificate(&pem) => Some(CaFile { path: path.to_owned(), pem }),
+            Ok(_) => {
+                self.problem(key, format!("a PEM certificate file, but {} holds no certificate", path.display()));
+                None
+            }
+            Err(e) => {
+                self.problem(key, format!("a readable PEM certificate file, but {}: {e}", path.display()));
+                None
+            }
+        }
     }
 
     fn clients(&mut self, raw: Vec<RawClient>) -> Vec<Client> {
@@ -740,6 +940,25 @@ impl Validator<'_> {
     }
 }
 
+/// Paths the issuer serves itself; the kubeconfig page may not shadow them.
+const RESERVED_PATHS: &[&str] = &[
+    "/.well-known",
+    "/keys",
+    "/auth",
+    "/login",
+    "/token",
+    "/userinfo",
+    "/revoke",
+    "/logout",
+    "/healthz",
+    "/metrics",
+    "/device",
+];
+
+fn is_pem_certificate(text: &str) -> bool {
+    text.contains("-----BEGIN CERTIFICATE-----") && text.contains("-----END CERTIFICATE-----")
+}
+
 fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -848,6 +1067,78 @@ mod tests {
     fn debug_output_redacts_secrets() {
         let c = parse(&minimal("staticClients:\n- id: a\n  secret: hunter2\n")).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn kubernetes_section_gets_defaults_and_registers_the_kubeconfig_callback() {
+        let c = parse(&minimal(
+            "staticClients:\n- id: kubernetes\n  secret: s\n  redirectURIs: [http://127.0.0.1:8000]\nkubernetes: {}\n",
+        ))
+        .unwrap();
+        let k = c.kubernetes.as_ref().unwrap();
+        assert_eq!(k.client_id, "kubernetes");
+        assert_eq!(k.groups_prefix, "oidc:");
+        assert_eq!(k.kubeconfig_path, "/kubeconfig");
+        assert!(k.clusters.is_empty());
+        assert_eq!(
+            c.client("kubernetes").unwrap().redirect_uris,
+            vec!["http://127.0.0.1:8000", "http://127.0.0.1:5556/dex/kubeconfig/callback"],
+            "the kubeconfig callback is registered implicitly, under the issuer's path"
+        );
+        assert!(parse(&minimal("")).unwrap().kubernetes.is_none(), "no section, no kubeconfig page");
+    }
+
+    #[test]
+    fn kubernetes_clusters_take_ca_data_or_a_ca_file() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, CA).unwrap();
+        let data = base64::engine::general_purpose::STANDARD.encode(CA);
+        let text = minimal(&format!(
+            "staticClients:\n- id: k8s\n  public: true\nkubernetes:\n  clientID: k8s\n  groupsPrefix: ''\n  kubeconfigPath: /kube/config\n  clusters:\n  - {{name: a, server: 'https://a.example:6443', certificateAuthorityData: {data}}}\n  - {{name: b, server: 'https://b.example', certificateAuthority: {}}}\n  - {{name: c, server: 'https://c.example'}}\n",
+            file.display()
+        ));
+        let c = parse(&text).unwrap();
+        let k = c.kubernetes.unwrap();
+        assert_eq!((k.client_id.as_str(), k.groups_prefix.as_str()), ("k8s", ""));
+        assert_eq!(k.callback_path(), "/kube/config/callback");
+        let cas: Vec<_> = k.clusters.iter().map(|c| c.certificate_authority.as_deref()).collect();
+        assert_eq!(cas, vec![Some(CA), Some(CA), None]);
+    }
+
+    #[test]
+    fn kubernetes_problems_name_the_key_and_expectation() {
+        let cases = [
+            ("kubernetes: {clientID: ghost}", "kubernetes.clientID: expected the id of a client in staticClients"),
+            ("kubernetes: {kubeconfigPath: /token}", "kubernetes.kubeconfigPath: expected a path"),
+            ("kubernetes: {kubeconfigPath: 'kubeconfig/'}", "kubernetes.kubeconfigPath: expected a path"),
+            (
+                "kubernetes: {issuerCertificateAuthority: /nonexistent/ca.pem}",
+                "kubernetes.issuerCertificateAuthority: expected a readable PEM certificate file",
+            ),
+            ("kubernetes: {clusters: [{name: '', server: 'https://a'}]}", "kubernetes.clusters[0].name: expected a name"),
+            (
+                "kubernetes: {clusters: [{name: a, server: 'https://a'}, {name: a, server: 'https://b'}]}",
+                "kubernetes.clusters[1].name: expected a unique cluster name",
+            ),
+            ("kubernetes: {clusters: [{name: a, server: 'http://a'}]}", "kubernetes.clusters[0].server: expected the API server's https URL"),
+            (
+                "kubernetes: {clusters: [{name: a, server: 'https://a', certificateAuthorityData: bm90IGEgY2VydA==}]}",
+                "kubernetes.clusters[0].certificateAuthorityData: expected base64 of a PEM certificate bundle",
+            ),
+            (
+                "kubernetes: {clusters: [{name: a, server: 'https://a', certificateAuthorityData: x, certificateAuthority: /x}]}",
+                "kubernetes.clusters[0].certificateAuthorityData: expected only one of",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let found = problems(&minimal(&format!("staticClients:\n- id: kubernetes\n  public: true\n{yaml}\n")));
+            assert_eq!(found.len(), 1, "{yaml}: {found:#?}");
+            assert!(found[0].starts_with(expected), "{yaml}: {found:#?}");
+        }
     }
 
     #[test]

@@ -6,10 +6,11 @@ use serde::Serialize;
 use crate::metrics::Metrics;
 use crate::oauth::TokenError;
 use crate::state::AppState;
-use crate::storage::Identity;
-use crate::token::{random_b64, Mint};
+use crate::storage::{Identity, RefreshToken};
+use crate::token::{random_b64, Mint, RefreshTokenString};
 
 pub mod authorization_code;
+pub mod device_code;
 pub mod refresh_token;
 
 /// RFC 6749 §5.1 successful response, plus the OIDC `id_token`.
@@ -69,6 +70,47 @@ pub(crate) async fn issue(state: &AppState, i: Issue<'_>) -> Result<TokenRespons
         refresh_token: i.refresh_token,
         scope: i.scopes.join(" "),
     })
+}
+
+/// What a first refresh token of a new family is for.
+pub(crate) struct NewFamily<'a> {
+    pub(crate) family_id: &'a str,
+    pub(crate) client_id: &'a str,
+    pub(crate) scopes: &'a [String],
+    pub(crate) nonce: Option<&'a str>,
+    pub(crate) identity: &'a Identity,
+    pub(crate) auth_time: i64,
+    pub(crate) now: i64,
+}
+
+/// Stores the first refresh token of a login's family and returns the string to hand out, or `None`
+/// without `offline_access`.
+pub(crate) async fn first_refresh_token(state: &AppState, f: NewFamily<'_>) -> Result<Option<String>, TokenError> {
+    if !f.scopes.iter().any(|s| s == "offline_access") {
+        return Ok(None);
+    }
+    let t = RefreshTokenString::random();
+    let life = &state.config.expiry.refresh_tokens;
+    let expiry = f.now + life.valid_if_not_used_for.min(life.absolute_lifetime).as_secs() as i64;
+    state
+        .storage
+        .create_refresh_token(RefreshToken {
+            id: t.id.clone(),
+            family_id: f.family_id.to_owned(),
+            secret_hash: t.secret_hash(),
+            client_id: f.client_id.to_owned(),
+            scopes: f.scopes.to_vec(),
+            nonce: f.nonce.map(str::to_owned),
+            identity: f.identity.clone(),
+            auth_time: f.auth_time,
+            created_at: f.now,
+            family_created_at: f.now,
+            expiry,
+            rotated_at: None,
+            successor: None,
+        })
+        .await?;
+    Ok(Some(t.encode()))
 }
 
 /// Revokes a refresh-token family, counting why.

@@ -21,7 +21,9 @@ use crate::oauth::{InternalError, TokenError};
 use crate::state::AppState;
 
 pub mod authorize;
+pub mod device;
 pub mod discovery;
+pub mod kubeconfig;
 pub mod logout;
 pub mod revoke;
 pub mod token;
@@ -38,11 +40,21 @@ pub fn router(state: AppState) -> Router {
         .route("/auth", get(authorize::authorize).post(authorize::authorize_post))
         .route("/login", get(authorize::login_page).post(authorize::login))
         .route("/token", post(token::token))
+        .route("/device/code", post(device::device_authorization))
+        .route("/device", get(device::verification_page).post(device::verify))
+        .route("/device/approved", get(device::approved_page))
+        .route("/device/deny", post(device::deny))
         .route("/userinfo", get(userinfo::userinfo).post(userinfo::userinfo))
         .route("/revoke", post(revoke::revoke))
         .route("/logout", get(logout::logout).post(logout::logout_post))
         .route("/healthz", get(discovery::healthz))
         .route("/metrics", get(discovery::metrics));
+    let routes = match &state.config.kubernetes {
+        Some(k) => routes
+            .route(&k.kubeconfig_path, get(kubeconfig::start))
+            .route(&k.callback_path(), get(kubeconfig::callback)),
+        None => routes,
+    };
     let prefix = state.config.path_prefix();
     let app = if prefix.is_empty() { routes } else { Router::new().nest(&prefix, routes) };
     app.layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -196,20 +208,31 @@ pub fn client_ip(state: &AppState, peer: &Peer, headers: &HeaderMap) -> Option<I
 
 // === pages ===
 
-/// Renders a template into a response with the page headers (no framing, no caching).
+/// The pages' Content-Security-Policy: no scripts, inline styles, no framing.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'";
+
+/// Renders a template into a response with the page headers (no framing, no caching, no scripts).
 pub fn page(status: StatusCode, t: &impl askama::Template) -> Response {
+    page_with_csp(status, t, HeaderValue::from_static(CSP))
+}
+
+/// Like `page`, but inline scripts carrying `nonce` may run (and nothing else): for a page whose
+/// template renders the nonce into its one `<script nonce>`.
+pub fn page_with_script_nonce(status: StatusCode, t: &impl askama::Template, nonce: &str) -> Response {
+    match HeaderValue::from_str(&format!("{CSP}; script-src 'nonce-{nonce}'")) {
+        Ok(csp) => page_with_csp(status, t, csp),
+        Err(e) => crate::oauth::internal(e),
+    }
+}
+
+fn page_with_csp(status: StatusCode, t: &impl askama::Template, csp: HeaderValue) -> Response {
     match t.render() {
         Ok(body) => {
             let mut r = (status, Html(body)).into_response();
             let h = r.headers_mut();
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-            h.insert(
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(
-                    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
-                ),
-            );
+            h.insert(header::CONTENT_SECURITY_POLICY, csp);
             r
         }
         Err(e) => crate::oauth::internal(e),

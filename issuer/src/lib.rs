@@ -1,6 +1,8 @@
 //! An OpenID Connect issuer for Kubernetes and the gateway filter: discovery, JWKS with rotation, a login
 //! form over configured connectors, authorization code + PKCE, rotating refresh tokens with a reuse grace
-//! window, revocation, logout and brute-force protection. `main.rs` only parses arguments and serves.
+//! window, revocation, logout and brute-force protection, the device authorization grant (RFC 8628), and
+//! Kubernetes access (kube-apiserver configuration, a kubeconfig page, the `kubectl-oidc_login` plugin).
+//! `main.rs` only parses arguments and serves.
 #![warn(missing_docs)]
 
 pub mod clock;
@@ -11,6 +13,7 @@ pub mod grant;
 pub mod http;
 pub mod keyring;
 pub mod keys;
+pub mod kube;
 pub mod metrics;
 pub mod oauth;
 pub mod ratelimit;

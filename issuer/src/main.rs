@@ -45,6 +45,34 @@ enum Command {
         #[arg(long = "host", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
         hosts: Vec<String>,
     },
+    /// Print kube-apiserver's AuthenticationConfiguration for this issuer, and the equivalent --oidc-* flags.
+    KubeApiserverConfig {
+        /// YAML configuration file.
+        #[arg(long, short, env = "ISSUER_CONFIG")]
+        config: PathBuf,
+        /// The audience kube-apiserver accepts [default: kubernetes.clientID, or "kubernetes"].
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Prefix for groups [default: kubernetes.groupsPrefix, or "oidc:"].
+        #[arg(long)]
+        groups_prefix: Option<String>,
+        /// AuthenticationConfiguration version: v1beta1 (Kubernetes 1.30+) or v1 (1.34+).
+        #[arg(long, value_enum, default_value = "v1beta1")]
+        api_version: ApiVersionArg,
+        /// PEM file of the CA that signed the issuer's certificate [default:
+        /// kubernetes.issuerCertificateAuthority, or web.tlsCert for an https issuer].
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Print only the legacy --oidc-* flags, one per line.
+        #[arg(long)]
+        flags: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ApiVersionArg {
+    V1,
+    V1beta1,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,7 +82,53 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig { file } => check_config(&file),
         Command::HashPassword { cost } => hash_password(cost),
         Command::DevCerts { out, hosts } => dev_certs(&out, &hosts),
+        Command::KubeApiserverConfig { config, client_id, groups_prefix, api_version, ca_file, flags } => {
+            kube_apiserver_config(&config, client_id, groups_prefix, api_version, ca_file, flags)
+        }
     }
+}
+
+#[allow(clippy::print_stdout, clippy::print_stderr)] // the command's output is its result; warnings go to stderr
+fn kube_apiserver_config(
+    file: &Path,
+    client_id: Option<String>,
+    groups_prefix: Option<String>,
+    api_version: ApiVersionArg,
+    ca_file: Option<PathBuf>,
+    flags_only: bool,
+) -> anyhow::Result<()> {
+    use issuer::kube::{apiserver_config, ApiVersion, ApiserverOptions};
+    let config = Config::load(file)?;
+    let mut opts = ApiserverOptions::from_config(&config);
+    if let Some(id) = client_id {
+        opts.client_id = id;
+    }
+    if let Some(prefix) = groups_prefix {
+        opts.groups_prefix = prefix;
+    }
+    opts.api_version = match api_version {
+        ApiVersionArg::V1 => ApiVersion::V1,
+        ApiVersionArg::V1beta1 => ApiVersion::V1Beta1,
+    };
+    if let Some(path) = ca_file {
+        let pem = std::fs::read_to_string(&path).with_context(|| format!("reading --ca-file {}", path.display()))?;
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            bail!("--ca-file {}: expected a PEM certificate", path.display());
+        }
+        opts.ca = Some(issuer::config::CaFile { path, pem });
+    }
+    let out = apiserver_config(&config, &opts);
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
+    if flags_only {
+        for f in &out.flags {
+            println!("{f}");
+        }
+    } else {
+        print!("{}", out.to_yaml()?);
+    }
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)] // the command's output is its result

@@ -26,7 +26,7 @@ pub struct Metrics {
     registry: Registry,
     /// Password logins by result (`success`, `failure`, `throttled`).
     pub logins: Family<Outcome, Counter>,
-    /// Tokens issued by grant (`authorization_code`, `refresh_token`).
+    /// Tokens issued by grant (`authorization_code`, `refresh_token`, `device_code`).
     pub tokens: Family<Outcome, Counter>,
     /// Refresh attempts by result (`rotated`, `reused`, `replay_revoked`, `invalid`).
     pub refreshes: Family<Outcome, Counter>,

@@ -48,6 +48,18 @@ pub enum TokenError {
     /// RFC 6750: a missing or bad bearer token at userinfo.
     #[error("invalid_token: {0}")]
     InvalidToken(&'static str),
+    /// RFC 8628 §3.5: the user has not answered the device authorization yet; poll again.
+    #[error("authorization_pending")]
+    AuthorizationPending,
+    /// RFC 8628 §3.5: polling too fast; wait 5 seconds longer from now on.
+    #[error("slow_down")]
+    SlowDown,
+    /// RFC 8628 §3.5: the device code expired; start again.
+    #[error("expired_token")]
+    ExpiredToken,
+    /// RFC 8628 §3.5: the user refused the device authorization.
+    #[error("access_denied")]
+    AccessDenied,
     /// Storage or signing failed.
     #[error("internal: {0}")]
     Internal(String),
@@ -69,6 +81,10 @@ impl TokenError {
             TokenError::UnsupportedGrantType => "unsupported_grant_type",
             TokenError::InvalidScope(_) => "invalid_scope",
             TokenError::InvalidToken(_) => "invalid_token",
+            TokenError::AuthorizationPending => "authorization_pending",
+            TokenError::SlowDown => "slow_down",
+            TokenError::ExpiredToken => "expired_token",
+            TokenError::AccessDenied => "access_denied",
             TokenError::Internal(_) => "server_error",
         }
     }
@@ -81,6 +97,10 @@ impl TokenError {
                 (*d).to_owned()
             }
             TokenError::UnsupportedGrantType => "grant_type is not supported".to_owned(),
+            TokenError::AuthorizationPending => "the user has not yet approved the device".to_owned(),
+            TokenError::SlowDown => "polling too fast: wait 5 seconds longer between requests".to_owned(),
+            TokenError::ExpiredToken => "the device code has expired; start again".to_owned(),
+            TokenError::AccessDenied => "the user denied the device authorization".to_owned(),
             TokenError::Internal(_) => String::new(),
         }
     }
@@ -157,5 +177,28 @@ pub fn redirect_with(uri: &str, params: &[(&str, &str)]) -> String {
             u.into()
         }
         Err(_) => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn device_flow_errors_are_400_with_rfc8628_codes() {
+        let cases = [
+            (TokenError::AuthorizationPending, "authorization_pending"),
+            (TokenError::SlowDown, "slow_down"),
+            (TokenError::ExpiredToken, "expired_token"),
+            (TokenError::AccessDenied, "access_denied"),
+        ];
+        for (e, code) in cases {
+            let r = e.into_response();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{code}");
+            assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store", "{code}");
+            let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"], code);
+        }
     }
 }

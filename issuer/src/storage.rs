@@ -34,6 +34,18 @@ pub enum StorageError {
 /// The closure form of updates: it sees the current record and returns the new one, or refuses.
 pub type Update<T> = Box<dyn FnOnce(T) -> Result<T, StorageError> + Send>;
 
+/// Wraps a device-request update so it can never change the codes the record is found by.
+pub(crate) fn keep_codes(f: Update<DeviceRequest>) -> Update<DeviceRequest> {
+    Box::new(move |old: DeviceRequest| {
+        let (device_code, user_code) = (old.device_code.clone(), old.user_code.clone());
+        let new = f(old)?;
+        if new.device_code != device_code || new.user_code != user_code {
+            return Err(StorageError::Conflict);
+        }
+        Ok(new)
+    })
+}
+
 /// Who logged in, as the connector reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -74,6 +86,59 @@ pub struct AuthRequest {
     pub csrf_token: String,
     /// Unix time after which the login is abandoned.
     pub expiry: i64,
+    /// Set when the login answers a device authorization (RFC 8628) instead of a redirect.
+    #[serde(default)]
+    pub device: Option<DeviceLogin>,
+}
+
+/// The device authorization a login answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceLogin {
+    /// The `device_code` the device polls with.
+    pub device_code: String,
+    /// The user code, shown on the form so the user can compare it with the device's.
+    pub user_code: String,
+}
+
+/// An RFC 8628 device authorization: created at the device authorization endpoint, answered by the user
+/// through the login form, and redeemed once at the token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRequest {
+    /// The `device_code` (random, unguessable); the storage key.
+    pub device_code: String,
+    /// The user code, normalised (8 characters, no dash); unique among stored requests.
+    pub user_code: String,
+    /// Requesting client.
+    pub client_id: String,
+    /// Requested scopes.
+    pub scopes: Vec<String>,
+    /// Seconds the device must wait between polls; grows by 5 with every `slow_down` (RFC 8628 §3.5).
+    pub interval: i64,
+    /// Unix time of the last poll.
+    pub last_poll: Option<i64>,
+    /// Where the user's answer stands.
+    pub status: DeviceStatus,
+    /// Unix time after which the codes are dead.
+    pub expiry: i64,
+}
+
+/// The user's answer to a device authorization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum DeviceStatus {
+    /// Waiting for the user.
+    Pending,
+    /// The user signed in; the next poll gets tokens.
+    Approved {
+        /// Who signed in.
+        identity: Identity,
+        /// Unix time of the login.
+        auth_time: i64,
+    },
+    /// The user refused.
+    Denied,
+    /// Tokens were issued; the device code is spent.
+    Redeemed,
 }
 
 /// An authorization code, kept after redemption so a replay can revoke what it issued.
@@ -158,12 +223,14 @@ pub struct GcResult {
     pub refresh_tokens: u64,
     /// Full buckets.
     pub buckets: u64,
+    /// Device authorizations.
+    pub device_requests: u64,
 }
 
 impl GcResult {
     /// Total records removed.
     pub fn total(&self) -> u64 {
-        self.auth_requests + self.auth_codes + self.refresh_tokens + self.buckets
+        self.auth_requests + self.auth_codes + self.refresh_tokens + self.buckets + self.device_requests
     }
 }
 
@@ -211,6 +278,19 @@ pub trait Storage: Send + Sync {
     async fn get_bucket(&self, key: &str) -> Result<Option<Bucket>, StorageError>;
     /// Atomically replaces a bucket (absent: `None`) with what `f` returns.
     async fn update_bucket(&self, key: &str, f: Update<Option<Bucket>>) -> Result<Option<Bucket>, StorageError>;
+
+    /// Stores a new device authorization; `AlreadyExists` if its device code or user code is taken.
+    async fn create_device_request(&self, r: DeviceRequest) -> Result<(), StorageError>;
+    /// Reads a device authorization by device code.
+    async fn get_device_request(&self, device_code: &str) -> Result<DeviceRequest, StorageError>;
+    /// Reads a device authorization by (normalised) user code.
+    async fn get_device_request_by_user_code(&self, user_code: &str) -> Result<DeviceRequest, StorageError>;
+    /// Atomically replaces a device authorization with what `f` makes of it (the codes must not change).
+    async fn update_device_request(
+        &self,
+        device_code: &str,
+        f: Update<DeviceRequest>,
+    ) -> Result<DeviceRequest, StorageError>;
 
     /// Removes up to `batch` expired records of each kind.
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError>;

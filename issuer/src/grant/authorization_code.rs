@@ -6,13 +6,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
-use super::{issue, revoke_family, Issue, TokenResponse};
+use super::{first_refresh_token, issue, revoke_family, Issue, NewFamily, TokenResponse};
 use crate::config::Client;
 use crate::http::Form;
 use crate::oauth::TokenError;
 use crate::state::AppState;
-use crate::storage::{AuthCode, RefreshToken, StorageError};
-use crate::token::{random_b64, RefreshTokenString};
+use crate::storage::{AuthCode, StorageError};
+use crate::token::random_b64;
 
 fn pkce_matches(method: Option<&str>, challenge: &str, verifier: &str) -> bool {
     let valid = (43..=128).contains(&verifier.len())
@@ -93,32 +93,19 @@ pub async fn exchange(state: &AppState, client: &Client, form: &Form) -> Result<
         Err(e) => return Err(e.into()),
     };
 
-    let refresh_token = if code.scopes.iter().any(|s| s == "offline_access") {
-        let t = RefreshTokenString::random();
-        let life = &state.config.expiry.refresh_tokens;
-        let expiry = now + life.valid_if_not_used_for.min(life.absolute_lifetime).as_secs() as i64;
-        state
-            .storage
-            .create_refresh_token(RefreshToken {
-                id: t.id.clone(),
-                family_id: family_id.clone(),
-                secret_hash: t.secret_hash(),
-                client_id: client.id.clone(),
-                scopes: code.scopes.clone(),
-                nonce: code.nonce.clone(),
-                identity: code.identity.clone(),
-                auth_time: code.auth_time,
-                created_at: now,
-                family_created_at: now,
-                expiry,
-                rotated_at: None,
-                successor: None,
-            })
-            .await?;
-        Some(t.encode())
-    } else {
-        None
-    };
+    let refresh_token = first_refresh_token(
+        state,
+        NewFamily {
+            family_id: &family_id,
+            client_id: &client.id,
+            scopes: &code.scopes,
+            nonce: code.nonce.as_deref(),
+            identity: &code.identity,
+            auth_time: code.auth_time,
+            now,
+        },
+    )
+    .await?;
     issue(
         state,
         Issue {

@@ -110,7 +110,7 @@ async fn start(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
     }
 
     let now = state.clock.now();
-    let csrf = cookie(headers, CSRF_COOKIE).filter(|c| c.len() >= 22).map_or_else(random_b64::<16>, str::to_owned);
+    let csrf = csrf_value(headers);
     let request = AuthRequest {
         id: random_b64::<16>(),
         client_id: client.id.clone(),
@@ -122,14 +122,44 @@ async fn start(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
         code_challenge_method: method.map(str::to_owned),
         csrf_token: csrf.clone(),
         expiry: now + state.config.expiry.auth_requests.as_secs() as i64,
+        device: None,
     };
+    begin_login(state, request).await
+}
+
+/// The browser's CSRF token: the one its cookie already holds (so several tabs share one), or a new one.
+pub(crate) fn csrf_value(headers: &HeaderMap) -> String {
+    cookie(headers, CSRF_COOKIE).filter(|c| c.len() >= 22).map_or_else(random_b64::<16>, str::to_owned)
+}
+
+/// Stores a login in progress and sends the browser to its form, binding the form to the browser with the
+/// CSRF cookie (`request.csrf_token`, from `csrf_value`).
+pub(crate) async fn begin_login(state: &AppState, request: AuthRequest) -> Response {
     let login_url = format!("{}/login?req={}", state.config.path_prefix(), request.id);
+    let csrf = request.csrf_token.clone();
     if let Err(e) = state.storage.create_auth_request(request).await {
         return internal(e);
     }
     let mut r = Redirect::to(&login_url).into_response();
     set_csrf_cookie(state, &mut r, &csrf);
     r
+}
+
+/// Whether a posted form is bound to this browser: the form and the cookie both carry the login's token.
+pub(crate) fn csrf_ok(headers: &HeaderMap, form: &Form, request: &AuthRequest) -> bool {
+    let expected = request.csrf_token.as_bytes();
+    let form_ok = form.get("csrf").is_some_and(|c| bool::from(c.as_bytes().ct_eq(expected)));
+    let cookie_ok = cookie(headers, CSRF_COOKIE).is_some_and(|c| bool::from(c.as_bytes().ct_eq(expected)));
+    form_ok && cookie_ok
+}
+
+/// The page shown when a posted form fails `csrf_ok`.
+pub(crate) fn csrf_failed() -> Response {
+    error_page(
+        StatusCode::FORBIDDEN,
+        "Request not verified",
+        "This sign-in form could not be verified (cookies may be blocked). Go back to the application and start again.",
+    )
 }
 
 fn set_csrf_cookie(state: &AppState, r: &mut Response, value: &str) {
@@ -168,6 +198,8 @@ struct LoginPage<'a> {
     login: &'a str,
     error: Option<String>,
     issuer: &'a str,
+    /// For a device login: the user code to compare, and where "Deny" posts.
+    device: Option<(String, String)>,
 }
 
 fn login_form(
@@ -187,11 +219,14 @@ fn login_form(
         login,
         error,
         issuer: state.config.issuer.as_str().trim_end_matches('/'),
+        device: request.device.as_ref().map(|d| {
+            (super::device::display_user_code(&d.user_code), format!("{}/device/deny", state.config.path_prefix()))
+        }),
     };
     page(status, &t)
 }
 
-async fn pending_request(state: &AppState, id: Option<&str>) -> Result<AuthRequest, Response> {
+pub(crate) async fn pending_request(state: &AppState, id: Option<&str>) -> Result<AuthRequest, Response> {
     let expired = || {
         error_page(
             StatusCode::BAD_REQUEST,
@@ -226,15 +261,8 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let expected = request.csrf_token.as_bytes();
-    let form_ok = form.get("csrf").is_some_and(|c| bool::from(c.as_bytes().ct_eq(expected)));
-    let cookie_ok = cookie(&headers, CSRF_COOKIE).is_some_and(|c| bool::from(c.as_bytes().ct_eq(expected)));
-    if !(form_ok && cookie_ok) {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "Request not verified",
-            "This sign-in form could not be verified (cookies may be blocked). Go back to the application and start again.",
-        );
+    if !csrf_ok(&headers, &form, &request) {
+        return csrf_failed();
     }
     let login = form.get("login").unwrap_or("").trim();
     let password = form.get("password").unwrap_or("");
@@ -326,6 +354,11 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
             )
         }
         Err(e) => return internal(e),
+    }
+    if let Some(device) = &request.device {
+        crate::metrics::Metrics::count(&state.metrics.logins, "success");
+        tracing::info!(target: "audit", event = "login", result = "success", user = %identity.email, sub = %identity.user_id, client = %request.client_id, ip = %ip_text);
+        return super::device::approve(&state, device, identity, &ip_text).await;
     }
     let now = state.clock.now();
     let code = AuthCode {

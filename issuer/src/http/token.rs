@@ -27,6 +27,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<T
     match grant_type {
         "authorization_code" => grant::authorization_code::exchange(state, client, &form).await,
         "refresh_token" => grant::refresh_token::refresh(state, client, &form).await,
+        grant::device_code::GRANT_TYPE => grant::device_code::poll(state, client, &form).await,
         _ => Err(TokenError::UnsupportedGrantType),
     }
 }

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{AuthCode, AuthRequest, Bucket, Identity, RefreshToken, Storage, StorageError};
+use super::{
+    AuthCode, AuthRequest, Bucket, DeviceRequest, DeviceStatus, Identity, RefreshToken, Storage, StorageError,
+};
 use crate::keys::{self, Algorithm};
 
 /// Expands the conformance cases for one backend. `$make` is a closure returning a future of the store.
@@ -13,7 +15,8 @@ macro_rules! suite {
             auth_request_crud, auth_code_update_is_atomic_and_sees_the_latest_state, refresh_token_crud,
             rotation_has_exactly_one_winner, rotation_of_a_missing_token_is_not_found, family_deletion,
             keys_update_and_keep, secrets_are_created_once, buckets_update_and_delete,
-            garbage_collection_removes_only_expired_records_in_batches, timestamps_round_trip_exactly);
+            garbage_collection_removes_only_expired_records_in_batches, timestamps_round_trip_exactly,
+            device_request_crud, device_approval_has_exactly_one_winner, device_request_codes_never_change);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -68,6 +71,7 @@ fn auth_request(id: &str, expiry: i64) -> AuthRequest {
         code_challenge_method: None,
         csrf_token: "x".into(),
         expiry,
+        device: None,
     }
 }
 
@@ -85,6 +89,19 @@ fn auth_code(id: &str, expiry: i64) -> AuthCode {
         expiry,
         redeemed_at: None,
         family_id: None,
+    }
+}
+
+fn device_request(device_code: &str, user_code: &str, expiry: i64) -> DeviceRequest {
+    DeviceRequest {
+        device_code: device_code.into(),
+        user_code: user_code.into(),
+        client_id: "c".into(),
+        scopes: vec!["openid".into(), "offline_access".into()],
+        interval: 5,
+        last_poll: None,
+        status: DeviceStatus::Pending,
+        expiry,
     }
 }
 
@@ -231,15 +248,22 @@ pub(crate) async fn garbage_collection_removes_only_expired_records_in_batches<S
     s.create_refresh_token(refresh_token("old", "f", 10)).await.unwrap();
     s.create_refresh_token(refresh_token("live", "g", 1000)).await.unwrap();
     s.update_bucket("b", Box::new(|_| Ok(Some(Bucket { tokens: 1.0, updated_at: 0.0, expiry: 10 })))).await.unwrap();
+    s.create_device_request(device_request("old", "BBBBBBBB", 10)).await.unwrap();
+    s.create_device_request(device_request("live", "CCCCCCCC", 1000)).await.unwrap();
 
     let first = s.garbage_collect(500, 3).await.unwrap();
     assert_eq!(first.auth_requests, 3, "a pass removes at most one batch");
-    assert_eq!((first.auth_codes, first.refresh_tokens, first.buckets), (1, 1, 1));
+    assert_eq!((first.auth_codes, first.refresh_tokens, first.buckets, first.device_requests), (1, 1, 1, 1));
     let second = s.garbage_collect(500, 3).await.unwrap();
     assert_eq!(second.auth_requests, 2);
     assert_eq!(s.garbage_collect(500, 3).await.unwrap().total(), 0);
     assert!(s.get_auth_request("live").await.is_ok());
     assert!(s.get_refresh_token("live").await.is_ok());
+    assert!(s.get_device_request("live").await.is_ok());
+    assert!(matches!(s.get_device_request_by_user_code("BBBBBBBB").await, Err(StorageError::NotFound)));
+    s.create_device_request(device_request("again", "BBBBBBBB", 1000))
+        .await
+        .expect("a collected user code is free again");
 }
 
 pub(crate) async fn timestamps_round_trip_exactly<S: Storage>(s: Arc<S>) {
@@ -249,4 +273,83 @@ pub(crate) async fn timestamps_round_trip_exactly<S: Storage>(s: Arc<S>) {
     t.rotated_at = Some(1_700_000_000);
     s.create_refresh_token(t.clone()).await.unwrap();
     assert_eq!(s.get_refresh_token("tz").await.unwrap(), t);
+}
+
+pub(crate) async fn device_request_crud<S: Storage>(s: Arc<S>) {
+    let d = device_request("d1", "WDJBMJHT", 100);
+    s.create_device_request(d.clone()).await.unwrap();
+    assert!(matches!(s.create_device_request(d.clone()).await, Err(StorageError::AlreadyExists)));
+    assert!(
+        matches!(
+            s.create_device_request(device_request("d2", "WDJBMJHT", 100)).await,
+            Err(StorageError::AlreadyExists)
+        ),
+        "user codes are unique"
+    );
+    assert!(matches!(s.get_device_request("d2").await, Err(StorageError::NotFound)), "the clash left nothing behind");
+    assert_eq!(s.get_device_request("d1").await.unwrap(), d);
+    assert_eq!(s.get_device_request_by_user_code("WDJBMJHT").await.unwrap(), d);
+    let approved = s
+        .update_device_request(
+            "d1",
+            Box::new(|mut d| {
+                d.status = DeviceStatus::Approved { identity: identity(), auth_time: 7 };
+                d.last_poll = Some(42);
+                d.interval = 10;
+                Ok(d)
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.get_device_request_by_user_code("WDJBMJHT").await.unwrap(), approved);
+    assert!(matches!(s.get_device_request("nope").await, Err(StorageError::NotFound)));
+    assert!(matches!(s.get_device_request_by_user_code("NOPENOPE").await, Err(StorageError::NotFound)));
+    assert!(matches!(s.update_device_request("nope", Box::new(Ok)).await, Err(StorageError::NotFound)));
+}
+
+pub(crate) async fn device_approval_has_exactly_one_winner<S: Storage + 'static>(s: Arc<S>) {
+    s.create_device_request(device_request("d", "HHHHHHHH", 100)).await.unwrap();
+    // The user approving twice at once (two tabs) and the device redeeming race the same way.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.update_device_request(
+                    "d",
+                    Box::new(move |mut d| {
+                        if d.status != DeviceStatus::Pending {
+                            return Err(StorageError::Conflict);
+                        }
+                        d.status = DeviceStatus::Approved { identity: identity(), auth_time: i };
+                        Ok(d)
+                    }),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(StorageError::Conflict) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(wins, 1, "exactly one answer wins");
+}
+
+pub(crate) async fn device_request_codes_never_change<S: Storage>(s: Arc<S>) {
+    s.create_device_request(device_request("d", "KKKKKKKK", 100)).await.unwrap();
+    let r = s
+        .update_device_request(
+            "d",
+            Box::new(|mut d| {
+                d.user_code = "LLLLLLLL".into();
+                Ok(d)
+            }),
+        )
+        .await;
+    assert!(matches!(r, Err(StorageError::Conflict)), "{r:?}");
+    assert!(s.get_device_request_by_user_code("KKKKKKKK").await.is_ok());
 }

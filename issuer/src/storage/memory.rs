@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{AuthCode, AuthRequest, Bucket, GcResult, RefreshToken, Storage, StorageError, Update};
+use super::{AuthCode, AuthRequest, Bucket, DeviceRequest, GcResult, RefreshToken, Storage, StorageError, Update};
 use crate::keys::Keys;
 
 /// Process-memory backend.
@@ -23,6 +23,7 @@ struct Tables {
     keys: Option<Keys>,
     secrets: HashMap<String, Vec<u8>>,
     buckets: HashMap<String, Bucket>,
+    device_requests: HashMap<String, DeviceRequest>,
 }
 
 impl Memory {
@@ -161,6 +162,31 @@ impl Storage for Memory {
         Ok(new)
     }
 
+    async fn create_device_request(&self, r: DeviceRequest) -> Result<(), StorageError> {
+        let mut t = self.lock();
+        if t.device_requests.values().any(|d| d.user_code == r.user_code) {
+            return Err(StorageError::AlreadyExists);
+        }
+        let id = r.device_code.clone();
+        insert_new(&mut t.device_requests, &id, r)
+    }
+
+    async fn get_device_request(&self, device_code: &str) -> Result<DeviceRequest, StorageError> {
+        self.lock().device_requests.get(device_code).cloned().ok_or(StorageError::NotFound)
+    }
+
+    async fn get_device_request_by_user_code(&self, user_code: &str) -> Result<DeviceRequest, StorageError> {
+        self.lock().device_requests.values().find(|d| d.user_code == user_code).cloned().ok_or(StorageError::NotFound)
+    }
+
+    async fn update_device_request(
+        &self,
+        device_code: &str,
+        f: Update<DeviceRequest>,
+    ) -> Result<DeviceRequest, StorageError> {
+        update(&mut self.lock().device_requests, device_code, super::keep_codes(f))
+    }
+
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError> {
         let mut t = self.lock();
         Ok(GcResult {
@@ -168,6 +194,7 @@ impl Storage for Memory {
             auth_codes: collect(&mut t.auth_codes, batch, |c| c.expiry < now),
             refresh_tokens: collect(&mut t.refresh_tokens, batch, |r| r.expiry < now),
             buckets: collect(&mut t.buckets, batch, |b| b.expiry < now),
+            device_requests: collect(&mut t.device_requests, batch, |d| d.expiry < now),
         })
     }
 }

@@ -14,7 +14,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{AuthCode, AuthRequest, Bucket, GcResult, RefreshToken, Storage, StorageError, Update};
+use super::{AuthCode, AuthRequest, Bucket, DeviceRequest, GcResult, RefreshToken, Storage, StorageError, Update};
 use crate::keys::Keys;
 
 const SCHEMA: &str = r#"
@@ -30,6 +30,9 @@ CREATE TABLE IF NOT EXISTS keys (id INTEGER PRIMARY KEY CHECK (id = 1), data TEX
 CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, data TEXT NOT NULL, expiry INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS buckets_expiry ON buckets (expiry);
+CREATE TABLE IF NOT EXISTS device_requests (
+    id TEXT PRIMARY KEY, user_code TEXT NOT NULL UNIQUE, data TEXT NOT NULL, expiry INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS device_requests_expiry ON device_requests (expiry);
 "#;
 
 /// SQLite backend.
@@ -344,12 +347,47 @@ impl Storage for Sqlite {
         Ok(new)
     }
 
+    async fn create_device_request(&self, r: DeviceRequest) -> Result<(), StorageError> {
+        sqlx::query("INSERT INTO device_requests (id, user_code, data, expiry) VALUES (?, ?, ?, ?)")
+            .bind(&r.device_code)
+            .bind(&r.user_code)
+            .bind(encode(&r)?)
+            .bind(r.expiry)
+            .execute(&self.write)
+            .await
+            .map_err(map_insert)?;
+        Ok(())
+    }
+
+    async fn get_device_request(&self, device_code: &str) -> Result<DeviceRequest, StorageError> {
+        self.get_doc("device_requests", device_code).await
+    }
+
+    async fn get_device_request_by_user_code(&self, user_code: &str) -> Result<DeviceRequest, StorageError> {
+        let row = sqlx::query("SELECT data FROM device_requests WHERE user_code = ?")
+            .bind(user_code)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(backend)?
+            .ok_or(StorageError::NotFound)?;
+        decode(row.get::<&str, _>(0))
+    }
+
+    async fn update_device_request(
+        &self,
+        device_code: &str,
+        f: Update<DeviceRequest>,
+    ) -> Result<DeviceRequest, StorageError> {
+        self.update_doc("device_requests", device_code, |d: &DeviceRequest| d.expiry, super::keep_codes(f)).await
+    }
+
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError> {
         Ok(GcResult {
             auth_requests: self.collect("auth_requests", now, batch).await?,
             auth_codes: self.collect("auth_codes", now, batch).await?,
             refresh_tokens: self.collect("refresh_tokens", now, batch).await?,
             buckets: self.collect("buckets", now, batch).await?,
+            device_requests: self.collect("device_requests", now, batch).await?,
         })
     }
 }

@@ -199,6 +199,11 @@ impl Browser {
     }
 }
 
+/// The value of the hidden form field `name` in a page.
+pub fn hidden_field(html: &str, name: &str) -> String {
+    hidden(html, name)
+}
+
 fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = html.find(&marker).unwrap_or_else(|| panic!("no hidden field {name} in {html}")) + marker.len();
