@@ -21,7 +21,7 @@ help: ## Show this help
 
 ##@ Setup
 
-setup: ## Install the Rust toolchain, the wasm target and system packages: clang (ring on wasm32), chromium + chromedriver (browser test) (idempotent)
+setup: ## Install the Rust toolchain, the wasm target and system packages: clang (ring on wasm32), chromium + chromedriver (browser test), postgresql (storage tests) (idempotent)
 	@command -v rustup >/dev/null || { echo "rustup is required: https://rustup.rs"; exit 1; }
 	@rustup toolchain list | grep -q "^$(TOOLCHAIN)-" || rustup toolchain install $(TOOLCHAIN) --profile minimal
 	@rustup component list --toolchain $(TOOLCHAIN) --installed | grep -q '^clippy' || rustup component add clippy rustfmt --toolchain $(TOOLCHAIN)
@@ -31,6 +31,7 @@ setup: ## Install the Rust toolchain, the wasm target and system packages: clang
 	  command -v chromium >/dev/null || missing="$$missing chromium"; \
 	  command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	  command -v curl >/dev/null || missing="$$missing curl"; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	  if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; fi
 
 ##@ Development
@@ -45,8 +46,8 @@ wasm: setup ## Build the filter for Envoy: target/wasm32-wasip1/release/filter.w
 	@cp $(CARGO_TARGET_DIR)/$(WASM_TARGET)/wasm-release/filter.wasm $(WASM_OUT)
 	@ls -l $(WASM_OUT)
 
-test: setup wasm ## Run every test: unit, storage conformance, issuer over HTTP, filter e2e in proxy-wasm-host, HA, browser
-	$(CARGO) test --workspace --no-fail-fast
+test: setup wasm ## Run every test: unit, storage conformance (memory, SQLite, PostgreSQL), issuer over HTTP, filter e2e in proxy-wasm-host, HA, browser
+	scripts/with-postgres.sh $(CARGO) test --workspace --no-fail-fast -- --include-ignored
 
 lint: setup ## fmt --check and clippy -D warnings (native and wasm)
 	$(CARGO) fmt --all -- --check

@@ -72,6 +72,42 @@ pub enum StorageConfig {
         /// Path of the database file.
         file: PathBuf,
     },
+    /// A PostgreSQL database: what several replicas share.
+    Postgres(PostgresConfig),
+}
+
+/// `storage.config` for `type: postgres` (Dex's key names).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// Server host name or address.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// Database name.
+    pub database: String,
+    /// User name.
+    pub user: String,
+    /// Password, if the server asks for one.
+    pub password: Option<String>,
+    /// `disable`, `prefer`, `require`, `verify-ca` or `verify-full`.
+    pub ssl_mode: String,
+    /// CA certificate for `verify-ca`/`verify-full`.
+    pub ssl_ca_file: Option<PathBuf>,
+    /// Connection pool size.
+    pub max_open_conns: u32,
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ssl_mode", &self.ssl_mode)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `expiry:` — lifetimes.
@@ -363,10 +399,37 @@ struct RawStorage {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawStorageConfig {
     #[serde(default)]
     file: Option<PathBuf>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    database: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    password_env: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+    #[serde(default)]
+    ssl: Option<RawSsl>,
+    #[serde(default)]
+    max_open_conns: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSsl {
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -609,18 +672,7 @@ impl Validator<'_> {
             }
         }
 
-        let storage = match (raw.storage.kind.as_str(), raw.storage.config.unwrap_or_default().file) {
-            ("memory", _) => Some(StorageConfig::Memory),
-            ("sqlite3", Some(file)) => Some(StorageConfig::Sqlite { file }),
-            ("sqlite3", None) => {
-                self.problem("storage.config.file", "the path of the SQLite database file");
-                None
-            }
-            (other, _) => {
-                self.problem("storage.type", format!("one of \"memory\", \"sqlite3\", got {other:?}"));
-                None
-            }
-        };
+        let storage = self.storage(raw.storage);
 
         let e = raw.expiry;
         let r = e.refresh_tokens;
@@ -824,6 +876,54 @@ impl Validator<'_> {
             }
             Err(e) => {
                 self.problem(key, format!("a readable PEM certificate file, but {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    fn storage(&mut self, raw: RawStorage) -> Option<StorageConfig> {
+        let c = raw.config.unwrap_or_default();
+        match raw.kind.as_str() {
+            "memory" => Some(StorageConfig::Memory),
+            "sqlite3" => match c.file {
+                Some(file) => Some(StorageConfig::Sqlite { file }),
+                None => {
+                    self.problem("storage.config.file", "the path of the SQLite database file");
+                    None
+                }
+            },
+            "postgres" => {
+                let ssl = c.ssl.unwrap_or_default();
+                let ssl_mode = ssl.mode.unwrap_or_else(|| "verify-full".to_owned());
+                if !["disable", "prefer", "require", "verify-ca", "verify-full"].contains(&ssl_mode.as_str()) {
+                    self.problem(
+                        "storage.config.ssl.mode",
+                        format!("one of disable, prefer, require, verify-ca, verify-full, got {ssl_mode:?}"),
+                    );
+                }
+                let password = self.secret("storage.config.password", c.password, c.password_env, c.password_file);
+                let required = |v: &mut Self, key: &str, value: Option<String>| {
+                    value.filter(|s| !s.is_empty()).or_else(|| {
+                        v.problem(format!("storage.config.{key}"), "a non-empty value");
+                        None
+                    })
+                };
+                let host = required(self, "host", c.host);
+                let database = required(self, "database", c.database);
+                let user = required(self, "user", c.user);
+                Some(StorageConfig::Postgres(PostgresConfig {
+                    host: host?,
+                    port: c.port.unwrap_or(5432),
+                    database: database?,
+                    user: user?,
+                    password,
+                    ssl_mode,
+                    ssl_ca_file: ssl.ca_file,
+                    max_open_conns: c.max_open_conns.unwrap_or(16).max(2),
+                }))
+            }
+            other => {
+                self.problem("storage.type", format!("one of \"memory\", \"sqlite3\", \"postgres\", got {other:?}"));
                 None
             }
         }

@@ -143,6 +143,7 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
         match c.storage {
             issuer::config::StorageConfig::Memory => "memory",
             issuer::config::StorageConfig::Sqlite { .. } => "sqlite3",
+            issuer::config::StorageConfig::Postgres(_) => "postgres",
         },
         c.signing.algorithm.as_str()
     );

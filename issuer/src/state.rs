@@ -7,7 +7,7 @@ use crate::config::{Config, StorageConfig};
 use crate::connector::local::StaticPasswords;
 use crate::keyring::{Keyring, KeyringError, Loaded};
 use crate::metrics::Metrics;
-use crate::storage::{memory::Memory, sqlite::Sqlite, Storage, StorageError};
+use crate::storage::{memory::Memory, postgres::Postgres, sqlite::Sqlite, Storage, StorageError};
 
 /// Name of the stored secret that keys refresh-token derivation.
 const SERVER_KEY: &str = "refresh-token-key";
@@ -59,6 +59,7 @@ pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StorageEr
     Ok(match &config.storage {
         StorageConfig::Memory => Arc::new(Memory::new()),
         StorageConfig::Sqlite { file } => Arc::new(Sqlite::open(file).await?),
+        StorageConfig::Postgres(pg) => Arc::new(Postgres::open(pg).await?),
     })
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::keys::Keys;
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]

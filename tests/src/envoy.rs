@@ -94,8 +94,11 @@ impl EnvoyConfig {
     /// Reads `path`.
     pub fn load(path: &Path) -> Result<Self, EnvoyConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| EnvoyConfigError { file: file.clone(), key: "-".into(), expected: format!("a readable file ({e})") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| EnvoyConfigError {
+            file: file.clone(),
+            key: "-".into(),
+            expected: format!("a readable file ({e})"),
+        })?;
         Self::parse(&file, &text)
     }
 
@@ -125,11 +128,20 @@ impl EnvoyConfig {
         let wasm = PathBuf::from(r.str(plugin, "vm_config.code.local.filename")?);
 
         let mut clusters = HashMap::new();
-        let list = r.get(&doc, "static_resources.clusters")?.as_sequence().ok_or_else(|| r.err("static_resources.clusters", "a list"))?;
+        let list = r
+            .get(&doc, "static_resources.clusters")?
+            .as_sequence()
+            .ok_or_else(|| r.err("static_resources.clusters", "a list"))?;
         for (i, c) in list.iter().enumerate() {
             let name = r.str(c, "name")?;
-            let endpoint = r.get(c, "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address")
-                .map_err(|_| r.err(&format!("static_resources.clusters.{i}.load_assignment"), "an endpoint with a socket_address"))?;
+            let endpoint = r
+                .get(c, "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address")
+                .map_err(|_| {
+                    r.err(
+                        &format!("static_resources.clusters.{i}.load_assignment"),
+                        "an endpoint with a socket_address",
+                    )
+                })?;
             let address = format!("{}:{}", r.str(endpoint, "address")?, r.str(endpoint, "port_value")?);
             let tls_context = c.get("transport_socket").and_then(|t| t.get("typed_config"));
             let cluster = Cluster {

@@ -15,9 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proxy_wasm_host::abi::v0_2_1::types::{Action, BufferType, LogLevel, MapType, MetricType, Status, StreamType};
 use proxy_wasm_host::abi::v0_2_1::{
-    Access, CalloutId, Callouts, Clock, ContextId, Guest, GuestError, Host, HttpCall, HttpCallRefusal,
-    HttpCallResponse, InMemoryStore, Invocation, LocalResponse, LogContext, LogSink, PluginConfig,
-    SharedServices, Started, StreamKind, StreamState, VmServices,
+    Access, CalloutId, Callouts, Clock, ContextId, Guest, GuestError, HeaderPairs, Host, HttpCall, HttpCallRefusal,
+    HttpCallResponse, InMemoryStore, Invocation, LocalResponse, LogContext, LogSink, PluginConfig, SharedServices,
+    Started, StreamKind, StreamState, VmServices,
 };
 use proxy_wasm_host::{Buffer, EngineConfig, HeaderMap, HeaderMapExt, Limits, Module, VecHeaderMap};
 
@@ -215,7 +215,13 @@ pub struct Request {
 impl Request {
     /// A GET for `path` on `authority`.
     pub fn get(authority: &str, path: &str) -> Self {
-        Self { method: "GET".into(), path: path.into(), authority: authority.into(), scheme: "http".into(), ..Self::default() }
+        Self {
+            method: "GET".into(),
+            path: path.into(),
+            authority: authority.into(),
+            scheme: "http".into(),
+            ..Self::default()
+        }
     }
 
     /// Adds a header.
@@ -428,15 +434,18 @@ impl Worker {
             .with_callouts(outbox.clone());
         let limits = Limits::new().with_cpu_time(Duration::from_secs(30));
         let mut guest = Guest::new(&compiled.host, &compiled.module, services, &limits)?;
-        let plugin =
-            PluginConfig::new().with_name("tokengate").with_root_id("tokengate").with_configuration(configuration.as_bytes().to_vec());
+        let plugin = PluginConfig::new()
+            .with_name("tokengate")
+            .with_root_id("tokengate")
+            .with_configuration(configuration.as_bytes().to_vec());
         let root = match guest.start(plugin)? {
             Started::Serving(root) => root,
             Started::Refused { .. } => return Err(HostError::Refused { logs: options.logs.text() }),
         };
         let mut http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
         for pem in &options.ca_certificates {
-            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| HostError::Load(format!("CA certificate: {e}")))?;
+            let cert =
+                reqwest::Certificate::from_pem(pem).map_err(|e| HostError::Load(format!("CA certificate: {e}")))?;
             http = http.add_root_certificate(cert);
         }
         let http = http.build().map_err(|e| HostError::Load(e.to_string()))?;
@@ -539,7 +548,11 @@ impl Worker {
             }
             if stream.closed {
                 self.finish(context, stream)?;
-                return Ok(Decision::Respond(Response { status: 503, headers: vec![], body: b"stream reset".to_vec() }));
+                return Ok(Decision::Respond(Response {
+                    status: 503,
+                    headers: vec![],
+                    body: b"stream reset".to_vec(),
+                }));
             }
             let calls = self.outbox.take_for(context);
             if calls.is_empty() {
@@ -548,8 +561,8 @@ impl Worker {
             }
             for c in calls {
                 let response = self.perform(&c.call).await;
-                let (result, back) =
-                    lock(&self.guest).with(stream, |s| s.on_http_call_response(context, c.id, response.as_call_response()));
+                let (result, back) = lock(&self.guest)
+                    .with(stream, |s| s.on_http_call_response(context, c.id, response.as_call_response()));
                 stream = back;
                 result?;
             }
@@ -560,8 +573,10 @@ impl Worker {
     /// Runs the upstream's response through the filter (which may add `Set-Cookie`) and ends the stream.
     pub fn respond(&self, forwarded: Forwarded, upstream: Response) -> Result<Response, HostError> {
         let Forwarded { context, mut stream } = forwarded;
-        let mut headers: Vec<(Vec<u8>, Vec<u8>)> = vec![(b":status".to_vec(), upstream.status.to_string().into_bytes())];
-        headers.extend(upstream.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase().into_bytes(), v.into_bytes())));
+        let mut headers: Vec<(Vec<u8>, Vec<u8>)> =
+            vec![(b":status".to_vec(), upstream.status.to_string().into_bytes())];
+        headers
+            .extend(upstream.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase().into_bytes(), v.into_bytes())));
         stream.response_headers = headers.into();
         stream.response_body = upstream.body;
         let (result, mut stream) = lock(&self.guest).with(stream, |s| {
@@ -577,7 +592,8 @@ impl Worker {
         result?;
         let local = stream.local.take();
         let all = pairs(&stream.response_headers);
-        let status = all.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse().ok()).unwrap_or(upstream.status);
+        let status =
+            all.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse().ok()).unwrap_or(upstream.status);
         let headers = all.into_iter().filter(|(k, _)| !k.starts_with(':')).collect();
         let body = std::mem::take(&mut stream.response_body);
         self.finish(context, stream)?;
@@ -604,7 +620,11 @@ impl Worker {
     }
 
     /// A request and, if the filter lets it through, `upstream`'s answer: the whole exchange.
-    pub async fn exchange(&self, request: Request, upstream: impl FnOnce(&Forwarded) -> Response) -> Result<Response, HostError> {
+    pub async fn exchange(
+        &self,
+        request: Request,
+        upstream: impl FnOnce(&Forwarded) -> Response,
+    ) -> Result<Response, HostError> {
         match self.request(request).await? {
             Decision::Respond(r) => Ok(r),
             Decision::Forward(f) => {
@@ -618,7 +638,12 @@ impl Worker {
     async fn perform(&self, call: &HttpCall<'static>) -> CalloutAnswer {
         let cluster = String::from_utf8_lossy(&call.upstream).into_owned();
         let Some(base) = self.outbox.clusters.get(&cluster) else { return CalloutAnswer::Failed };
-        let get = |name: &str| call.headers.iter().find(|(k, _)| k.as_ref() == name.as_bytes()).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let get = |name: &str| {
+            call.headers
+                .iter()
+                .find(|(k, _)| k.as_ref() == name.as_bytes())
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
         let method = get(":method").unwrap_or_else(|| "GET".into());
         let path = get(":path").unwrap_or_else(|| "/".into());
         let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else { return CalloutAnswer::Failed };
@@ -659,8 +684,7 @@ impl CalloutAnswer {
     fn as_call_response(&self) -> HttpCallResponse<'_> {
         match self {
             CalloutAnswer::Received { status, headers, body } => {
-                let mut pairs: Vec<(std::borrow::Cow<'_, [u8]>, std::borrow::Cow<'_, [u8]>)> =
-                    vec![(b":status"[..].into(), status.to_string().into_bytes().into())];
+                let mut pairs: HeaderPairs<'_> = vec![(b":status"[..].into(), status.to_string().into_bytes().into())];
                 pairs.extend(headers.iter().map(|(k, v)| (k.as_bytes().into(), v.as_bytes().into())));
                 HttpCallResponse::received(pairs).with_body(body.as_slice())
             }

@@ -12,7 +12,9 @@ use serde_json::json;
 use tests::Request;
 
 fn api(token: &str) -> Request {
-    Request::get(HOST, "/api/v1/pods").header("authorization", &format!("Bearer {token}")).header("accept", "application/json")
+    Request::get(HOST, "/api/v1/pods")
+        .header("authorization", &format!("Bearer {token}"))
+        .header("accept", "application/json")
 }
 
 fn assert_invalid_token(r: &tests::Response, what: &str) {

@@ -40,7 +40,9 @@ async fn wait_until_up(url: &str) {
 }
 
 fn screenshots_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let dir = target.join("screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -126,7 +128,12 @@ async fn a_browser_logs_in_reloads_opens_a_tab_and_signs_out() {
             ]
         }),
     );
-    let c = ClientBuilder::rustls().unwrap().capabilities(caps).connect(&format!("http://127.0.0.1:{driver_port}")).await.unwrap();
+    let c = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        .unwrap();
 
     // 1. Open the dashboard: the filter sends the browser to the issuer's login form.
     c.goto(&format!("{gateway}/dashboard")).await.unwrap();

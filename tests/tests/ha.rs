@@ -53,7 +53,10 @@ async fn two_gateways_share_sessions_survive_a_stop_and_refresh_concurrently() {
     assert_eq!(refreshed_ok, 8, "every concurrent request succeeded");
     assert!(!cookies.is_empty(), "the rotated refresh token went back to the browser");
     let (_, seen) = send(&b, jar.apply(Request::get(HOST, "/"))).await;
-    let sid = claims(header(&seen.unwrap(), "authorization").unwrap().trim_start_matches("Bearer "))["sid"].as_str().unwrap().to_owned();
+    let sid = claims(header(&seen.unwrap(), "authorization").unwrap().trim_start_matches("Bearer "))["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let family = issuer.state.storage.list_refresh_family(&sid).await.unwrap();
     let live = family.iter().filter(|t| t.rotated_at.is_none()).count();
     assert_eq!(live, 1, "one live refresh token for the session after the concurrent refreshes");

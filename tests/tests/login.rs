@@ -149,7 +149,11 @@ async fn allowed_groups_refuse_other_users_with_403() {
     assert_eq!(r.status, 403, "jane is not in admins: {}", r.text());
     assert!(r.text().contains("<html") || r.text().contains("<!doctype"), "a short page: {}", r.text());
     jar.store(&r);
-    assert!(jar.0.keys().all(|k| k.contains("_csrf_")), "no session for a refused user: {:?}", jar.0.keys().collect::<Vec<_>>());
+    assert!(
+        jar.0.keys().all(|k| k.contains("_csrf_")),
+        "no session for a refused user: {:?}",
+        jar.0.keys().collect::<Vec<_>>()
+    );
     let (r, seen) = send(&w, jar.apply(Request::get(HOST, "/").navigation())).await;
     assert!(seen.is_none(), "nothing reaches the upstream for a refused user");
     assert_eq!(r.status, 302, "the next request asks for a login again");
@@ -172,7 +176,11 @@ async fn sign_out_revokes_the_refresh_token_clears_cookies_and_goes_to_the_issue
     assert!(query_param(location, "id_token_hint").is_some());
     assert_eq!(query_param(location, "post_logout_redirect_uri").as_deref(), Some(format!("http://{HOST}/").as_str()));
     jar.store(&r);
-    assert!(jar.0.keys().all(|k| k.contains("csrf")), "session cookies cleared: {:?}", jar.0.keys().collect::<Vec<_>>());
+    assert!(
+        jar.0.keys().all(|k| k.contains("csrf")),
+        "session cookies cleared: {:?}",
+        jar.0.keys().collect::<Vec<_>>()
+    );
     assert_eq!(live_refresh_tokens(&issuer, &sid).await, 0, "the refresh token was revoked at the issuer");
 
     let logout = http().get(location).send().await.unwrap();

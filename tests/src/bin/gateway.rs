@@ -44,7 +44,9 @@ struct Args {
 }
 
 fn parse_override(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(n, a)| (n.to_owned(), a.to_owned())).ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
+    s.split_once('=')
+        .map(|(n, a)| (n.to_owned(), a.to_owned()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
 }
 
 struct Gateway {
@@ -59,7 +61,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let mut config = EnvoyConfig::load(&args.envoy)?;
     for (name, address) in &args.clusters {
-        let cluster = config.clusters.get_mut(name).ok_or_else(|| format!("--cluster {name}: no such cluster in {}", args.envoy.display()))?;
+        let cluster = config
+            .clusters
+            .get_mut(name)
+            .ok_or_else(|| format!("--cluster {name}: no such cluster in {}", args.envoy.display()))?;
         cluster.address.clone_from(address);
     }
     if !args.settings.is_empty() {
@@ -121,12 +126,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listen = args.listen.unwrap_or(config.listen);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let app = axum::Router::new().fallback(handle).with_state(gateway);
-    println!("gateway: listening on http://{} ({} filter VMs, upstream {})", listener.local_addr()?, args.workers.max(1), config.route_cluster);
-    axum::serve(listener, app).with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+    println!(
+        "gateway: listening on http://{} ({} filter VMs, upstream {})",
+        listener.local_addr()?,
+        args.workers.max(1),
+        config.route_cluster
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
     Ok(())
 }
 
-const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection", "te", "trailer"];
+const HOP_BY_HOP: &[&str] =
+    &["connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection", "te", "trailer"];
 
 async fn handle(State(g): State<Arc<Gateway>>, req: AxumRequest) -> AxumResponse {
     let started = Instant::now();
@@ -143,7 +158,14 @@ async fn handle(State(g): State<Arc<Gateway>>, req: AxumRequest) -> AxumResponse
     let Ok(body) = to_bytes(body, 16 * 1024 * 1024).await else {
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     };
-    let request = Request { method: method.clone(), path: path.clone(), authority, scheme: "http".into(), headers, body: body.to_vec() };
+    let request = Request {
+        method: method.clone(),
+        path: path.clone(),
+        authority,
+        scheme: "http".into(),
+        headers,
+        body: body.to_vec(),
+    };
     let worker = &g.workers[g.next.fetch_add(1, Ordering::Relaxed) % g.workers.len()];
     let response = match worker.request(request).await {
         Ok(Decision::Respond(r)) => r,
@@ -152,24 +174,38 @@ async fn handle(State(g): State<Arc<Gateway>>, req: AxumRequest) -> AxumResponse
             Err(e) => {
                 let _ = worker.abandon(f);
                 eprintln!("gateway: upstream failed: {e}");
-                Response { status: 503, headers: vec![("content-type".into(), "text/plain".into())], body: b"upstream unavailable\n".to_vec() }
+                Response {
+                    status: 503,
+                    headers: vec![("content-type".into(), "text/plain".into())],
+                    body: b"upstream unavailable\n".to_vec(),
+                }
             }
         },
         Err(e) => filter_failed(&e),
     };
-    eprintln!("gateway: {method} {} -> {} ({} ms)", path.split('?').next().unwrap_or(""), response.status, started.elapsed().as_millis());
+    eprintln!(
+        "gateway: {method} {} -> {} ({} ms)",
+        path.split('?').next().unwrap_or(""),
+        response.status,
+        started.elapsed().as_millis()
+    );
     to_axum(response)
 }
 
 fn filter_failed(e: &tests::HostError) -> Response {
     eprintln!("gateway: filter failed: {e}");
-    Response { status: 500, headers: vec![("content-type".into(), "text/plain".into())], body: b"filter failed\n".to_vec() }
+    Response {
+        status: 500,
+        headers: vec![("content-type".into(), "text/plain".into())],
+        body: b"filter failed\n".to_vec(),
+    }
 }
 
 async fn forward(g: &Gateway, f: &tests::Forwarded) -> Result<Response, reqwest::Error> {
     let headers = f.headers();
     let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let method = reqwest::Method::from_bytes(get(":method").unwrap_or_default().as_bytes()).unwrap_or(reqwest::Method::GET);
+    let method =
+        reqwest::Method::from_bytes(get(":method").unwrap_or_default().as_bytes()).unwrap_or(reqwest::Method::GET);
     let mut req = g.http.request(method, format!("{}{}", g.upstream, get(":path").unwrap_or_else(|| "/".into())));
     for (k, v) in &headers {
         if !k.starts_with(':') {

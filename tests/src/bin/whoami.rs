@@ -30,7 +30,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("whoami: listening on http://{}", listener.local_addr()?);
     let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" })).fallback(show);
-    axum::serve(listener, app).with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
     Ok(())
 }
 
@@ -46,12 +50,16 @@ fn escape(s: &str) -> String {
 
 async fn show(method: Method, uri: Uri, headers: HeaderMap) -> Response {
     let claims = identity(&headers);
-    let header_list: Vec<(String, String)> =
-        headers.iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+    let header_list: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
     let wants_html = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"));
     if !wants_html {
-        let h: serde_json::Map<String, Value> = header_list.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-        return Json(json!({ "method": method.as_str(), "path": uri.to_string(), "identity": claims, "headers": h })).into_response();
+        let h: serde_json::Map<String, Value> =
+            header_list.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        return Json(json!({ "method": method.as_str(), "path": uri.to_string(), "identity": claims, "headers": h }))
+            .into_response();
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let mut rows = String::new();
@@ -63,7 +71,10 @@ async fn show(method: Method, uri: Uri, headers: HeaderMap) -> Response {
         Some(c) => {
             let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("—").to_owned();
             let groups = c.get("groups").and_then(Value::as_array).map(|g| {
-                g.iter().filter_map(Value::as_str).map(|g| format!("<span class=\"tag\">{}</span>", escape(g))).collect::<String>()
+                g.iter()
+                    .filter_map(Value::as_str)
+                    .map(|g| format!("<span class=\"tag\">{}</span>", escape(g)))
+                    .collect::<String>()
             });
             let exp = c.get("exp").and_then(Value::as_i64).unwrap_or(0);
             format!(

@@ -39,8 +39,14 @@ impl Issuer {
         Self::start_at(Arc::new(tempfile::tempdir().unwrap()), None, Clock::system(), tune).await
     }
 
-    async fn start_at(dir: Arc<tempfile::TempDir>, addr: Option<SocketAddr>, clock: Clock, tune: impl FnOnce(&mut Config)) -> Self {
-        let listener = tokio::net::TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.unwrap();
+    async fn start_at(
+        dir: Arc<tempfile::TempDir>,
+        addr: Option<SocketAddr>,
+        clock: Clock,
+        tune: impl FnOnce(&mut Config),
+    ) -> Self {
+        let listener =
+            tokio::net::TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../issuer/examples/dev.yaml");
         let text = std::fs::read_to_string(path)
@@ -204,7 +210,13 @@ pub struct Browser {
 
 impl Browser {
     pub fn new() -> Self {
-        Self { client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).cookie_store(true).build().unwrap() }
+        Self {
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .cookie_store(true)
+                .build()
+                .unwrap(),
+        }
     }
 
     /// Follows the authorization URL to the login form, signs in, and returns where the issuer sends the
@@ -223,7 +235,12 @@ impl Browser {
         let r = self
             .client
             .post(format!("{origin}/login"))
-            .form(&[("req", hidden("req")), ("csrf", hidden("csrf")), ("login", login.into()), ("password", password.into())])
+            .form(&[
+                ("req", hidden("req")),
+                ("csrf", hidden("csrf")),
+                ("login", login.into()),
+                ("password", password.into()),
+            ])
             .send()
             .await
             .unwrap();
@@ -261,7 +278,8 @@ pub async fn browser_login(worker: &Worker, login: &str, path: &str) -> Jar {
     jar.store(&r);
     let auth = r.header("location").unwrap().to_owned();
     let back = Browser::new().login(&auth, login, "password").await;
-    let callback = back.strip_prefix(&format!("http://{HOST}")).expect("the issuer sends the browser back to the gateway");
+    let callback =
+        back.strip_prefix(&format!("http://{HOST}")).expect("the issuer sends the browser back to the gateway");
     let (r, _) = send(worker, jar.apply(Request::get(HOST, callback).navigation())).await;
     assert_eq!(r.status, 302, "the callback starts a session: {}", r.text());
     assert_eq!(r.header("location"), Some(format!("http://{HOST}{path}").as_str()), "back to the original URL");

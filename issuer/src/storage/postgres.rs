@@ -1,0 +1,426 @@
+//! PostgreSQL storage: what several issuer replicas share. Records are JSON documents beside the columns
+//! queries need, as in the SQLite backend. Every update runs in a transaction that first locks what it
+//! reads (`SELECT … FOR UPDATE`, or a transaction-scoped advisory lock where the row may not exist yet),
+//! so two replicas updating the same record run one after the other and each sees the other's result.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{de::DeserializeOwned, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::{PgPool, Postgres as Pg, Row, Transaction};
+
+use super::{AuthCode, AuthRequest, Bucket, DeviceRequest, GcResult, RefreshToken, Storage, StorageError, Update};
+use crate::config::PostgresConfig;
+use crate::keys::Keys;
+
+/// Replicas starting at once must not race on `CREATE TABLE IF NOT EXISTS`: the schema is applied under
+/// this advisory lock.
+const SCHEMA: &str = r#"
+BEGIN;
+SELECT pg_advisory_xact_lock(7305746174);
+CREATE TABLE IF NOT EXISTS auth_requests (id TEXT PRIMARY KEY, data TEXT NOT NULL, expiry BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS auth_requests_expiry ON auth_requests (expiry);
+CREATE TABLE IF NOT EXISTS auth_codes (id TEXT PRIMARY KEY, data TEXT NOT NULL, expiry BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS auth_codes_expiry ON auth_codes (expiry);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    id TEXT PRIMARY KEY, family_id TEXT NOT NULL, data TEXT NOT NULL, expiry BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family_id);
+CREATE INDEX IF NOT EXISTS refresh_tokens_expiry ON refresh_tokens (expiry);
+CREATE TABLE IF NOT EXISTS keys (id INTEGER PRIMARY KEY CHECK (id = 1), data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS buckets (id TEXT PRIMARY KEY, data TEXT NOT NULL, expiry BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS buckets_expiry ON buckets (expiry);
+CREATE TABLE IF NOT EXISTS device_requests (
+    id TEXT PRIMARY KEY, user_code TEXT NOT NULL UNIQUE, data TEXT NOT NULL, expiry BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS device_requests_expiry ON device_requests (expiry);
+COMMIT;
+"#;
+
+/// PostgreSQL backend.
+pub struct Postgres {
+    pool: PgPool,
+}
+
+fn backend(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend(e.to_string())
+}
+
+fn map_insert(e: sqlx::Error) -> StorageError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StorageError::AlreadyExists,
+        _ => backend(e),
+    }
+}
+
+fn encode(v: &impl Serialize) -> Result<String, StorageError> {
+    serde_json::to_string(v).map_err(backend)
+}
+
+fn decode<T: DeserializeOwned>(s: &str) -> Result<T, StorageError> {
+    serde_json::from_str(s).map_err(backend)
+}
+
+impl Postgres {
+    /// Connects with the configuration's settings and applies the schema.
+    pub async fn open(c: &PostgresConfig) -> Result<Self, StorageError> {
+        let mut opts = PgConnectOptions::new()
+            .host(&c.host)
+            .port(c.port)
+            .database(&c.database)
+            .username(&c.user)
+            .ssl_mode(PgSslMode::from_str(&c.ssl_mode).map_err(backend)?);
+        if let Some(p) = &c.password {
+            opts = opts.password(p);
+        }
+        if let Some(ca) = &c.ssl_ca_file {
+            opts = opts.ssl_root_cert(ca);
+        }
+        Self::connect(opts, c.max_open_conns).await
+    }
+
+    /// Connects with explicit options (tests use a schema per test through `options`).
+    pub async fn connect(opts: PgConnectOptions, max_connections: u32) -> Result<Self, StorageError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(backend)?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(backend)?;
+        Ok(Self { pool })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Pg>, StorageError> {
+        self.pool.begin().await.map_err(backend)
+    }
+
+    async fn get_doc<T: DeserializeOwned>(&self, table: &str, id: &str) -> Result<T, StorageError> {
+        let row = sqlx::query(&format!("SELECT data FROM {table} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .ok_or(StorageError::NotFound)?;
+        decode(row.get::<&str, _>(0))
+    }
+
+    /// Locks the row, runs `f` on it and stores the result, in one transaction.
+    async fn update_doc<T>(
+        &self,
+        table: &str,
+        id: &str,
+        expiry_of: fn(&T) -> i64,
+        f: Update<T>,
+    ) -> Result<T, StorageError>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!("SELECT data FROM {table} WHERE id = $1 FOR UPDATE"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+            .ok_or(StorageError::NotFound)?;
+        let new = f(decode(row.get::<&str, _>(0))?)?;
+        sqlx::query(&format!("UPDATE {table} SET data = $1, expiry = $2 WHERE id = $3"))
+            .bind(encode(&new)?)
+            .bind(expiry_of(&new))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(new)
+    }
+
+    async fn insert_doc(&self, table: &str, id: &str, data: String, expiry: i64) -> Result<(), StorageError> {
+        sqlx::query(&format!("INSERT INTO {table} (id, data, expiry) VALUES ($1, $2, $3)"))
+            .bind(id)
+            .bind(data)
+            .bind(expiry)
+            .execute(&self.pool)
+            .await
+            .map_err(map_insert)?;
+        Ok(())
+    }
+
+    /// Locks `name` for the rest of the transaction, for rows that may not exist yet.
+    async fn advisory_lock(tx: &mut Transaction<'static, Pg>, name: &str) -> Result<(), StorageError> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(name)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn collect(&self, table: &str, now: i64, batch: u32) -> Result<u64, StorageError> {
+        let done = sqlx::query(&format!(
+            "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE expiry < $1 LIMIT $2)"
+        ))
+        .bind(now)
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl Storage for Postgres {
+    async fn create_auth_request(&self, r: AuthRequest) -> Result<(), StorageError> {
+        self.insert_doc("auth_requests", &r.id, encode(&r)?, r.expiry).await
+    }
+
+    async fn get_auth_request(&self, id: &str) -> Result<AuthRequest, StorageError> {
+        self.get_doc("auth_requests", id).await
+    }
+
+    async fn delete_auth_request(&self, id: &str) -> Result<(), StorageError> {
+        let done = sqlx::query("DELETE FROM auth_requests WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StorageError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn create_auth_code(&self, c: AuthCode) -> Result<(), StorageError> {
+        self.insert_doc("auth_codes", &c.id, encode(&c)?, c.expiry).await
+    }
+
+    async fn get_auth_code(&self, id: &str) -> Result<AuthCode, StorageError> {
+        self.get_doc("auth_codes", id).await
+    }
+
+    async fn update_auth_code(&self, id: &str, f: Update<AuthCode>) -> Result<AuthCode, StorageError> {
+        self.update_doc("auth_codes", id, |c: &AuthCode| c.expiry, f).await
+    }
+
+    async fn create_refresh_token(&self, t: RefreshToken) -> Result<(), StorageError> {
+        sqlx::query("INSERT INTO refresh_tokens (id, family_id, data, expiry) VALUES ($1, $2, $3, $4)")
+            .bind(&t.id)
+            .bind(&t.family_id)
+            .bind(encode(&t)?)
+            .bind(t.expiry)
+            .execute(&self.pool)
+            .await
+            .map_err(map_insert)?;
+        Ok(())
+    }
+
+    async fn get_refresh_token(&self, id: &str) -> Result<RefreshToken, StorageError> {
+        self.get_doc("refresh_tokens", id).await
+    }
+
+    async fn update_refresh_token(&self, id: &str, f: Update<RefreshToken>) -> Result<RefreshToken, StorageError> {
+        self.update_doc("refresh_tokens", id, |t: &RefreshToken| t.expiry, f).await
+    }
+
+    async fn rotate_refresh_token(&self, old_id: &str, now: i64, successor: RefreshToken) -> Result<(), StorageError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query("SELECT data FROM refresh_tokens WHERE id = $1 FOR UPDATE")
+            .bind(old_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+            .ok_or(StorageError::NotFound)?;
+        let mut old: RefreshToken = decode(row.get::<&str, _>(0))?;
+        if old.rotated_at.is_some() {
+            return Err(StorageError::Conflict);
+        }
+        old.rotated_at = Some(now);
+        old.successor = Some(successor.id.clone());
+        sqlx::query("UPDATE refresh_tokens SET data = $1 WHERE id = $2")
+            .bind(encode(&old)?)
+            .bind(old_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("INSERT INTO refresh_tokens (id, family_id, data, expiry) VALUES ($1, $2, $3, $4)")
+            .bind(&successor.id)
+            .bind(&successor.family_id)
+            .bind(encode(&successor)?)
+            .bind(successor.expiry)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_insert)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn list_refresh_family(&self, family_id: &str) -> Result<Vec<RefreshToken>, StorageError> {
+        let rows = sqlx::query("SELECT data FROM refresh_tokens WHERE family_id = $1")
+            .bind(family_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let mut v = rows.iter().map(|r| decode::<RefreshToken>(r.get::<&str, _>(0))).collect::<Result<Vec<_>, _>>()?;
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
+    async fn delete_refresh_family(&self, family_id: &str) -> Result<u64, StorageError> {
+        let done = sqlx::query("DELETE FROM refresh_tokens WHERE family_id = $1")
+            .bind(family_id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn get_keys(&self) -> Result<Keys, StorageError> {
+        let row = sqlx::query("SELECT data FROM keys WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .ok_or(StorageError::NotFound)?;
+        decode(row.get::<&str, _>(0))
+    }
+
+    async fn update_keys(&self, f: Update<Option<Keys>>) -> Result<Keys, StorageError> {
+        let mut tx = self.begin().await?;
+        Self::advisory_lock(&mut tx, "tokengate.keys").await?;
+        let current: Option<Keys> =
+            match sqlx::query("SELECT data FROM keys WHERE id = 1").fetch_optional(&mut *tx).await.map_err(backend)? {
+                Some(row) => Some(decode(row.get::<&str, _>(0))?),
+                None => None,
+            };
+        let Some(new) = f(current.clone())? else {
+            return current.ok_or(StorageError::NotFound);
+        };
+        sqlx::query("INSERT INTO keys (id, data) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET data = excluded.data")
+            .bind(encode(&new)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(new)
+    }
+
+    async fn get_or_create_secret(&self, name: &str, candidate: Vec<u8>) -> Result<Vec<u8>, StorageError> {
+        sqlx::query("INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(&candidate)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        let row = sqlx::query("SELECT value FROM secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.get::<Vec<u8>, _>(0))
+    }
+
+    async fn get_bucket(&self, key: &str) -> Result<Option<Bucket>, StorageError> {
+        let row = sqlx::query("SELECT data FROM buckets WHERE id = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(|r| decode(r.get::<&str, _>(0))).transpose()
+    }
+
+    async fn update_bucket(&self, key: &str, f: Update<Option<Bucket>>) -> Result<Option<Bucket>, StorageError> {
+        let mut tx = self.begin().await?;
+        Self::advisory_lock(&mut tx, &format!("tokengate.bucket.{key}")).await?;
+        let current = match sqlx::query("SELECT data FROM buckets WHERE id = $1")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+        {
+            Some(row) => Some(decode(row.get::<&str, _>(0))?),
+            None => None,
+        };
+        let new = f(current)?;
+        match &new {
+            Some(b) => sqlx::query(
+                "INSERT INTO buckets (id, data, expiry) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO UPDATE SET data = excluded.data, expiry = excluded.expiry",
+            )
+            .bind(key)
+            .bind(encode(b)?)
+            .bind(b.expiry),
+            None => sqlx::query("DELETE FROM buckets WHERE id = $1").bind(key),
+        }
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(new)
+    }
+
+    async fn create_device_request(&self, r: DeviceRequest) -> Result<(), StorageError> {
+        sqlx::query("INSERT INTO device_requests (id, user_code, data, expiry) VALUES ($1, $2, $3, $4)")
+            .bind(&r.device_code)
+            .bind(&r.user_code)
+            .bind(encode(&r)?)
+            .bind(r.expiry)
+            .execute(&self.pool)
+            .await
+            .map_err(map_insert)?;
+        Ok(())
+    }
+
+    async fn get_device_request(&self, device_code: &str) -> Result<DeviceRequest, StorageError> {
+        self.get_doc("device_requests", device_code).await
+    }
+
+    async fn get_device_request_by_user_code(&self, user_code: &str) -> Result<DeviceRequest, StorageError> {
+        let row = sqlx::query("SELECT data FROM device_requests WHERE user_code = $1")
+            .bind(user_code)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .ok_or(StorageError::NotFound)?;
+        decode(row.get::<&str, _>(0))
+    }
+
+    async fn update_device_request(
+        &self,
+        device_code: &str,
+        f: Update<DeviceRequest>,
+    ) -> Result<DeviceRequest, StorageError> {
+        self.update_doc("device_requests", device_code, |d: &DeviceRequest| d.expiry, super::keep_codes(f)).await
+    }
+
+    async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError> {
+        Ok(GcResult {
+            auth_requests: self.collect("auth_requests", now, batch).await?,
+            auth_codes: self.collect("auth_codes", now, batch).await?,
+            refresh_tokens: self.collect("refresh_tokens", now, batch).await?,
+            buckets: self.collect("buckets", now, batch).await?,
+            device_requests: self.collect("device_requests", now, batch).await?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A fresh schema on the server `make test` starts (`scripts/with-postgres.sh`), so cases never see
+    /// each other's rows.
+    pub(crate) async fn fresh() -> super::Postgres {
+        use std::str::FromStr;
+        let url = std::env::var("TOKENGATE_TEST_POSTGRES").expect(
+            "TOKENGATE_TEST_POSTGRES: run through `make test`, which starts a PostgreSQL server for these tests",
+        );
+        let admin = sqlx::PgPool::connect(&url).await.unwrap();
+        let schema = format!("t_{}", crate::token::random_b64::<9>().to_ascii_lowercase().replace(['-', '_'], "x"));
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
+        let opts =
+            sqlx::postgres::PgConnectOptions::from_str(&url).unwrap().options([("search_path", schema.as_str())]);
+        super::Postgres::connect(opts, 8).await.unwrap()
+    }
+
+    crate::storage::conformance::suite!(ignore = "needs PostgreSQL: `make test` provides one", || async {
+        fresh().await
+    });
+}
