@@ -251,19 +251,27 @@ pub async fn login_page(State(state): State<AppState>, uri: Uri) -> Response {
     }
 }
 
+/// Parses a form posted from the login page and finds its pending login, checking the CSRF binding: the
+/// common start of every action the login page offers.
+pub(super) async fn posted_login_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Form, AuthRequest), Response> {
+    let form = Form::parse(headers, body).map_err(|e| error_page(StatusCode::BAD_REQUEST, "Bad request", e))?;
+    let request = pending_request(state, form.get("req")).await?;
+    if !csrf_ok(headers, &form, &request) {
+        return Err(csrf_failed());
+    }
+    Ok((form, request))
+}
+
 /// `POST /login`: checks the CSRF binding and the throttle, then the password, then issues the code.
 pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap, body: Bytes) -> Response {
-    let form = match Form::parse(&headers, &body) {
-        Ok(f) => f,
-        Err(e) => return error_page(StatusCode::BAD_REQUEST, "Bad request", e),
-    };
-    let request = match pending_request(&state, form.get("req")).await {
-        Ok(r) => r,
+    let (form, request) = match posted_login_form(&state, &headers, &body).await {
+        Ok(v) => v,
         Err(resp) => return resp,
     };
-    if !csrf_ok(&headers, &form, &request) {
-        return csrf_failed();
-    }
     let login = form.get("login").unwrap_or("").trim();
     let password = form.get("password").unwrap_or("");
     if login.is_empty() || password.is_empty() {

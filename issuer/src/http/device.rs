@@ -12,7 +12,7 @@ use axum::Json;
 use rand::Rng;
 use serde::Serialize;
 
-use super::authorize::{begin_login, csrf_failed, csrf_ok, csrf_value, pending_request};
+use super::authorize::{begin_login, csrf_value, posted_login_form};
 use super::{authenticate_client, client_ip, error_page, page, Form, Peer};
 use crate::oauth::{internal, TokenError};
 use crate::ratelimit::{self, Limit, LimitError};
@@ -280,17 +280,10 @@ pub async fn approved_page() -> Response {
 
 /// `POST /device/deny` (`req`, `csrf`): the user refuses a device login from its form.
 pub async fn deny(State(state): State<AppState>, peer: Peer, headers: HeaderMap, body: Bytes) -> Response {
-    let form = match Form::parse(&headers, &body) {
-        Ok(f) => f,
-        Err(e) => return error_page(StatusCode::BAD_REQUEST, "Bad request", e),
-    };
-    let request = match pending_request(&state, form.get("req")).await {
-        Ok(r) => r,
+    let (_, request) = match posted_login_form(&state, &headers, &body).await {
+        Ok(v) => v,
         Err(resp) => return resp,
     };
-    if !csrf_ok(&headers, &form, &request) {
-        return csrf_failed();
-    }
     let Some(device) = request.device else {
         return error_page(StatusCode::BAD_REQUEST, "Bad request", "This sign-in is not for a device.");
     };
