@@ -58,7 +58,8 @@ pub(crate) async fn issue(state: &AppState, i: Issue<'_>) -> Result<TokenRespons
         sid: i.sid,
     };
     let sign_err = |e: crate::keys::KeyError| TokenError::Internal(e.to_string());
-    let access_token = keys.signer.sign_jwt(&mint.access_token(random_b64::<16>())).map_err(sign_err)?;
+    let access_token = crate::token::seal_access_token(&state.server_key, &mint.access_token(random_b64::<16>()))
+        .map_err(|e| TokenError::Internal(e.to_string()))?;
     let id_token = keys.signer.sign_jwt(&mint.id_token(keys.signer.alg(), &access_token)).map_err(sign_err)?;
     Metrics::count(&state.metrics.tokens, i.grant);
     tracing::info!(target: "audit", event = "token_issued", grant = i.grant, sub = %i.identity.user_id, client = i.client_id, refresh = i.refresh_token.is_some());

@@ -254,6 +254,31 @@ impl Mint<'_> {
     }
 }
 
+// === access tokens ===
+
+fn access_token_key(server_key: &[u8]) -> hmac::Key {
+    let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, server_key), b"tokengate access-token key");
+    hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
+}
+
+/// An access token: the claims (base64url JSON) and an HMAC-SHA256 over them, keyed from the server key.
+/// Opaque to clients, as RFC 6749 §1.4 has it: only this issuer reads them (at `/userinfo`), so they need
+/// no signature others can verify, and a token response costs one asymmetric signature (the ID token's)
+/// instead of two. Resource servers verify ID tokens, as kube-apiserver and the filter do.
+pub fn seal_access_token(server_key: &[u8], claims: &AccessTokenClaims) -> Result<String, serde_json::Error> {
+    let payload = B64.encode(serde_json::to_vec(claims)?);
+    let mac = hmac::sign(&access_token_key(server_key), payload.as_bytes());
+    Ok(format!("{payload}.{}", B64.encode(mac.as_ref())))
+}
+
+/// The claims of an access token this issuer sealed, or `None` if it did not (expiry is the caller's check).
+pub fn open_access_token(server_key: &[u8], token: &str) -> Option<AccessTokenClaims> {
+    let (payload, mac) = token.split_once('.')?;
+    // Constant-time comparison inside `verify`.
+    hmac::verify(&access_token_key(server_key), payload.as_bytes(), &B64.decode(mac).ok()?).ok()?;
+    serde_json::from_slice(&B64.decode(payload).ok()?).ok()
+}
+
 // === refresh-token strings ===
 
 /// A refresh token as the client holds it: `<id>.<secret>`.
@@ -363,6 +388,37 @@ mod tests {
         assert_eq!(claims.groups, Some(vec!["developers".into()]));
         assert_eq!(claims.email, None, "no email without the email scope");
         assert_eq!(claims.exp, 2 + 600);
+    }
+
+    #[test]
+    fn access_tokens_open_only_with_the_key_that_sealed_them_and_untampered() {
+        let c = config();
+        let scopes = vec!["openid".to_owned(), "email".to_owned()];
+        let identity = crate::storage::conformance::identity();
+        let mint = Mint {
+            config: &c,
+            client_id: "app",
+            scopes: &scopes,
+            identity: &identity,
+            nonce: None,
+            auth_time: 1,
+            iat: 2,
+            sid: None,
+        };
+        let token = seal_access_token(b"key", &mint.access_token("j".into())).unwrap();
+        let claims = open_access_token(b"key", &token).unwrap();
+        assert_eq!(
+            (claims.sub.as_str(), claims.scope.as_str(), claims.profile["email"].as_str()),
+            ("u1", "openid email", Some("jane@example.com"))
+        );
+        assert!(open_access_token(b"other key", &token).is_none());
+        let (payload, mac) = token.split_once('.').unwrap();
+        let forged = format!(
+            "{}.{mac}",
+            B64.encode(String::from_utf8(B64.decode(payload).unwrap()).unwrap().replace("u1", "u2"))
+        );
+        assert!(open_access_token(b"key", &forged).is_none(), "changed claims are refused");
+        assert!(open_access_token(b"key", "no-dot").is_none());
     }
 
     #[test]

@@ -6,10 +6,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 
-use crate::keys::verify_jwt;
 use crate::oauth::TokenError;
 use crate::state::AppState;
-use crate::token::AccessTokenClaims;
+use crate::token::{open_access_token, AccessTokenClaims};
 
 /// `GET|POST /userinfo`.
 pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -31,10 +30,8 @@ async fn claims(state: &AppState, headers: &HeaderMap) -> Result<AccessTokenClai
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim())
         .ok_or(TokenError::InvalidToken("a bearer access token is required"))?;
-    let keys = state.keys().await.map_err(|e| TokenError::Internal(e.to_string()))?;
-    let value = verify_jwt(token, &keys.public).ok_or(TokenError::InvalidToken("the access token is not valid"))?;
-    let claims: AccessTokenClaims =
-        serde_json::from_value(value).map_err(|_| TokenError::InvalidToken("the token is not an access token"))?;
+    let claims =
+        open_access_token(&state.server_key, token).ok_or(TokenError::InvalidToken("the access token is not valid"))?;
     if claims.iss != state.config.issuer.as_str().trim_end_matches('/')
         || claims.aud != state.config.endpoint("/userinfo")
     {
