@@ -286,7 +286,7 @@ pub struct Credentials<'a> {
 pub struct ClusterKubeconfigs {
     /// The cluster's (and context's) name.
     pub name: String,
-    /// Kubeconfig with the legacy `oidc` auth provider and the tokens.
+    /// Kubeconfig with kubectl's built-in `oidc` auth provider and the tokens.
     pub oidc: String,
     /// Kubeconfig running `kubectl-oidc_login`; it holds no tokens.
     pub exec: String,

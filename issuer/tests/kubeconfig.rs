@@ -6,7 +6,7 @@ mod common;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use common::{claims, http, query_param, Browser, Issuer};
+use common::{claims, http, pre, query_param, Browser, Issuer};
 use issuer::config::{CaFile, Cluster};
 use serde_yaml::Value;
 
@@ -20,23 +20,6 @@ fn with_clusters(c: &mut issuer::config::Config) {
         certificate_authority: Some(CA.into()),
     }];
     k.issuer_ca = Some(CaFile { path: "/etc/issuer-ca.pem".into(), pem: CA.into() });
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"")
-        .replace("&#x27;", "'")
-        .replace("&#39;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
-}
-
-/// The text of `<pre id="{id}" …>…</pre>`, unescaped.
-fn pre(html: &str, id: &str) -> String {
-    let start = html.find(&format!("<pre id=\"{id}\"")).unwrap_or_else(|| panic!("no {id} in {html}"));
-    let body = &html[start..];
-    let body = &body[body.find('>').unwrap() + 1..];
-    unescape(&body[..body.find("</pre>").unwrap()])
 }
 
 /// Goes through `/kubeconfig`, the login form and the callback; returns the callback URL and the page.

@@ -1,7 +1,8 @@
 //! `kubectl-oidc_login`: the kubectl exec credential plugin for this issuer (the kubeconfig page's `exec`
 //! kubeconfigs run it). `get-token` prints an `ExecCredential` (`client.authentication.k8s.io/v1`) with an
 //! ID token: the cached one while it is valid, else one from the cached refresh token, else a new login
-//! (authorization code + PKCE through a loopback listener, or `--device` for the device flow).
+//! (authorization code + PKCE through a loopback listener, or `--device` for the device flow). A login
+//! needs a person: when kubectl runs the plugin without a terminal, it fails instead of waiting forever.
 //!
 //! Tokens are cached in `~/.kube/cache/oidc-login/` (mode 0600), one file per issuer, client and scope; a
 //! lock file beside it makes parallel kubectl invocations wait for one refresh instead of racing.
@@ -121,6 +122,11 @@ async fn get_token(args: GetToken) -> anyhow::Result<()> {
             };
             let fresh = match refreshed {
                 Some(t) => t,
+                // A login waits for a person; without one it would wait forever (a CI job, a script).
+                None if !interactive() => bail!(
+                    "signing in needs a person, and kubectl ran this plugin without a terminal: run kubectl \
+                     from a terminal once, or run the kubeconfig's exec command by hand"
+                ),
                 None if args.device => device_login(&client, &args).await?,
                 None => browser_login(&client, &args).await?,
             };
@@ -140,6 +146,15 @@ async fn get_token(args: GetToken) -> anyhow::Result<()> {
     });
     println!("{credential}");
     Ok(())
+}
+
+/// Whether a person can answer a login. kubectl says so in `KUBERNETES_EXEC_INFO` (`spec.interactive`:
+/// false when its standard input is not a terminal, with `interactiveMode: IfAvailable`); run by hand, the
+/// plugin assumes a person.
+fn interactive() -> bool {
+    let Some(info) = std::env::var_os("KUBERNETES_EXEC_INFO") else { return true };
+    let info: Value = serde_json::from_slice(info.as_encoded_bytes()).unwrap_or(Value::Null);
+    info["spec"]["interactive"].as_bool().unwrap_or(true)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -234,7 +249,7 @@ async fn refresh(client: &reqwest::Client, args: &GetToken, refresh_token: &str)
     match (status, body["error"].as_str()) {
         (200, _) => Ok(Some(cached_from(&body)?)),
         (_, Some("invalid_grant")) => {
-            eprintln!("The session has ended; signing in again.");
+            eprintln!("The session has ended; a new sign-in is needed.");
             Ok(None)
         }
         (_, error) => bail!("refreshing the token failed: {status} {}", error.unwrap_or("")),

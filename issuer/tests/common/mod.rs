@@ -210,6 +210,23 @@ fn hidden(html: &str, name: &str) -> String {
     html[start..].split('"').next().unwrap().to_owned()
 }
 
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The text of `<pre id="{id}" …>…</pre>` in a page, unescaped (the kubeconfig page's documents).
+pub fn pre(html: &str, id: &str) -> String {
+    let start = html.find(&format!("<pre id=\"{id}\"")).unwrap_or_else(|| panic!("no {id} in {html}"));
+    let body = &html[start..];
+    let body = &body[body.find('>').unwrap() + 1..];
+    unescape(&body[..body.find("</pre>").unwrap()])
+}
+
 pub fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
