@@ -1,7 +1,7 @@
 //! A real browser (headless Chromium through chromedriver) against the real stack: the gateway binary
 //! serving `envoy/envoy.yaml` with the compiled filter, the whoami upstream, and the issuer. It logs in
-//! through the issuer's form, reloads, opens a second tab, signs out, and saves a screenshot of every page
-//! under `target/screenshots/` for a person to look at.
+//! through the issuer's form, reloads, opens a second tab, signs out, then gets a kubeconfig from the
+//! issuer's page, and saves a screenshot of every page under `target/screenshots/` for a person to look at.
 
 mod common;
 
@@ -166,5 +166,16 @@ async fn a_browser_logs_in_reloads_opens_a_tab_and_signs_out() {
     c.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css("input[name=login]")).await.unwrap();
     assert!(c.current_url().await.unwrap().as_str().starts_with(&issuer.url), "asked to sign in again");
     screenshot(&c, "04-signed-out.png").await;
+
+    // 6. The issuer's kubeconfig page: sign in as jane, read who we are and the exec kubeconfig.
+    c.goto(&format!("{}/kubeconfig", issuer.url)).await.unwrap();
+    let login = c.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css("input[name=login]")).await.unwrap();
+    login.send_keys("jane@example.com").await.unwrap();
+    c.find(Locator::Css("input[name=password]")).await.unwrap().send_keys("password").await.unwrap();
+    c.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+    wait_for_text(&c, "#email", "jane@example.com").await;
+    wait_for_text(&c, "#groups", "oidc:developers").await;
+    wait_for_text(&c, "#exec-local", "kubectl-oidc_login").await;
+    screenshot(&c, "05-kubeconfig.png").await;
     c.close().await.unwrap();
 }
