@@ -51,6 +51,9 @@ test: setup wasm ## Run every test: unit (natively and compiled to wasm), storag
 	CARGO_TARGET_WASM32_WASIP1_RUNNER=$(CARGO_TARGET_DIR)/debug/wasm-test-runner $(CARGO) test -p filter --target $(WASM_TARGET)
 	scripts/with-postgres.sh $(CARGO) test --workspace --no-fail-fast -- --include-ignored
 
+bench: setup wasm ## Run the benchmarks (filter in wasmtime, issuer vs oidc-provider; installs wrk and oidc-provider) and write BENCHMARKS.md
+	CARGO="$(CARGO)" scripts/bench.sh
+
 lint: setup ## fmt --check and clippy -D warnings (native and wasm)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

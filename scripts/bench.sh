@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# `make bench` (after `make setup wasm`): installs the load tools, builds the no-op module, the release
+# issuer and the `bench` binary, then runs `bench run`, which measures everything and writes BENCHMARKS.md.
+# Every command that does work is recorded in $CARGO_TARGET_DIR/bench-work/commands.txt for the report.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CARGO="${CARGO:-cargo}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+WASM_TARGET=wasm32-wasip1
+OIDC_PROVIDER_VERSION=9.13.3
+NODE_DIR="$CARGO_TARGET_DIR/bench-node"
+WORK_DIR="$CARGO_TARGET_DIR/bench-work"
+COMMANDS="$WORK_DIR/commands.txt"
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+
+mkdir -p "$WORK_DIR"
+: > "$COMMANDS"
+run() {
+  echo "$*" >> "$COMMANDS"
+  echo "+ $*" >&2
+  "$@"
+}
+
+# The load generator for fixed URLs (discovery, JWKS), from Debian.
+if ! command -v wrk > /dev/null; then
+  run $SUDO apt-get update -q
+  run $SUDO apt-get install -y -q wrk
+fi
+
+# The reference issuer: panva's oidc-provider from npm, in a cache beside the build output.
+command -v node > /dev/null && command -v npm > /dev/null || { echo "bench: Node.js and npm are required (oidc-provider)" >&2; exit 1; }
+installed=$(node -p "require('$NODE_DIR/node_modules/oidc-provider/package.json').version" 2> /dev/null || true)
+if [ "$installed" != "$OIDC_PROVIDER_VERSION" ]; then
+  mkdir -p "$NODE_DIR"
+  [ -f "$NODE_DIR/package.json" ] || echo '{"private": true}' > "$NODE_DIR/package.json"
+  run npm install --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error "oidc-provider@$OIDC_PROVIDER_VERSION"
+else
+  echo "# oidc-provider $installed already installed in $NODE_DIR" >> "$COMMANDS"
+fi
+
+run "$CARGO" build --manifest-path bench/noop-filter/Cargo.toml --target "$WASM_TARGET" --release
+# Separately, so the issuer is built with its own features only, as it ships.
+run "$CARGO" build --release -p issuer
+run "$CARGO" build --release -p bench
+run "$CARGO_TARGET_DIR/release/bench" run --out BENCHMARKS.md --commands-file "$COMMANDS" "$@"
