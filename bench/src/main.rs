@@ -100,6 +100,21 @@ enum Command {
         #[arg(long)]
         perf_control: Option<PathBuf>,
     },
+    /// Only the refresh-token load against our issuer, printed as JSON (for profiling and trying changes;
+    /// `run` measures it side by side with oidc-provider).
+    Refresh {
+        #[command(flatten)]
+        paths: Paths,
+        /// RS256, ES256 or EdDSA.
+        #[arg(long, default_value = "ES256")]
+        alg: String,
+        /// Connections, each chaining its own refresh tokens.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Measured seconds (after 3 s of warm-up).
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+    },
 }
 
 impl Paths {
@@ -228,6 +243,23 @@ fn main() -> anyhow::Result<()> {
                 filter::run_filter(&wasm, &paths.issuer_bin(), &paths.work_dir(), plan.sizes()).await?
             };
             std::fs::write(&out, serde_json::to_vec_pretty(&result)?)?;
+            Ok(())
+        }),
+        Command::Refresh { paths, alg, connections, seconds } => rt.block_on(async move {
+            let dir = paths.work_dir().join(format!("issuer-{alg}"));
+            let mut server = issuer::start(&paths.issuer_bin(), &dir, &alg).await?;
+            eprintln!("bench: issuer {alg} is pid {} at {}", server.pid(), server.url);
+            let outcome = async {
+                let tokens = load::initial_refresh_tokens(&server.url, connections, 4).await?;
+                let window = Window { warmup: Duration::from_secs(3), measure: Duration::from_secs(seconds) };
+                load::refreshes(&server.url, server.pid(), tokens, window).await
+            }
+            .await;
+            server.stop().await;
+            #[allow(clippy::print_stdout)] // the figures are this command's output
+            {
+                println!("{}", serde_json::to_string_pretty(&outcome?)?);
+            }
             Ok(())
         }),
     }
