@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use crate::cache::{token_hash, Cache, CachedBearer, CachedIdToken};
+use crate::cache::{token_hash, Cache, CachedBearer, CachedIdToken, ClaimsMemo};
 use crate::callout::{Callout, CalloutResponse};
 use crate::config::{CookieConfig, FilterConfig, PathMatch, SameSite};
 use crate::discovery::Provider;
@@ -24,16 +24,26 @@ pub const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 /// How long a login flow (redirect to issuer and back) may take.
 pub const LOGIN_FLOW_LIFETIME: Duration = Duration::from_secs(600);
 
+/// What a decision may need to know about the issuer. Reading it costs the host a copy of the provider
+/// snapshot out of shared data, so decisions ask only when they need it: a request with a cached ID
+/// token or an already-verified bearer token never does.
+pub trait IssuerState {
+    /// Discovery metadata and keys, once fetched.
+    fn provider(&self) -> Option<&Provider>;
+    /// The last attempt to reach the issuer failed.
+    fn issuer_down(&self) -> bool;
+}
+
 /// Everything outside the request that a decision depends on.
 pub struct Ctx<'a> {
     /// The current time.
     pub now: SystemTime,
-    /// Discovery metadata and keys, once fetched.
-    pub provider: Option<&'a Provider>,
-    /// The last attempt to reach the issuer failed.
-    pub issuer_down: bool,
+    /// The issuer's metadata, keys and health, read on demand.
+    pub issuer: &'a dyn IssuerState,
     /// Shared ID-token and bearer caches.
     pub cache: Cache<'a>,
+    /// This worker's parsed claims of recent ID tokens.
+    pub claims: &'a ClaimsMemo,
     /// Randomness for session ids, state, nonce and PKCE.
     pub rng: &'a dyn Random,
     /// Where metric events go.
@@ -42,7 +52,11 @@ pub struct Ctx<'a> {
     pub keys_refetched: bool,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn provider(&self) -> Option<&'a Provider> {
+        self.issuer.provider()
+    }
+
     fn now_secs(&self) -> u64 {
         self.now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
     }
@@ -245,7 +259,7 @@ fn bearer(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, token: &str) ->
         return identity(cfg, ctx, req, &hit.claims, None, remove, Vec::new());
     }
     (ctx.events)(Event::BearerCacheMiss);
-    let Some(provider) = ctx.provider else {
+    let Some(provider) = ctx.provider() else {
         return Decision::FetchKeys { jwks_only: false };
     };
     let want = Expectations {
@@ -299,7 +313,7 @@ fn with_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: 
     }
     (ctx.events)(Event::SessionCacheMiss);
     let still_valid = cached.as_ref().filter(|c| c.expires_at > now);
-    match (&session.refresh_token, ctx.provider) {
+    match (&session.refresh_token, ctx.provider()) {
         (Some(rt), Some(p)) => match oauth::refresh_request(cfg, &p.metadata, rt) {
             Ok(callout) => Decision::Call { callout, then: Pending::Refresh { session, cached } },
             Err(_) => issuer_unreachable(ctx, req),
@@ -322,7 +336,7 @@ fn use_id_token(
     c: &CachedIdToken,
     cookies: Vec<String>,
 ) -> Decision {
-    let claims = token::claims_of_trusted(&c.id_token).unwrap_or_default();
+    let claims = ctx.claims.claims_of_trusted(&c.id_token).unwrap_or_default();
     let mut remove = claim_header_names(cfg);
     if cfg.pass_authorization_header {
         remove.push("authorization".into());
@@ -358,7 +372,7 @@ fn refreshed(
     let Some(id_token) = tokens.id_token else {
         return unavailable(ctx);
     };
-    let Some(provider) = ctx.provider else {
+    let Some(provider) = ctx.provider() else {
         return unavailable(ctx);
     };
     let want = Expectations {
@@ -455,10 +469,10 @@ fn start_login(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, mut set_co
         headers.extend(set_cookies.into_iter().map(|c| ("set-cookie".to_string(), c)));
         return Decision::Deny { status: 401, reason: "unauthenticated", headers, body: String::new() };
     }
-    if ctx.issuer_down {
+    if ctx.issuer.issuer_down() {
         return issuer_unreachable(ctx, req);
     }
-    let Some(provider) = ctx.provider else {
+    let Some(provider) = ctx.provider() else {
         return Decision::FetchKeys { jwks_only: false };
     };
     let now = ctx.now_secs();
@@ -547,7 +561,7 @@ fn callback(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
     let Some(code) = param("code").filter(|c| !c.is_empty()) else {
         return fail("no_code", "The sign-in response has no authorization code.", clear_flow);
     };
-    let Some(provider) = ctx.provider else {
+    let Some(provider) = ctx.provider() else {
         return Decision::FetchKeys { jwks_only: false };
     };
     match oauth::code_request(cfg, &provider.metadata, code, &redirect_uri(cfg, req), &flow.verifier) {
@@ -590,7 +604,7 @@ fn code_exchanged(
             return d;
         }
     };
-    let (Some(id_token), Some(provider)) = (tokens.id_token, ctx.provider) else {
+    let (Some(id_token), Some(provider)) = (tokens.id_token, ctx.provider()) else {
         return fail("no_id_token", "The identity provider returned no ID token.", set_cookies);
     };
     let now = ctx.now_secs();
@@ -646,7 +660,7 @@ fn sign_out(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
         })
     });
     let end_session =
-        ctx.provider.and_then(|p| p.metadata.end_session_endpoint.as_deref()).and_then(|e| HttpUrl::parse(e).ok());
+        ctx.provider().and_then(|p| p.metadata.end_session_endpoint.as_deref()).and_then(|e| HttpUrl::parse(e).ok());
     let location = match end_session {
         Some(endpoint) => {
             // OpenID Connect RP-Initiated Logout 1.0 §2.
@@ -664,7 +678,7 @@ fn sign_out(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
     (ctx.events)(Event::SignedOut);
     let revoke = session
         .and_then(|s| s.refresh_token)
-        .zip(ctx.provider.and_then(|p| p.metadata.revocation_endpoint.as_deref()))
+        .zip(ctx.provider().and_then(|p| p.metadata.revocation_endpoint.as_deref()))
         .and_then(|(rt, endpoint)| oauth::revocation_request(cfg, endpoint, &rt).ok());
     match revoke {
         Some(callout) => Decision::Call { callout, then: Pending::SignOut { location, set_cookies } },

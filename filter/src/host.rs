@@ -14,7 +14,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::{LogLevel, MetricType};
 
-use crate::cache::{self, Cache, Store};
+use crate::cache::{self, Cache, ClaimsMemo, Store};
 use crate::callout::{Callout, CalloutResponse, MAX_BODY, TIMEOUT_MS};
 use crate::config::FilterConfig;
 use crate::discovery::{Provider, RETRY_AFTER_FAILURE};
@@ -77,6 +77,7 @@ struct Shared {
     provider: RefCell<Option<(u32, Rc<Provider>)>>,
     metrics: Metrics,
     rng: SystemRandom,
+    claims: ClaimsMemo,
 }
 
 impl Shared {
@@ -87,6 +88,7 @@ impl Shared {
             provider: RefCell::new(None),
             metrics: Metrics::default(),
             rng: SystemRandom::new(),
+            claims: ClaimsMemo::default(),
         }
     }
 

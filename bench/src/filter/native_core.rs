@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use filter::cache::{Cache, Store};
+use filter::cache::{Cache, ClaimsMemo, Store};
 use filter::callout::CalloutResponse;
 use filter::config::FilterConfig;
 use filter::discovery::Provider;
-use filter::flow::{self, Ctx, Decision};
+use filter::flow::{self, Ctx, Decision, IssuerState};
 use filter::random::SystemRandom;
 use filter::request::RequestParts;
 
@@ -36,6 +36,7 @@ pub(crate) struct NativeFilter {
     ns: String,
     provider: Provider,
     store: MapStore,
+    memo: ClaimsMemo,
     rng: SystemRandom,
     issuer_url: String,
 }
@@ -55,6 +56,16 @@ fn headers(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<(String, Str
     h
 }
 
+impl IssuerState for NativeFilter {
+    fn provider(&self) -> Option<&Provider> {
+        Some(&self.provider)
+    }
+
+    fn issuer_down(&self) -> bool {
+        false
+    }
+}
+
 impl NativeFilter {
     /// Parses `config` and fetches the issuer's discovery document and keys, as the root context does.
     pub(crate) async fn new(config: &str, issuer_url: &str) -> anyhow::Result<NativeFilter> {
@@ -70,6 +81,7 @@ impl NativeFilter {
             cfg,
             provider,
             store: MapStore::default(),
+            memo: ClaimsMemo::default(),
             rng: SystemRandom::new(),
             issuer_url: issuer_url.to_owned(),
         })
@@ -78,9 +90,9 @@ impl NativeFilter {
     fn with_ctx<T>(&self, f: impl FnOnce(&Ctx<'_>) -> T) -> T {
         let ctx = Ctx {
             now: SystemTime::now(),
-            provider: Some(&self.provider),
-            issuer_down: false,
+            issuer: self,
             cache: Cache::new(&self.store, &self.ns),
+            claims: &self.memo,
             rng: &self.rng,
             events: &|_| {},
             keys_refetched: false,

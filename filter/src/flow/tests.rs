@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::json;
 
 use super::*;
-use crate::cache::{namespace, MemoryStore};
+use crate::cache::{namespace, ClaimsMemo, MemoryStore};
 use crate::discovery::ProviderMetadata;
 use crate::random::RandomError;
 use crate::token::testing::Signer;
@@ -33,6 +33,7 @@ struct World {
     signer: Signer,
     provider: Option<Provider>,
     store: MemoryStore,
+    memo: ClaimsMemo,
     ns: String,
     rng: SeqRandom,
     events: RefCell<Vec<Event>>,
@@ -88,6 +89,7 @@ impl World {
             signer,
             provider: Some(provider),
             store: MemoryStore::default(),
+            memo: ClaimsMemo::default(),
             rng: SeqRandom(Cell::new(0)),
             events: RefCell::new(Vec::new()),
             now: Cell::new(NOW),
@@ -99,9 +101,9 @@ impl World {
     fn ctx<'a>(&'a self, events: &'a dyn Fn(Event)) -> Ctx<'a> {
         Ctx {
             now: UNIX_EPOCH + Duration::from_secs(self.now.get()),
-            provider: self.provider.as_ref(),
-            issuer_down: self.issuer_down,
+            issuer: self,
             cache: Cache::new(&self.store, &self.ns),
+            claims: &self.memo,
             rng: &self.rng,
             events,
             keys_refetched: self.keys_refetched,
@@ -150,6 +152,16 @@ impl World {
             panic!("session starts")
         };
         set_cookies.iter().filter(|c| !c.contains("Max-Age=0")).map(|c| cookie_pair(c)).collect()
+    }
+}
+
+impl IssuerState for World {
+    fn provider(&self) -> Option<&Provider> {
+        self.provider.as_ref()
+    }
+
+    fn issuer_down(&self) -> bool {
+        self.issuer_down
     }
 }
 

@@ -1,6 +1,7 @@
 //! One HTTP stream: collects [`RequestParts`], asks `flow` for a [`Decision`], applies it (headers, local
 //! response, or a paused callout), feeds callout answers back, and adds `Set-Cookie` to the response.
 
+use std::cell::OnceCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
@@ -8,14 +9,31 @@ use proxy_wasm::types::{Action, LogLevel};
 
 use super::{dispatch, log, read_response, unix_now, Shared};
 use crate::callout::CalloutResponse;
-use crate::discovery::{self, FetchOutcome, FetchStep};
-use crate::flow::{self, Ctx, Decision, Event, Pending};
+use crate::discovery::{self, FetchOutcome, FetchStep, Provider};
+use crate::flow::{self, Ctx, Decision, Event, IssuerState, Pending};
 use crate::request::RequestParts;
 
 /// What a paused stream waits for.
 enum Waiting {
     Callout(u32, Pending),
     Keys(u32, FetchStep),
+}
+
+/// The issuer's state for one decision, read from shared data the first time the decision asks.
+struct OnDemand<'s> {
+    shared: &'s Shared,
+    provider: OnceCell<Option<Rc<Provider>>>,
+    down: OnceCell<bool>,
+}
+
+impl IssuerState for OnDemand<'_> {
+    fn provider(&self) -> Option<&Provider> {
+        self.provider.get_or_init(|| self.shared.provider()).as_deref()
+    }
+
+    fn issuer_down(&self) -> bool {
+        *self.down.get_or_init(|| self.shared.health().0)
+    }
 }
 
 /// Per-request state.
@@ -41,13 +59,13 @@ impl Stream {
     /// Runs `f` with a [`Ctx`] built from the host's clock, shared data and metrics.
     fn with_ctx<T>(&self, shared: &Shared, f: impl FnOnce(&Ctx<'_>) -> T) -> T {
         let now = self.get_current_time();
-        let provider = shared.provider();
+        let issuer = OnDemand { shared, provider: OnceCell::new(), down: OnceCell::new() };
         let events = |e: Event| shared.metrics.count(e);
         let ctx = Ctx {
             now,
-            provider: provider.as_deref(),
-            issuer_down: shared.health().0,
+            issuer: &issuer,
             cache: shared.cache(),
+            claims: &shared.claims,
             rng: &shared.rng,
             events: &events,
             keys_refetched: self.keys_refetched,
