@@ -22,10 +22,10 @@ run() {
   "$@"
 }
 
-# The load generator for fixed URLs (discovery, JWKS), from Debian.
-if ! command -v wrk > /dev/null; then
+# The load generator for fixed URLs (discovery, JWKS), and the profiler for the filter's loop, from Debian.
+if ! command -v wrk > /dev/null || ! command -v perf > /dev/null; then
   run $SUDO apt-get update -q
-  run $SUDO apt-get install -y -q wrk
+  run $SUDO apt-get install -y -q wrk linux-perf
 fi
 
 # The reference issuer: panva's oidc-provider from npm, in a cache beside the build output.

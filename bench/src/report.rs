@@ -118,8 +118,9 @@ pub(crate) fn markdown(r: &Results, quick: bool) -> String {
          same claims, the default in-memory adapter) each get {} keep-alive connections from `bench`'s client \
          (one thread, HTTP/1.1), each chaining its own refresh tokens: {} s warm-up, then {} s measured. Our \
          issuer's first refresh tokens come from real sign-ins and code exchanges; oidc-provider's from grants \
-         seeded through its model API (it ships no password login). Our issuer signs two JWTs per refresh \
-         (access token and ID token); oidc-provider signs one (its access tokens are opaque, stored in memory).",
+         seeded through its model API (it ships no password login). Each refresh signs one JWT on \
+         both servers: the ID token (our access tokens are opaque, sealed with a server key and not stored; \
+         oidc-provider's are opaque and stored in memory).",
         p.refresh_connections, p.warmup_secs, p.measure_secs
     );
     let _ = writeln!(
@@ -403,26 +404,26 @@ fn bounds(s: &mut String, r: &Results) {
             .unwrap_or_default();
         let _ = writeln!(
             s,
-            "- **{alg} refreshes.** Each refresh signs two JWTs (access token and ID token), {} at the reference rate \
-             above (measured on the same busy cores, so an upper estimate); the issuer used {} of CPU per refresh in \
+            "- **{alg} refreshes.** Each refresh signs one JWT (the ID token), {} at the reference rate above \
+             (measured on the same busy cores, so an upper estimate); the issuer used {} of CPU per refresh in \
              all{theirs_text}. The issuer kept {:.2} of the {} cores busy and the load client {:.2}; the rest \
              went to other processes on the machine (load average above). At its CPU per refresh, the issuer alone \
-             on {} cores would do at most {} /s; at the reference signing rate, two signatures cap it at {} /s.{}",
-            us(2.0 * sign_us),
+             on {} cores would do at most {} /s; at the reference signing rate, signing alone caps it at {} /s.{}",
+            us(sign_us),
             us(o.refresh.server_cpu_ms * 1e3),
             o.refresh.server_cores,
             r.machine.nproc,
             o.refresh.client_cores,
             r.machine.nproc,
             per_sec(cores * 1e3 / o.refresh.server_cpu_ms.max(1e-9)),
-            per_sec(cores * 1e6 / (2.0 * sign_us)),
+            per_sec(cores * 1e6 / sign_us),
             if o.refresh.server_cores < 0.8 * cores {
                 format!(
-                    " With {} requests in flight the issuer was not CPU-bound, so requests spent most of their time \
-                     waiting: most likely on the single SQLite writer connection, through which every refresh's durable \
-                     transaction (`synchronous=FULL`, one `fdatasync`; this disk did {} such 4 KiB commits per second \
-                     on one thread) is serialised so that rotation stays atomic (not profiled here), and on cores \
-                     taken by other processes.",
+                    " With {} requests in flight the issuer was not CPU-bound, so requests spent part of their time \
+                     waiting: each refresh's rotation waits for the durable commit of the group it joined on the one \
+                     SQLite writer thread (`synchronous=FULL`: an `fdatasync` of the WAL per group; this disk did {} \
+                     4 KiB overwrite commits per second on one thread, and a WAL append costs more), so at most that \
+                     many refreshes share a commit; and on cores taken by other processes.",
                     o.refresh.concurrency,
                     per_sec(n.fsync_per_sec)
                 )
@@ -471,7 +472,8 @@ fn bounds(s: &mut String, r: &Results) {
             "- **First-sight RS256 in wasm.** {} per request, of which the host's own cost (no-op module) is {}; \
              natively the same verification takes {}. The difference is the RSA public-key operation in wasm: \
              `ring` has no assembly for wasm32 and does its big-number arithmetic in portable C with 32-bit \
-             limbs, compiled by Cranelift.",
+             limbs (wasm has no 64×64→128-bit multiply), compiled by Cranelift; the 2048-bit exponentiation \
+             is the cost, once per token, after which the cached-bearer figure applies.",
             us(c.wasm.median_us),
             us(base),
             us(native.median_us)
