@@ -422,10 +422,11 @@ fn bounds(s: &mut String, r: &Results) {
                     " With {} requests in flight the issuer was not CPU-bound, so requests spent part of their time \
                      waiting: each refresh's rotation waits for the durable commit of the group it joined on the one \
                      SQLite writer thread (`synchronous=FULL`: an `fdatasync` of the WAL per group; this disk did {} \
-                     4 KiB overwrite commits per second on one thread, and a WAL append costs more), so at most that \
-                     many refreshes share a commit; and on cores taken by other processes.",
+                     4 KiB overwrite commits per second on one thread, and a WAL append costs more), and a group holds \
+                     at most the {} refreshes in flight; and on cores taken by other processes.",
                     o.refresh.concurrency,
-                    per_sec(n.fsync_per_sec)
+                    per_sec(n.fsync_per_sec),
+                    o.refresh.concurrency
                 )
             } else {
                 String::new()
