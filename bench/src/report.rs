@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::filter::Case;
+use crate::load::Throughput;
 use crate::stats::Summary;
 use crate::{RefreshRun, Results};
 
@@ -273,30 +274,10 @@ fn issuer_section(s: &mut String, r: &Results) {
             let ratio = theirs
                 .map(|t| format!("**{:.2}x**", o.refresh.per_sec / t.refresh.per_sec))
                 .unwrap_or_else(|| "—".into());
-            let _ = writeln!(
-                s,
-                "| tokengate issuer | {alg} | SQLite file, durable | {} | {} | {} | {} | {ratio} | {} | {:.2} | {:.2} |",
-                per_sec(o.refresh.per_sec),
-                us(o.refresh.latency.median_us),
-                us(o.refresh.latency.p99_us),
-                o.refresh.concurrency,
-                us(o.refresh.server_cpu_ms * 1e3),
-                o.refresh.server_cores,
-                o.refresh.client_cores
-            );
+            refresh_row(s, "tokengate issuer", alg, "SQLite file, durable", &o.refresh, &ratio);
         }
         if let Some(t) = theirs {
-            let _ = writeln!(
-                s,
-                "| oidc-provider | {alg} | in-memory adapter | {} | {} | {} | {} | 1.00x | {} | {:.2} | {:.2} |",
-                per_sec(t.refresh.per_sec),
-                us(t.refresh.latency.median_us),
-                us(t.refresh.latency.p99_us),
-                t.refresh.concurrency,
-                us(t.refresh.server_cpu_ms * 1e3),
-                t.refresh.server_cores,
-                t.refresh.client_cores
-            );
+            refresh_row(s, "oidc-provider", alg, "in-memory adapter", &t.refresh, "1.00x");
         }
     }
     let _ = writeln!(
@@ -481,4 +462,19 @@ fn bounds(s: &mut String, r: &Results) {
         );
     }
     let _ = writeln!(s);
+}
+
+/// One row of the refresh-grant table.
+fn refresh_row(s: &mut String, server: &str, alg: &str, storage: &str, t: &Throughput, ratio: &str) {
+    let _ = writeln!(
+        s,
+        "| {server} | {alg} | {storage} | {} | {} | {} | {} | {ratio} | {} | {:.2} | {:.2} |",
+        per_sec(t.per_sec),
+        us(t.latency.median_us),
+        us(t.latency.p99_us),
+        t.concurrency,
+        us(t.server_cpu_ms * 1e3),
+        t.server_cores,
+        t.client_cores
+    );
 }
