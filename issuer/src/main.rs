@@ -1,5 +1,6 @@
 //! The `issuer` command: serve, check a configuration, hash a password, make development certificates.
 
+use std::io::IsTerminal as _;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -204,7 +205,8 @@ fn serve(path: &Path) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.logger.level))
         .with_context(|| format!("{}: logger.level: expected a tracing filter such as \"info\"", path.display()))?;
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: in a file, `kubectl logs` or journald the escape codes are noise.
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
     match config.logger.format {
         LogFormat::Json => fmt.json().init(),
         LogFormat::Text => fmt.init(),

@@ -93,15 +93,15 @@ async fn serve_over_https_with_dev_certs() {
                 certs.join("key.pem").display()
             ),
         )
-        .replace("file: ./data/issuer.db", &format!("file: {}", dir.path().join("db/issuer.db").display()))
-        .replace("format: text", "format: json");
+        .replace("file: ./data/issuer.db", &format!("file: {}", dir.path().join("db/issuer.db").display()));
     std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("issuer.log");
     let _server = Child(
         Command::new(BIN)
             .arg("serve")
             .arg("--config")
             .arg(&config)
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -124,6 +124,9 @@ async fn serve_over_https_with_dev_certs() {
     assert_eq!(doc["token_endpoint"], format!("{url}/token"));
     let plain = reqwest::Client::new().get(format!("{url}/healthz")).send().await;
     assert!(plain.is_err(), "a client that does not trust the development CA is refused");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("listening (https)"), "the text log says where it listens:\n{text}");
+    assert!(!text.contains('\u{1b}'), "no terminal colour codes in a log that is not a terminal:\n{text}");
 }
 
 #[tokio::test]
