@@ -5,39 +5,13 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Issuer;
+use common::{free_port, start_gateway, start_whoami, wait_until_up, Issuer, Process};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
-
-/// Kills a child process when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn wait_until_up(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{url} did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn screenshots_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -80,30 +54,9 @@ async fn a_browser_logs_in_reloads_opens_a_tab_and_signs_out() {
     })
     .await;
 
-    let whoami_port = free_port();
-    let _whoami = Process(
-        Command::new(env!("CARGO_BIN_EXE_whoami"))
-            .args(["--listen", &format!("127.0.0.1:{whoami_port}")])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let envoy = concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/envoy.yaml");
-    let _gateway = Process(
-        Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["--envoy", envoy, "--listen", &format!("127.0.0.1:{gateway_port}")])
-            .args(["--cluster", &format!("issuer={}", issuer.url.trim_start_matches("http://"))])
-            .args(["--cluster", &format!("whoami=127.0.0.1:{whoami_port}")])
-            .args(["--set", &format!("issuer={}", json!(issuer.url))])
-            .args(["--set", &format!("post_logout_redirect_uri={}", json!(format!("{gateway}/")))])
-            .args(["--wasm", tests::wasm_path().to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until_up(&format!("http://127.0.0.1:{whoami_port}/healthz")).await;
-    wait_until_up(&format!("{gateway}/healthz")).await;
+    let (_whoami, whoami_port) = start_whoami().await;
+    let logout = format!("post_logout_redirect_uri={}", json!(format!("{gateway}/")));
+    let _gateway = start_gateway(gateway_port, &issuer, whoami_port, &[logout]).await;
 
     let driver_port = free_port();
     let _driver = Process(

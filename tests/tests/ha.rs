@@ -77,3 +77,108 @@ async fn two_gateways_share_sessions_survive_a_stop_and_refresh_concurrently() {
         family.len()
     );
 }
+
+/// Follows one redirect's `Location`, relative to `base`.
+fn location(r: &reqwest::Response, base: &str) -> String {
+    let l = r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if l.starts_with("http") {
+        l.to_owned()
+    } else {
+        format!("{base}{l}")
+    }
+}
+
+/// Two gateway processes (separate Envoys: their own shared data, the same cookie secrets from
+/// `envoy/envoy.yaml`) behind one host name, in front of a live issuer whose ID tokens are so short-lived that
+/// every request refreshes: a session started on A is served by both, concurrent refreshes of one refresh
+/// token on both all succeed, and after A is killed B carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateway_processes_share_a_session_and_survive_losing_one() {
+    let (port_a, port_b) = (free_port(), free_port());
+    let issuer = Issuer::start_live(move |c| {
+        // Within the filter's refresh margin (30 s): every request re-mints the ID token.
+        c.expiry.id_tokens = Duration::from_secs(30);
+        let client = c.static_clients.iter_mut().find(|c| c.id == "gateway").unwrap();
+        client.redirect_uris.push(format!("http://127.0.0.1:{port_a}/oauth2/callback"));
+    })
+    .await;
+    let (_whoami, whoami_port) = start_whoami().await;
+    let mut gateway_a = Some(start_gateway(port_a, &issuer, whoami_port, &[]).await);
+    let _gateway_b = start_gateway(port_b, &issuer, whoami_port, &[]).await;
+    let (a, b) = (format!("http://127.0.0.1:{port_a}"), format!("http://127.0.0.1:{port_b}"));
+
+    // Cookies are not scoped by port, so the jar sends the session to both gateways, as a browser does for
+    // replicas behind one name.
+    let browser =
+        reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = browser.get(format!("{a}/dashboard")).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(r.status(), 302, "no session: sent to the issuer");
+    let r = browser.get(location(&r, &a)).send().await.unwrap();
+    assert_eq!(r.status(), 303, "the issuer sends the browser to its login form");
+    let form_url = location(&r, &issuer.url);
+    let html = browser.get(&form_url).send().await.unwrap().text().await.unwrap();
+    let hidden = |name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in the form:\n{html}")) + marker.len();
+        html[start..].split('"').next().unwrap().to_owned()
+    };
+    let form = [
+        ("req", hidden("req")),
+        ("csrf", hidden("csrf")),
+        ("login", "admin@example.com".into()),
+        ("password", "password".into()),
+    ];
+    let r = browser.post(format!("{}/login", issuer.url)).form(&form).send().await.unwrap();
+    assert_eq!(r.status(), 303, "signed in");
+    let r = browser.get(location(&r, &issuer.url)).send().await.unwrap();
+    assert_eq!(r.status(), 302, "the callback on gateway A starts the session");
+    assert_eq!(location(&r, &a), format!("{a}/dashboard"));
+
+    let whoami = |base: String| {
+        let browser = browser.clone();
+        async move {
+            let r = browser.get(format!("{base}/dashboard")).header("accept", "application/json").send().await.unwrap();
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            assert_eq!(status, 200, "{base}: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["identity"]["email"], "admin@example.com", "{base}: {body}");
+            v["identity"]["sid"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    // Alternating, each request refreshing on the gateway it reaches.
+    for i in 0..10 {
+        whoami(if i % 2 == 0 { a.clone() } else { b.clone() }).await;
+    }
+    // At once on both: eight refreshes of one refresh token, all inside the issuer's reuse interval.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        tasks.spawn(whoami(if i % 2 == 0 { a.clone() } else { b.clone() }));
+    }
+    let mut concurrent = 0;
+    let mut sid = String::new();
+    while let Some(done) = tasks.join_next().await {
+        sid = done.unwrap();
+        concurrent += 1;
+    }
+    let family = issuer.state.storage.list_refresh_family(&sid).await.unwrap();
+    let live = family.iter().filter(|t| t.rotated_at.is_none()).count();
+    assert!(
+        family.len() >= 12,
+        "the login's token, then a rotation per sequential request and one for the burst: {}",
+        family.len()
+    );
+    assert_eq!(live, 1, "one live refresh token after the concurrent refreshes");
+    // Gateway A dies; B carries the session on.
+    drop(gateway_a.take());
+    assert!(browser.get(format!("{a}/healthz")).send().await.is_err(), "gateway A is gone");
+    for _ in 0..3 {
+        whoami(b.clone()).await;
+    }
+    eprintln!(
+        "HA (processes): 10 alternating requests and {concurrent}/8 concurrent ones across gateways A and B \
+         succeeded, each refreshing the ID token ({} refresh tokens in the session's family, {live} live); after A \
+         was killed, 3/3 on B succeeded",
+        family.len()
+    );
+}

@@ -286,3 +286,66 @@ pub async fn browser_login(worker: &Worker, login: &str, path: &str) -> Jar {
     jar.store(&r);
     jar
 }
+
+// === real processes ===
+
+/// Kills a child process when the test ends, however it ends.
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits (with a deadline) until `url` answers 2xx.
+pub async fn wait_until_up(url: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{url} did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `whoami` binary on a free port.
+pub async fn start_whoami() -> (Process, u16) {
+    let port = free_port();
+    let p = Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_whoami"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until_up(&format!("http://127.0.0.1:{port}/healthz")).await;
+    (p, port)
+}
+
+/// The `gateway` binary serving `envoy/envoy.yaml` with the compiled filter on `port`, its clusters pointed
+/// at `issuer` and whoami; `extra` are more `--set key=json` overrides of the plugin configuration.
+pub async fn start_gateway(port: u16, issuer: &Issuer, whoami_port: u16, extra: &[String]) -> Process {
+    let envoy = concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/envoy.yaml");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--envoy", envoy, "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--cluster", &format!("issuer={}", issuer.url.trim_start_matches("http://"))])
+        .args(["--cluster", &format!("whoami=127.0.0.1:{whoami_port}")])
+        .args(["--set", &format!("issuer={}", json!(issuer.url))])
+        .args(["--wasm", tests::wasm_path().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for e in extra {
+        cmd.args(["--set", e]);
+    }
+    let p = Process(cmd.spawn().unwrap());
+    wait_until_up(&format!("http://127.0.0.1:{port}/healthz")).await;
+    p
+}
