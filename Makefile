@@ -12,7 +12,7 @@ FUZZ_SECONDS   ?= 60
 SUDO           := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test wasm lint fmt bench fuzz clean
+.PHONY: help setup run test wasm lint deny fmt bench fuzz clean
 
 ##@ General
 
@@ -67,6 +67,12 @@ lint: setup ## fmt --check and clippy -D warnings (native and wasm)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p filter --target $(WASM_TARGET) -- -D warnings
+
+deny: ## Licences, sources and duplicate crates against deny.toml (cargo-deny, installed on first use); RustSec advisories when their database can be fetched
+	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked
+	cargo deny check licenses bans sources
+	@if cargo deny fetch db >/dev/null 2>&1; then cargo deny check advisories; \
+	  else echo "deny: the RustSec advisory database (github.com) cannot be fetched: advisories not checked"; fi
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
