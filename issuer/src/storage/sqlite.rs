@@ -18,7 +18,8 @@ use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use rusqlite::types::Value;
+use rusqlite::{ffi, params, params_from_iter, Connection, OpenFlags, OptionalExtension};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::oneshot;
 
@@ -82,9 +83,14 @@ fn decode<T: DeserializeOwned>(s: &str) -> Result<T, StorageError> {
     serde_json::from_str(s).map_err(backend)
 }
 
+/// A duplicate key is `AlreadyExists`; any other failure (another constraint included) is a backend error.
 fn map_insert(e: rusqlite::Error) -> StorageError {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::ConstraintViolation) => StorageError::AlreadyExists,
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.extended_code, ffi::SQLITE_CONSTRAINT_PRIMARYKEY | ffi::SQLITE_CONSTRAINT_UNIQUE) =>
+        {
+            StorageError::AlreadyExists
+        }
         _ => backend(e),
     }
 }
@@ -254,37 +260,24 @@ impl Sqlite {
     }
 
     /// One statement as one write; returns the rows it changed.
-    async fn execute(&self, sql: String, binds: Vec<Bind>) -> Result<u64, StorageError> {
+    async fn execute(&self, sql: String, binds: Vec<Value>) -> Result<u64, StorageError> {
         self.write(move |conn| {
             let mut st = conn.prepare_cached(&sql).map_err(backend)?;
-            for (i, b) in binds.iter().enumerate() {
-                match b {
-                    Bind::Text(s) => st.raw_bind_parameter(i + 1, s),
-                    Bind::Int(n) => st.raw_bind_parameter(i + 1, n),
-                }
-                .map_err(backend)?;
-            }
-            Ok(st.raw_execute().map_err(map_insert)? as u64)
+            Ok(st.execute(params_from_iter(binds)).map_err(map_insert)? as u64)
         })
         .await
     }
 
     async fn insert_doc(&self, table: &str, id: &str, data: String, expiry: i64) -> Result<(), StorageError> {
         let sql = format!("INSERT INTO {table} (id, data, expiry) VALUES (?, ?, ?)");
-        self.execute(sql, vec![Bind::Text(id.to_owned()), Bind::Text(data), Bind::Int(expiry)]).await.map(|_| ())
+        self.execute(sql, vec![Value::Text(id.to_owned()), Value::Text(data), Value::Integer(expiry)]).await.map(|_| ())
     }
 
     async fn collect(&self, table: &str, now: i64, batch: u32) -> Result<u64, StorageError> {
         // Bounded: a long backlog is cleared over several passes without holding the write lock for long.
         let sql = format!("DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE expiry < ? LIMIT ?)");
-        self.execute(sql, vec![Bind::Int(now), Bind::Int(i64::from(batch))]).await
+        self.execute(sql, vec![Value::Integer(now), Value::Integer(i64::from(batch))]).await
     }
-}
-
-/// A bound parameter of [`Sqlite::execute`].
-enum Bind {
-    Text(String),
-    Int(i64),
 }
 
 #[async_trait]
@@ -298,7 +291,7 @@ impl Storage for Sqlite {
     }
 
     async fn delete_auth_request(&self, id: &str) -> Result<(), StorageError> {
-        match self.execute("DELETE FROM auth_requests WHERE id = ?".into(), vec![Bind::Text(id.to_owned())]).await? {
+        match self.execute("DELETE FROM auth_requests WHERE id = ?".into(), vec![Value::Text(id.to_owned())]).await? {
             0 => Err(StorageError::NotFound),
             _ => Ok(()),
         }
@@ -319,10 +312,10 @@ impl Storage for Sqlite {
     async fn create_refresh_token(&self, t: RefreshToken) -> Result<(), StorageError> {
         let sql = "INSERT INTO refresh_tokens (id, family_id, data, expiry) VALUES (?, ?, ?, ?)".to_owned();
         let binds = vec![
-            Bind::Text(t.id.clone()),
-            Bind::Text(t.family_id.clone()),
-            Bind::Text(encode(&t)?),
-            Bind::Int(t.expiry),
+            Value::Text(t.id.clone()),
+            Value::Text(t.family_id.clone()),
+            Value::Text(encode(&t)?),
+            Value::Integer(t.expiry),
         ];
         self.execute(sql, binds).await.map(|_| ())
     }
@@ -370,7 +363,7 @@ impl Storage for Sqlite {
     }
 
     async fn delete_refresh_family(&self, family_id: &str) -> Result<u64, StorageError> {
-        self.execute("DELETE FROM refresh_tokens WHERE family_id = ?".into(), vec![Bind::Text(family_id.to_owned())])
+        self.execute("DELETE FROM refresh_tokens WHERE family_id = ?".into(), vec![Value::Text(family_id.to_owned())])
             .await
     }
 
@@ -435,10 +428,10 @@ impl Storage for Sqlite {
     async fn create_device_request(&self, r: DeviceRequest) -> Result<(), StorageError> {
         let sql = "INSERT INTO device_requests (id, user_code, data, expiry) VALUES (?, ?, ?, ?)".to_owned();
         let binds = vec![
-            Bind::Text(r.device_code.clone()),
-            Bind::Text(r.user_code.clone()),
-            Bind::Text(encode(&r)?),
-            Bind::Int(r.expiry),
+            Value::Text(r.device_code.clone()),
+            Value::Text(r.user_code.clone()),
+            Value::Text(encode(&r)?),
+            Value::Integer(r.expiry),
         ];
         self.execute(sql, binds).await.map(|_| ())
     }
