@@ -53,12 +53,13 @@ test: setup wasm ## Run every test: unit (natively and compiled to wasm), storag
 	CARGO_TARGET_WASM32_WASIP1_RUNNER=$(CARGO_TARGET_DIR)/debug/wasm-test-runner $(CARGO) test -p filter --target $(WASM_TARGET)
 	scripts/with-postgres.sh $(CARGO) test --workspace --no-fail-fast -- --include-ignored
 
-fuzz: ## Run each filter fuzz target (cookie, jwt, config) for FUZZ_SECONDS (default 60); installs nightly and cargo-fuzz
+fuzz: wasm ## Run each filter fuzz target (cookie, jwt, config) and the compiled-module fuzzer for FUZZ_SECONDS each (default 60); installs nightly and cargo-fuzz
 	@rustup toolchain list | grep -q "^nightly-" || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd filter/fuzz && for t in $(FUZZ_TARGETS); do \
 	  CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/fuzz cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
+	$(CARGO) run -p tests --bin fuzz-module -- --seconds $(FUZZ_SECONDS) --wasm $(WASM_OUT)
 
 bench: setup wasm ## Run the benchmarks (filter in wasmtime, issuer vs oidc-provider; installs wrk and oidc-provider) and write BENCHMARKS.md
 	CARGO="$(CARGO)" scripts/bench.sh

@@ -58,6 +58,7 @@ fn options(clusters: &[(&str, &str)]) -> WorkerOptions {
         store: Arc::new(InMemoryStore::new()),
         logs: Arc::new(Logs::default()),
         ca_certificates: vec![],
+        responder: None,
     }
 }
 

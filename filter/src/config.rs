@@ -34,8 +34,9 @@ const TOP_KEYS: &[&str] = &[
     "allowed_redirect_domains",
     "clock_skew",
     "jwks_refresh_interval",
+    "kubernetes_audience",
 ];
-const COOKIE_KEYS: &[&str] = &["name", "domain", "path", "secure", "same_site", "lifetime"];
+const COOKIE_KEYS: &[&str] = &["name", "domain", "path", "secure", "same_site", "lifetime", "pass_to_upstream"];
 const SKIP_KEYS: &[&str] = &["path_prefix", "path_regex", "methods"];
 
 /// Headers the filter must never be told to set from claims: they would break routing or let a claim
@@ -137,6 +138,10 @@ pub struct CookieConfig {
     pub same_site: SameSite,
     /// How long a session lasts from login, regardless of refreshes.
     pub lifetime: Duration,
+    /// Forward the filter's own cookies (session chunks, login flows) to the upstream. Off by default: the
+    /// session cookie carries the refresh token, and an upstream that logs or echoes cookies would hold a
+    /// replayable credential.
+    pub pass_to_upstream: bool,
 }
 
 /// A request that bypasses authentication.
@@ -476,6 +481,20 @@ impl Reader {
             self.invalid("scopes".into(), format!("each scope is one non-empty word, found {bad:?}"));
         }
         let audiences = self.string_list(&mut m, "", "audiences").unwrap_or_default();
+        let kubernetes_audience = self.string(&mut m, "", "kubernetes_audience");
+        let mut scopes = scopes;
+        if let Some(aud) = &kubernetes_audience {
+            if aud.is_empty() || !aud.bytes().all(|b| b.is_ascii_graphic()) {
+                self.invalid("kubernetes_audience".into(), format!("expected a client id (one word), found {aud:?}"));
+            } else {
+                // Dex's cross-client scope (DexAuthenticator does the same for Kubernetes API access): the
+                // ID token is issued for `aud` too, with this client as `azp`.
+                let scope = format!("audience:server:client_id:{aud}");
+                if !scopes.contains(&scope) {
+                    scopes.push(scope);
+                }
+            }
+        }
         let cookie = self.cookie(m.remove("cookie"));
         let keyring = self.keyring(&mut m);
         let pass_authorization_header = self.bool(&mut m, "", "pass_authorization_header", true);
@@ -573,8 +592,9 @@ impl Reader {
             );
         }
         let lifetime = self.duration(&mut m, "cookie", "lifetime", Duration::from_secs(168 * 3600));
+        let pass_to_upstream = self.bool(&mut m, "cookie", "pass_to_upstream", false);
         self.unknown(m, "cookie", COOKIE_KEYS);
-        Some(CookieConfig { name, domain, path, secure, same_site, lifetime })
+        Some(CookieConfig { name, domain, path, secure, same_site, lifetime, pass_to_upstream })
     }
 
     fn keyring(&mut self, m: &mut Map<String, Value>) -> Option<Keyring> {

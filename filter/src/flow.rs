@@ -93,6 +93,9 @@ pub enum Event {
     SignedOut,
     /// A request failed because the issuer was unreachable.
     IssuerUnreachable,
+    /// A request was refused before any check: a header the filter reads is not UTF-8, or
+    /// `Authorization` holds more than one credential.
+    MalformedRequest,
 }
 
 impl Event {
@@ -113,6 +116,7 @@ impl Event {
             Event::Forbidden => "forbidden",
             Event::SignedOut => "sign_outs",
             Event::IssuerUnreachable => "issuer_unreachable",
+            Event::MalformedRequest => "malformed_requests",
         };
         format!("tokengate.{name}")
     }
@@ -130,6 +134,9 @@ pub enum Decision {
         remove_headers: Vec<String>,
         /// `Set-Cookie` values for the response.
         response_cookies: Vec<String>,
+        /// Replace every `Cookie` header with this value (bytes, as the client sent them), or remove
+        /// them when it is empty; `None` leaves them as they are.
+        upstream_cookie: Option<Vec<u8>>,
     },
     /// Answer 302.
     Redirect {
@@ -192,11 +199,27 @@ pub enum Pending {
 
 /// Decides what to do with a request.
 pub fn decide(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
+    if let Some(name) = req.malformed_header() {
+        (ctx.events)(Event::MalformedRequest);
+        return malformed(name);
+    }
+    if req.has_ambiguous_authorization() {
+        (ctx.events)(Event::MalformedRequest);
+        return deny_page(
+            req,
+            400,
+            "ambiguous_authorization",
+            "Bad request: more than one Authorization credential",
+            "The request carries more than one Authorization credential; RFC 9110 §11.6.2 allows one.",
+            Vec::new(),
+        );
+    }
     if (cfg.skip_cors_preflight && req.is_cors_preflight()) || is_skipped(cfg, req) {
         return Decision::Forward {
             set_headers: Vec::new(),
-            remove_headers: claim_header_names(cfg),
+            remove_headers: spoofable_headers(cfg, req),
             response_cookies: Vec::new(),
+            upstream_cookie: upstream_cookie(cfg, req),
         };
     }
     let path = req.path_only();
@@ -250,7 +273,7 @@ pub fn issuer_unreachable(ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
 fn bearer(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, token: &str) -> Decision {
     let now = ctx.now_secs();
     let hash = token_hash(token);
-    let mut remove = claim_header_names(cfg);
+    let mut remove = spoofable_headers(cfg, req);
     if !cfg.pass_authorization_header {
         remove.push("authorization".into());
     }
@@ -337,7 +360,7 @@ fn use_id_token(
     cookies: Vec<String>,
 ) -> Decision {
     let claims = ctx.claims.claims_of_trusted(&c.id_token).unwrap_or_default();
-    let mut remove = claim_header_names(cfg);
+    let mut remove = spoofable_headers(cfg, req);
     if cfg.pass_authorization_header {
         remove.push("authorization".into());
     }
@@ -705,7 +728,7 @@ fn identity(
     if let (true, Some(t)) = (cfg.pass_authorization_header, id_token) {
         set_headers.push(("authorization".into(), format!("Bearer {t}")));
     }
-    Decision::Forward { set_headers, remove_headers, response_cookies }
+    Decision::Forward { set_headers, remove_headers, response_cookies, upstream_cookie: upstream_cookie(cfg, req) }
 }
 
 /// The 403 page when `allowed_groups`/`allowed_emails` say no.
@@ -761,8 +784,48 @@ pub fn is_allowed(cfg: &FilterConfig, claims: &Map<String, Value>) -> bool {
     true
 }
 
-fn claim_header_names(cfg: &FilterConfig) -> Vec<String> {
-    cfg.claims_to_headers.iter().map(|(_, h)| h.clone()).collect()
+/// The headers a client must not be able to set: every `claims_to_headers` header, and every header the
+/// request carries whose name becomes one of them once `_` is read as `-` (WSGI, CGI, PHP and several
+/// Node frameworks fold the two, and Envoy passes underscores by default).
+fn spoofable_headers(cfg: &FilterConfig, req: &RequestParts) -> Vec<String> {
+    let mut out: Vec<String> = cfg.claims_to_headers.iter().map(|(_, h)| h.clone()).collect();
+    for name in req.header_names() {
+        if name.contains('_') && !out.iter().any(|o| o == name) {
+            let folded = name.replace('_', "-");
+            if cfg.claims_to_headers.iter().any(|(_, h)| *h == folded) {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The `Cookie` header the upstream gets: the filter's own cookies (session chunks and login flows) are
+/// taken out unless `cookie.pass_to_upstream` says otherwise. The session cookie carries the refresh token.
+fn upstream_cookie(cfg: &FilterConfig, req: &RequestParts) -> Option<Vec<u8>> {
+    if cfg.cookie.pass_to_upstream {
+        return None;
+    }
+    let flows = flow_cookie_prefix(cfg);
+    req.cookie_header_without(|n| session::is_own_cookie(&cfg.cookie.name, n) || n.starts_with(&flows))
+}
+
+/// The answer to a request whose header `name`, one the filter reads, is not UTF-8: 401 `invalid_token`
+/// for `Authorization` (RFC 6750 §3.1), 400 for anything else. Never a session, never upstream.
+fn malformed(name: &str) -> Decision {
+    let mut headers = vec![
+        ("cache-control".to_string(), "no-store".to_string()),
+        ("content-type".to_string(), "text/plain; charset=utf-8".to_string()),
+    ];
+    if name == "authorization" {
+        headers.push((
+            "www-authenticate".into(),
+            "Bearer error=\"invalid_token\", error_description=\"the Authorization header is not UTF-8\"".into(),
+        ));
+        return Decision::Deny { status: 401, reason: "malformed_authorization", headers, body: String::new() };
+    }
+    let body = format!("Bad request: the {name} header is not valid UTF-8\n");
+    Decision::Deny { status: 400, reason: "malformed_header", headers, body }
 }
 
 /// Claim values as header values: strings as-is, arrays comma-joined, control characters dropped.

@@ -2,7 +2,12 @@
 //! pure modules leave out — shared data as a [`Store`], metrics, logging, the clock — and the per-worker
 //! [`Shared`] state that the root context builds in `on_configure` and hands to every stream.
 //! Decisions are made in `flow`; `root` schedules key fetches, `stream` applies decisions.
+//!
+//! A panic here traps the VM (and Envoy then fails that worker's requests), so the glue may not index,
+//! slice or do unchecked arithmetic on anything it reads.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects, clippy::unwrap_used, clippy::expect_used)]
 
+mod abi;
 mod root;
 mod stream;
 
@@ -139,7 +144,7 @@ impl Shared {
     /// retry window and no keys are known.
     fn recently_failed(&self, now: u64) -> bool {
         let (down, at) = self.health();
-        down && now < at + RETRY_AFTER_FAILURE.as_secs()
+        down && now < at.saturating_add(RETRY_AFTER_FAILURE.as_secs())
     }
 
     /// Takes the cross-worker fetch lease if it is free (compare-and-swap on shared data).
@@ -150,7 +155,7 @@ impl Shared {
         if held_until > now {
             return false;
         }
-        let until = now + 2 * TIMEOUT_MS / 1000 + 1;
+        let until = now.saturating_add(2 * TIMEOUT_MS / 1000 + 1);
         hostcalls::set_shared_data(&key, Some(until.to_string().as_bytes()), cas).is_ok()
     }
 }
@@ -165,27 +170,28 @@ fn dispatch(cluster: &str, callout: &Callout) -> Result<u32, proxy_wasm::types::
     )
 }
 
-/// Reads the answer to a callout inside `on_http_call_response`. No headers means no answer.
+/// Reads the answer to a callout inside `on_http_call_response`, as bytes: no header, value or body byte
+/// the issuer sends can trap the VM. No headers means no answer.
 fn read_response(num_headers: usize, body_size: usize) -> CalloutResponse {
     if num_headers == 0 {
         return CalloutResponse::default();
     }
-    let status = hostcalls::get_map_value(proxy_wasm::types::MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten()
+    let headers = abi::header_map(proxy_wasm::types::MapType::HttpCallResponseHeaders);
+    let status = headers
+        .iter()
+        .find(|(k, _)| k == b":status")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, body_size.min(MAX_BODY))
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let body = abi::buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, body_size.min(MAX_BODY));
     CalloutResponse { status, body }
 }
 
+/// The host's wall clock; the epoch if the host cannot say (never a trap).
+fn now() -> std::time::SystemTime {
+    hostcalls::get_current_time().unwrap_or(std::time::UNIX_EPOCH)
+}
+
 fn unix_now() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

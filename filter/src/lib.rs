@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod flow;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod header_map;
 pub mod oauth;
 pub mod random;
 pub mod request;

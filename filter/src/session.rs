@@ -220,6 +220,15 @@ pub fn chunk_names<'a>(cookie: impl Fn(&str) -> Option<&'a str>, name: &str) -> 
         .collect()
 }
 
+/// Whether `name` is the session cookie `base` or one of its chunks (`base_0`, `base_1`, …).
+pub fn is_own_cookie(base: &str, name: &str) -> bool {
+    match name.strip_prefix(base) {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix('_').is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())),
+        None => false,
+    }
+}
+
 /// Renders a `Set-Cookie` value with the configured attributes.
 pub fn set_cookie(cfg: &CookieConfig, name: &str, value: &str, max_age: Duration, same_site: SameSite) -> String {
     let mut out = format!("{name}={value}; Path={}", cfg.path);
@@ -337,6 +346,22 @@ mod tests {
     }
 
     #[test]
+    fn own_cookies_are_the_base_name_and_its_numbered_chunks() {
+        for (name, want) in [
+            ("_tg", true),
+            ("_tg_0", true),
+            ("_tg_12", true),
+            ("_tg_", false),
+            ("_tg_x", false),
+            ("_tg_csrf_0123abcd", false),
+            ("_tgx", false),
+            ("other", false),
+        ] {
+            assert_eq!(is_own_cookie("_tg", name), want, "{name}");
+        }
+    }
+
+    #[test]
     fn set_cookie_renders_configured_attributes() {
         let cfg = CookieConfig {
             name: "_tg".into(),
@@ -345,6 +370,7 @@ mod tests {
             secure: true,
             same_site: SameSite::Strict,
             lifetime: Duration::from_secs(60),
+            pass_to_upstream: false,
         };
         assert_eq!(
             set_cookie(&cfg, "_tg", "v", Duration::from_secs(60), SameSite::Lax),

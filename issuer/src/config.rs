@@ -60,6 +60,14 @@ pub struct Web {
     /// Proxies whose `X-Forwarded-For` is believed when throttling per client IP.
     #[serde(default)]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Dex's `allowedOrigins`: browser origins (`https://spa.example`, or `*` for any) that may call
+    /// discovery, `/keys`, `/token`, `/userinfo`, `/revoke` and `/device/code` (CORS). Empty: none.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Dex's `allowedHeaders`: request headers those origins may send. Default `Authorization` and
+    /// `Content-Type`.
+    #[serde(default)]
+    pub allowed_headers: Vec<String>,
 }
 
 /// `storage:` — the backend.
@@ -134,8 +142,12 @@ pub struct RefreshExpiry {
     pub valid_if_not_used_for: Duration,
     /// A login's refresh tokens die this long after the login, however often they are used.
     pub absolute_lifetime: Duration,
-    /// A rotated refresh token presented again within this window gets its successor.
+    /// A rotated refresh token presented again within this window gets its successor. Zero is strict
+    /// single use: any second presentation revokes the family (RFC 9700 §4.14.2).
     pub reuse_interval: Duration,
+    /// Dex's `disableRotation`: a refresh returns the same refresh token, which then lives for the
+    /// family's `absoluteLifetime` (and dies after `validIfNotUsedFor` without use). Off by default.
+    pub disable_rotation: bool,
 }
 
 /// `signing:`.
@@ -194,7 +206,7 @@ pub struct Client {
     pub public: bool,
     /// Display name.
     pub name: String,
-    /// Exact-match redirect URIs.
+    /// Redirect URIs, matched exactly (loopback ones with any port: [`Client::accepts_redirect_uri`]).
     pub redirect_uris: Vec<String>,
     /// Clients allowed to mint tokens with this client in `aud` (Dex cross-client trust).
     pub trusted_peers: Vec<String>,
@@ -202,6 +214,53 @@ pub struct Client {
     pub post_logout_redirect_uris: Vec<String>,
     /// Allow PKCE `plain` (never for public clients).
     pub allow_plain_pkce: bool,
+}
+
+impl Client {
+    /// Whether `uri` is one of this client's redirect URIs: an exact match, or (RFC 8252 §7.3) a loopback
+    /// redirect that differs from a registered one only in its port, because a native app listens on
+    /// whatever port is free. Loopback means the IP literals `127.0.0.1` and `[::1]`, and `localhost`
+    /// (which Dex accepts too); scheme `http`; path, query and everything else stay exact. A public client
+    /// may also use the out-of-band URI ([`crate::oauth::OOB_REDIRECT_URI`]), as in Dex.
+    pub fn accepts_redirect_uri(&self, uri: &str) -> bool {
+        (self.public && uri == crate::oauth::OOB_REDIRECT_URI)
+            || self.redirect_uris.iter().any(|r| r == uri || loopback_matches(r, uri))
+    }
+}
+
+/// `scheme://host[:port]` with nothing after it (RFC 6454 §6.2 serialization).
+fn is_origin(s: &str) -> bool {
+    url::Url::parse(s).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host().is_some()
+            && u.path() == "/"
+            && !s.ends_with('/')
+            && u.query().is_none()
+            && u.fragment().is_none()
+            && u.username().is_empty()
+    })
+}
+
+fn loopback_matches(registered: &str, asked: &str) -> bool {
+    let (Ok(r), Ok(a)) = (url::Url::parse(registered), url::Url::parse(asked)) else {
+        return false;
+    };
+    let loopback = match r.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    let without_port = |mut u: url::Url| {
+        let _ = u.set_port(None);
+        u
+    };
+    loopback
+        && r.scheme() == "http"
+        && a.host() == r.host()
+        && a.username().is_empty()
+        && a.password().is_none()
+        && without_port(a) == without_port(r)
 }
 
 impl fmt::Debug for Client {
@@ -450,6 +509,7 @@ struct RawRefreshExpiry {
     valid_if_not_used_for: Option<String>,
     absolute_lifetime: Option<String>,
     reuse_interval: Option<String>,
+    disable_rotation: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -584,6 +644,19 @@ impl Validator<'_> {
         }
     }
 
+    /// Like [`Self::duration`], but `0s` is allowed (it switches something off).
+    fn duration_or_zero(&mut self, key: &str, value: Option<String>, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        match humantime::parse_duration(value.trim()) {
+            Ok(d) => d,
+            Err(_) if value.trim() == "0" => Duration::ZERO,
+            Err(_) => {
+                self.problem(key, format!("a duration such as \"0s\", \"10s\" or \"2m\", got {value:?}"));
+                default
+            }
+        }
+    }
+
     /// A secret given inline (`$VAR` / `${VAR}` expands from the environment), by variable name, or by file.
     fn secret(
         &mut self,
@@ -649,8 +722,28 @@ impl Validator<'_> {
             }
         };
 
-        let web =
-            raw.web.unwrap_or(Web { http: None, https: None, tls_cert: None, tls_key: None, trusted_proxies: vec![] });
+        let web = raw.web.unwrap_or(Web {
+            http: None,
+            https: None,
+            tls_cert: None,
+            tls_key: None,
+            trusted_proxies: vec![],
+            allowed_origins: vec![],
+            allowed_headers: vec![],
+        });
+        for (i, origin) in web.allowed_origins.iter().enumerate() {
+            if origin != "*" && !is_origin(origin) {
+                self.problem(
+                    format!("web.allowedOrigins[{i}]"),
+                    format!("an origin such as https://app.example.com (scheme, host, optional port; no path) or \"*\", got {origin:?}"),
+                );
+            }
+        }
+        for (i, h) in web.allowed_headers.iter().enumerate() {
+            if axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                self.problem(format!("web.allowedHeaders[{i}]"), format!("a header name, got {h:?}"));
+            }
+        }
         if web.http.is_none() && web.https.is_none() {
             self.problem("web", "at least one of web.http or web.https");
         }
@@ -693,11 +786,12 @@ impl Validator<'_> {
                     r.absolute_lifetime,
                     Duration::from_secs(720 * 3600),
                 ),
-                reuse_interval: self.duration(
+                reuse_interval: self.duration_or_zero(
                     "expiry.refreshTokens.reuseInterval",
                     r.reuse_interval,
                     Duration::from_secs(120),
                 ),
+                disable_rotation: r.disable_rotation.unwrap_or(false),
             },
         };
 
@@ -1093,6 +1187,50 @@ mod tests {
             Err(e) => vec![e.to_string()],
             Ok(_) => vec![],
         }
+    }
+
+    #[test]
+    fn loopback_redirect_uris_match_on_any_port_and_nothing_else_loosens() {
+        let client = |uri: &str| Client {
+            id: "cli".into(),
+            secret: None,
+            public: true,
+            name: "cli".into(),
+            redirect_uris: vec![uri.into()],
+            trusted_peers: vec![],
+            post_logout_redirect_uris: vec![],
+            allow_plain_pkce: false,
+        };
+        let cases: &[(&str, &str, bool)] = &[
+            ("http://127.0.0.1/callback", "http://127.0.0.1:49152/callback", true),
+            ("http://127.0.0.1:8000/callback", "http://127.0.0.1:18000/callback", true),
+            ("http://[::1]/callback", "http://[::1]:5000/callback", true),
+            ("http://localhost:8000", "http://localhost:41000", true),
+            ("http://127.0.0.1/callback", "http://127.0.0.1:49152/other", false),
+            ("http://127.0.0.1/callback", "http://127.0.0.1:49152/callback?x=1", false),
+            ("http://127.0.0.1/callback", "http://127.0.0.2:49152/callback", false),
+            ("http://127.0.0.1/callback", "http://localhost:49152/callback", false),
+            ("http://127.0.0.1/callback", "https://127.0.0.1:49152/callback", false),
+            ("http://127.0.0.1/callback", "http://user@127.0.0.1:49152/callback", false),
+            ("https://app.example.com/cb", "https://app.example.com:8443/cb", false),
+            ("http://app.example.com/cb", "http://app.example.com/cb", true),
+        ];
+        for (registered, asked, want) in cases {
+            assert_eq!(client(registered).accepts_redirect_uri(asked), *want, "{registered} ~ {asked}");
+        }
+    }
+
+    #[test]
+    fn a_zero_reuse_interval_and_disable_rotation_are_accepted() {
+        let c = parse(&minimal("expiry:\n  refreshTokens: {reuseInterval: 0s, disableRotation: true}\n")).unwrap();
+        assert_eq!(c.expiry.refresh_tokens.reuse_interval, Duration::ZERO);
+        assert!(c.expiry.refresh_tokens.disable_rotation);
+        let c = parse(&minimal("")).unwrap();
+        assert!(!c.expiry.refresh_tokens.disable_rotation, "rotation is on by default");
+        assert_eq!(
+            problems(&minimal("expiry:\n  refreshTokens: {reuseInterval: soon}\n")),
+            vec!["expiry.refreshTokens.reuseInterval: expected a duration such as \"0s\", \"10s\" or \"2m\", got \"soon\""]
+        );
     }
 
     #[test]

@@ -34,18 +34,24 @@ const BODY_LIMIT: usize = 64 * 1024;
 
 /// The issuer's router, mounted under the issuer URL's path.
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
+    // The endpoints a browser app calls with fetch(), which may answer CORS (Dex's `web.allowedOrigins`).
+    let api = Router::new()
         .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
         .route("/keys", get(discovery::keys))
-        .route("/auth", get(authorize::authorize).post(authorize::authorize_post))
-        .route("/login", get(authorize::login_page).post(authorize::login))
         .route("/token", post(token::token))
         .route("/device/code", post(device::device_authorization))
+        .route("/userinfo", get(userinfo::userinfo).post(userinfo::userinfo))
+        .route("/revoke", post(revoke::revoke));
+    let api = match cors(&state.config.web) {
+        Some(layer) => api.layer(layer),
+        None => api,
+    };
+    let routes = api
+        .route("/auth", get(authorize::authorize).post(authorize::authorize_post))
+        .route("/login", get(authorize::login_page).post(authorize::login))
         .route("/device", get(device::verification_page).post(device::verify))
         .route("/device/approved", get(device::approved_page))
         .route("/device/deny", post(device::deny))
-        .route("/userinfo", get(userinfo::userinfo).post(userinfo::userinfo))
-        .route("/revoke", post(revoke::revoke))
         .route("/logout", get(logout::logout).post(logout::logout_post))
         .route("/healthz", get(discovery::healthz))
         .route("/metrics", get(discovery::metrics));
@@ -61,6 +67,35 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(state)
+}
+
+/// CORS for `web.allowedOrigins` (Fetch §3.2): a preflight from an allowed origin is answered before any
+/// handler runs (so `OPTIONS` needs no client authentication), responses to it carry
+/// `Access-Control-Allow-Origin`, and any other origin gets no CORS headers at all. `None` when no origin
+/// is allowed. Credentials (cookies) are never allowed: these endpoints authenticate with the
+/// `Authorization` header or the form.
+fn cors(web: &crate::config::Web) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if web.allowed_origins.is_empty() {
+        return None;
+    }
+    let origin = if web.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(web.allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let headers: Vec<header::HeaderName> = if web.allowed_headers.is_empty() {
+        vec![header::AUTHORIZATION, header::CONTENT_TYPE]
+    } else {
+        web.allowed_headers.iter().filter_map(|h| header::HeaderName::from_bytes(h.as_bytes()).ok()).collect()
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers(headers)
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Logs internal errors (which the client only sees as a bare 500) and counts responses.

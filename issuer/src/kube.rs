@@ -372,13 +372,21 @@ pub fn user_name(cluster: &str) -> String {
     format!("oidc@{cluster}")
 }
 
-/// The arguments of `kubectl-oidc_login` for these credentials.
+/// Scopes the exec kubeconfig asks for besides `openid`.
+pub const EXEC_EXTRA_SCOPES: &[&str] = &["email", "profile", "groups", "offline_access"];
+
+/// The arguments of `kubectl-oidc_login` for these credentials, in int128/kubelogin's flag names so that
+/// the kubeconfig works with either binary of that name.
 pub fn exec_args(c: &Credentials<'_>) -> Vec<String> {
-    let mut args =
-        vec!["get-token".to_owned(), format!("--issuer-url={}", c.issuer), format!("--client-id={}", c.client_id)];
+    let mut args = vec![
+        "get-token".to_owned(),
+        format!("--oidc-issuer-url={}", c.issuer),
+        format!("--oidc-client-id={}", c.client_id),
+    ];
     if let Some(secret) = c.client_secret {
-        args.push(format!("--client-secret={secret}"));
+        args.push(format!("--oidc-client-secret={secret}"));
     }
+    args.extend(EXEC_EXTRA_SCOPES.iter().map(|s| format!("--oidc-extra-scope={s}")));
     if let Some(ca) = c.issuer_ca {
         args.push(format!("--certificate-authority-data={}", STANDARD.encode(ca)));
     }
@@ -651,9 +659,12 @@ mod tests {
         assert_eq!(
             exec["args"],
             serde_yaml::from_str::<Value>(
-                "[get-token, --issuer-url=https://login.example.com, --client-id=kubernetes]"
+                "[get-token, --oidc-issuer-url=https://login.example.com, --oidc-client-id=kubernetes, \
+                 --oidc-extra-scope=email, --oidc-extra-scope=profile, --oidc-extra-scope=groups, \
+                 --oidc-extra-scope=offline_access]"
             )
-            .unwrap()
+            .unwrap(),
+            "int128/kubelogin's flag names"
         );
         assert!(!k.exec.contains("eyJ.id.token") && !k.exec.contains("rid.rsecret"));
         let oidc: Value = serde_yaml::from_str(&k.oidc).unwrap();
@@ -670,7 +681,7 @@ mod tests {
         assert_eq!(lines[0], r"kubectl config set-cluster 'it'\''s' --server=https://k8s.example.com:6443");
         assert!(lines[1].starts_with(r"kubectl config set clusters.'it'\''s'.certificate-authority-data "));
         assert!(lines[2].contains(" --exec-command=kubectl-oidc_login --exec-arg=get-token "), "{}", lines[2]);
-        assert!(lines[2].ends_with(" --exec-arg='--client-secret=a b'"), "{}", lines[2]);
+        assert!(lines[2].contains(" --exec-arg='--oidc-client-secret=a b'"), "{}", lines[2]);
         assert_eq!(lines[4], r"kubectl config use-context 'it'\''s'");
         assert!(!k.commands.contains("eyJ"), "no tokens in shell history");
     }

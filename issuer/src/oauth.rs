@@ -164,6 +164,10 @@ impl AuthorizeErrorCode {
     }
 }
 
+/// The out-of-band redirect URI (Google's, kept by Dex and kubelogin's `authcode-keyboard`): no redirect,
+/// the issuer shows the code for the user to paste. Allowed for public clients only, as in Dex.
+pub const OOB_REDIRECT_URI: &str = "urn:ietf:wg:oauth:2.0:oob";
+
 /// Appends query parameters to a (validated) redirect URI, keeping any query it already has.
 pub fn redirect_with(uri: &str, params: &[(&str, &str)]) -> String {
     match url::Url::parse(uri) {

@@ -209,14 +209,17 @@ impl Mint<'_> {
 
     /// ID-token claims; `access_token` feeds `at_hash`, computed for the signing algorithm `alg`.
     pub fn id_token(&self, alg: crate::keys::Algorithm, access_token: &str) -> IdTokenClaims {
-        let peers: Vec<String> =
+        let mut aud: Vec<String> =
             self.scopes.iter().filter_map(|s| s.strip_prefix(CROSS_CLIENT_PREFIX)).map(str::to_owned).collect();
-        // Dex semantics: cross-client scopes replace the audience with the named peers (the requester is in
-        // it only if it named itself); `azp` always names the requester (OIDC Core §2).
-        let aud = match peers.len() {
-            0 => Audience::One(self.client_id.to_owned()),
-            1 => Audience::One(peers[0].clone()),
-            _ => Audience::Many(peers),
+        // Dex semantics: cross-client scopes name the peers, and the requester is always in `aud` too, after
+        // them (OIDC Core §3.1.3.7 step 3: a client rejects an ID token whose `aud` lacks its client_id);
+        // `azp` names the requester (§2).
+        if !aud.iter().any(|a| a == self.client_id) {
+            aud.push(self.client_id.to_owned());
+        }
+        let aud = match <[String; 1]>::try_from(aud) {
+            Ok([one]) => Audience::One(one),
+            Err(many) => Audience::Many(many),
         };
         let id = self.identity;
         IdTokenClaims {
@@ -383,7 +386,7 @@ mod tests {
             sid: None,
         };
         let claims = mint.id_token(crate::keys::Algorithm::Rs256, "at");
-        assert_eq!(claims.aud, Audience::One("kubernetes".into()));
+        assert_eq!(claims.aud, Audience::Many(vec!["kubernetes".into(), "app".into()]), "the requester is added");
         assert_eq!(claims.azp, "app");
         assert_eq!(claims.groups, Some(vec!["developers".into()]));
         assert_eq!(claims.email, None, "no email without the email scope");

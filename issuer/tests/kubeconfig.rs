@@ -87,7 +87,7 @@ async fn kubeconfig_page_hands_out_working_oidc_and_exec_kubeconfigs() {
     assert_eq!(e["apiVersion"], "client.authentication.k8s.io/v1");
     assert_eq!(e["command"], "kubectl-oidc_login");
     let args: Vec<&str> = e["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    assert_eq!(args[..3], ["get-token", &format!("--issuer-url={}", issuer.url), "--client-id=kubernetes"]);
+    assert_eq!(args[..3], ["get-token", &format!("--oidc-issuer-url={}", issuer.url), "--oidc-client-id=kubernetes"]);
     assert!(!exec_text.contains(cfg["id-token"].as_str().unwrap()), "the exec kubeconfig holds no tokens");
     let download = format!("data:application/yaml;base64,{}", STANDARD.encode(&exec_text));
     assert!(html.contains(&format!("href=\"{download}\"")), "the download link is the same document");

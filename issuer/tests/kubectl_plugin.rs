@@ -38,6 +38,16 @@ fn get_token(issuer: &Issuer, home: &std::path::Path) -> Command {
     cmd
 }
 
+/// The sign-in URL the plugin prints on stderr.
+async fn login_url(child: &mut std::process::Child) -> String {
+    let stderr = child.stderr.take().unwrap();
+    tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr).lines().map(Result::unwrap).find(|l| l.starts_with("http")).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 fn exec_credential(out: &std::process::Output) -> Value {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -55,12 +65,7 @@ async fn get_token_logs_in_once_then_uses_the_cache_and_refreshes_an_expired_tok
     let home = tempfile::tempdir().unwrap();
 
     let mut child = get_token(&issuer, home.path()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let auth_url = tokio::task::spawn_blocking(move || {
-        BufReader::new(stderr).lines().map(Result::unwrap).find(|l| l.starts_with("http")).unwrap()
-    })
-    .await
-    .unwrap();
+    let auth_url = login_url(&mut child).await;
     assert!(auth_url.starts_with(&issuer.endpoint("/auth?")), "{auth_url}");
     let (status, location) = Browser::new().sign_in(&auth_url, "jane@example.com", "password").await;
     assert_eq!(status, 303);
@@ -107,4 +112,113 @@ async fn get_token_logs_in_once_then_uses_the_cache_and_refreshes_an_expired_tok
     let stored: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
     assert_eq!(stored["id_token"], new_token, "the refreshed token is cached");
     assert_ne!(stored["refresh_token"], cached["refresh_token"], "the rotated refresh token is cached");
+}
+
+#[tokio::test]
+async fn kubelogin_flags_work_a_taken_port_is_no_obstacle_and_kubelogins_cache_is_left_alone() {
+    let issuer = Issuer::start().await;
+    let home = tempfile::tempdir().unwrap();
+    // A cache entry as int128/kubelogin writes it (bare hash name): it must survive byte for byte.
+    let cache_dir = home.path().join(".kube/cache/oidc-login");
+    std::fs::create_dir_all(&cache_dir).unwrap();
+    let theirs = cache_dir.join("5f0d3c0f2b3f4ac1b6a1f0c4e0e6d9a1a2b3c4d5e6f708192a3b4c5d6e7f8091");
+    std::fs::write(&theirs, br#"{"id_token":"kubelogin.id.token","refresh_token":"kubelogin-rt"}"#).unwrap();
+    // Another kubectl (or anything) holds the listen address: the plugin must still find a port.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+
+    let mut child = Command::new(BIN)
+        .env("HOME", home.path())
+        .args(["get-token", &format!("--oidc-issuer-url={}", issuer.url), "--oidc-client-id=kubernetes"])
+        .args(["--oidc-client-secret=kubernetes-secret", "--oidc-extra-scope=email", "--oidc-extra-scope=groups"])
+        .args(["--oidc-extra-scope=offline_access", "--grant-type=authcode", "--skip-open-browser"])
+        .arg(format!("--listen-address={busy_addr}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let auth_url = login_url(&mut child).await;
+    let scope = common::query_param(&auth_url, "scope").unwrap();
+    assert_eq!(scope, "openid email groups offline_access", "openid plus the extra scopes, as kubelogin asks");
+    let redirect = common::query_param(&auth_url, "redirect_uri").unwrap();
+    assert!(redirect.starts_with("http://localhost:"), "kubelogin's redirect host: {redirect}");
+    assert!(!redirect.ends_with(&format!(":{}", busy.local_addr().unwrap().port())), "not the taken port");
+    let (status, location) = Browser::new().sign_in(&auth_url, "jane@example.com", "password").await;
+    assert_eq!(status, 303, "the issuer accepts the loopback redirect on whatever port was free");
+    let callback = location.unwrap().replace("http://localhost:", "http://127.0.0.1:");
+    let r = http().get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let token = exec_credential(&out)["status"]["token"].as_str().unwrap().to_owned();
+    assert_eq!(claims(&token)["email"], "jane@example.com");
+    drop(busy);
+
+    assert_eq!(
+        std::fs::read(&theirs).unwrap(),
+        br#"{"id_token":"kubelogin.id.token","refresh_token":"kubelogin-rt"}"#,
+        "kubelogin's entry is untouched"
+    );
+    let ours: Vec<_> = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    assert_eq!(ours.len(), 1);
+    assert!(ours[0].starts_with("tokengate-"), "{ours:?}");
+
+    // The same flags again: the cached token, no login.
+    let out = Command::new(BIN)
+        .env("HOME", home.path())
+        .args(["get-token", &format!("--oidc-issuer-url={}", issuer.url), "--oidc-client-id=kubernetes"])
+        .args(["--oidc-client-secret=kubernetes-secret", "--oidc-extra-scope=email,groups,offline_access"])
+        .output()
+        .unwrap();
+    assert_eq!(exec_credential(&out)["status"]["token"], token.as_str(), "comma-separated extra scopes: same entry");
+}
+
+fn register_public_cli(c: &mut issuer::config::Config) {
+    c.static_clients.push(issuer::config::Client {
+        id: "kubectl".into(),
+        secret: None,
+        public: true,
+        name: "kubectl".into(),
+        redirect_uris: vec!["http://localhost:8000".into()],
+        trusted_peers: vec![],
+        post_logout_redirect_uris: vec![],
+        allow_plain_pkce: false,
+    });
+}
+
+#[tokio::test]
+async fn authcode_keyboard_signs_in_a_public_client_with_a_pasted_code() {
+    let issuer = Issuer::start_tuned(register_public_cli).await;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .env("HOME", home.path())
+        .args(["get-token", &format!("--oidc-issuer-url={}", issuer.url), "--oidc-client-id=kubectl"])
+        .args(["--oidc-extra-scope=email", "--grant-type=authcode-keyboard"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let auth_url = login_url(&mut child).await;
+    assert_eq!(common::query_param(&auth_url, "redirect_uri").as_deref(), Some("urn:ietf:wg:oauth:2.0:oob"));
+    let browser = Browser::new();
+    let (url, req, csrf) = browser.open_login(&auth_url).await;
+    let (status, _, page) = browser.submit(&url, &req, &csrf, "jane@example.com", "password").await;
+    assert_eq!(status, 200, "the code is shown, not redirected");
+    let code = common::pre(&page, "code");
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, format!("{code}\n").as_bytes()).unwrap();
+    drop(stdin);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let token = exec_credential(&out)["status"]["token"].as_str().unwrap().to_owned();
+    assert_eq!(claims(&token)["aud"], "kubectl");
+    assert_eq!(claims(&token)["email"], "jane@example.com");
+
+    // A confidential client may not use the out-of-band URI (Dex's rule): an error page, no code.
+    let auth = auth_url.replace("client_id=kubectl", "client_id=kubernetes");
+    let r = http().get(&auth).send().await.unwrap();
+    assert_eq!(r.status(), 400);
 }

@@ -204,3 +204,56 @@ async fn discovery_advertises_every_endpoint_under_an_issuer_path() {
     assert_eq!(health.status(), 200);
     assert_eq!(http().get(issuer.endpoint("/.well-known/openid-configuration")).send().await.unwrap().status(), 404);
 }
+
+#[tokio::test]
+async fn a_loopback_redirect_uri_matches_on_any_port_rfc8252() {
+    let issuer = Issuer::start_tuned(|c| {
+        c.static_clients.push(issuer::config::Client {
+            id: "native".into(),
+            secret: None,
+            public: true,
+            name: "Native CLI".into(),
+            redirect_uris: vec!["http://127.0.0.1/callback".into()],
+            trusted_peers: vec![],
+            post_logout_redirect_uris: vec![],
+            allow_plain_pkce: false,
+        })
+    })
+    .await;
+    let redirect = "http://127.0.0.1:49152/callback";
+    let auth = format!(
+        "{}/auth?client_id=native&redirect_uri={}&response_type=code&scope=openid&state=s&code_challenge={CHALLENGE}&code_challenge_method=S256",
+        issuer.url,
+        urlencode(redirect)
+    );
+    let (status, location) = Browser::new().sign_in(&auth, "jane@example.com", "password").await;
+    assert_eq!(status, 303);
+    let location = location.unwrap();
+    assert!(location.starts_with(&format!("{redirect}?")), "back to the port the app listens on: {location}");
+    let code = query_param(&location, "code").unwrap();
+    let r = http()
+        .post(issuer.endpoint("/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("client_id", "native"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect),
+            ("code_verifier", common::VERIFIER),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // Only the port is free: another path or host is still refused with an error page.
+    for other in ["http://127.0.0.1:49152/other", "http://127.0.0.2:49152/callback", "http://localhost:49152/callback"]
+    {
+        let auth = format!(
+            "{}/auth?client_id=native&redirect_uri={}&response_type=code&scope=openid&code_challenge={CHALLENGE}&code_challenge_method=S256",
+            issuer.url,
+            urlencode(other)
+        );
+        let r = http().get(&auth).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{other}");
+    }
+}

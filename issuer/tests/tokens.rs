@@ -222,6 +222,45 @@ async fn reuse_after_the_window_is_rejected_and_revokes_the_family() {
 }
 
 #[tokio::test]
+async fn a_zero_reuse_interval_is_strict_single_use() {
+    let issuer = Issuer::start_tuned(|c| c.expiry.refresh_tokens.reuse_interval = Duration::ZERO).await;
+    let t = issuer.tokens("jane@example.com").await;
+    let rt0 = t["refresh_token"].as_str().unwrap().to_owned();
+    let (status, r1) = issuer.refresh(&rt0).await;
+    assert_eq!(status, 200);
+    let rt1 = r1["refresh_token"].as_str().unwrap().to_owned();
+    let (status, body) = issuer.refresh(&rt0).await;
+    assert_eq!((status, error(&body)), (400, "invalid_grant"), "a second use, even at once, is refused");
+    let (status, _) = issuer.refresh(&rt1).await;
+    assert_eq!(status, 400, "and the family is revoked (RFC 9700 §4.14.2)");
+}
+
+#[tokio::test]
+async fn disable_rotation_keeps_one_refresh_token_for_the_family() {
+    let issuer = Issuer::start_tuned(|c| c.expiry.refresh_tokens.disable_rotation = true).await;
+    let t = issuer.tokens("jane@example.com").await;
+    let rt = t["refresh_token"].as_str().unwrap().to_owned();
+    for round in 0..3 {
+        issuer.clock.advance(Duration::from_secs(3600));
+        let (status, body) = issuer.refresh(&rt).await;
+        assert_eq!(status, 200, "round {round}: {body}");
+        assert_eq!(body["refresh_token"], rt.as_str(), "the same refresh token comes back");
+        assert!(claims(body["id_token"].as_str().unwrap())["iat"].as_i64().unwrap() > 0);
+    }
+    let (status, _) = http()
+        .post(issuer.endpoint("/revoke"))
+        .basic_auth(CLIENT, Some(SECRET))
+        .form(&[("token", rt.as_str())])
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, body) = issuer.refresh(&rt).await;
+    assert_eq!((status, error(&body)), (400, "invalid_grant"), "revocation still ends it");
+}
+
+#[tokio::test]
 async fn refresh_tokens_expire_when_unused_and_after_the_absolute_lifetime() {
     let issuer = Issuer::start_tuned(|c| {
         c.expiry.refresh_tokens.valid_if_not_used_for = Duration::from_secs(3600);
@@ -343,14 +382,20 @@ async fn keys_rotate_on_schedule_and_old_keys_stay_published_until_their_tokens_
 }
 
 #[tokio::test]
-async fn cross_client_scope_gives_the_peer_as_audience() {
+async fn cross_client_scope_gives_the_peer_and_the_requester_as_audience_on_issue_and_refresh() {
     let issuer = Issuer::start().await;
-    let code =
-        issuer.login("openid email groups audience:server:client_id:kubernetes", "admin@example.com", "password").await;
+    let scope = "openid email groups offline_access audience:server:client_id:kubernetes";
+    let code = issuer.login(scope, "admin@example.com", "password").await;
     let (status, t) = issuer.exchange(&code).await;
     assert_eq!(status, 200);
     let id = claims(t["id_token"].as_str().unwrap());
-    assert_eq!(id["aud"], "kubernetes");
+    // OIDC Core §3.1.3.7 step 3: the requester must find itself in `aud` (Dex adds it the same way).
+    assert_eq!(id["aud"], serde_json::json!(["kubernetes", CLIENT]));
+    assert_eq!(id["azp"], CLIENT);
+    let (status, t) = issuer.refresh(t["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    let id = claims(t["id_token"].as_str().unwrap());
+    assert_eq!(id["aud"], serde_json::json!(["kubernetes", CLIENT]), "kept through a refresh");
     assert_eq!(id["azp"], CLIENT);
 }
 

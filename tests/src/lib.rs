@@ -22,6 +22,7 @@ use proxy_wasm_host::abi::v0_2_1::{
 use proxy_wasm_host::{Buffer, EngineConfig, HeaderMap, HeaderMapExt, Limits, Module, VecHeaderMap};
 
 pub mod envoy;
+pub mod fuzz;
 
 /// Where the filter was built: `TOKENGATE_WASM`, else `$CARGO_TARGET_DIR` (or the workspace's
 /// `target/`) + `wasm32-wasip1/release/filter.wasm`, which `make wasm` writes.
@@ -195,19 +196,28 @@ impl Callouts for Outbox {
 
 // === requests and responses ===
 
+/// One header as bytes, name and value: Envoy hands the filter bytes (a value may hold obs-text, RFC 9110
+/// §5.5), and so does this host. Nothing on the way to or from the filter converts them lossily.
+pub type HeaderPair = (Vec<u8>, Vec<u8>);
+
+/// The first value of `name` among `headers`, when it is UTF-8.
+pub fn header_value<'a>(headers: &'a [HeaderPair], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes())).and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
 /// An HTTP request as the listener saw it.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
     /// Method.
     pub method: String,
-    /// Path and query.
-    pub path: String,
+    /// Path and query, as bytes.
+    pub path: Vec<u8>,
     /// Host.
     pub authority: String,
     /// `http` or `https`.
     pub scheme: String,
-    /// Other headers (names are lower-cased on the way in).
-    pub headers: Vec<(String, String)>,
+    /// Other headers, as bytes (names are lower-cased on the way in).
+    pub headers: Vec<HeaderPair>,
     /// Body.
     pub body: Vec<u8>,
 }
@@ -217,7 +227,7 @@ impl Request {
     pub fn get(authority: &str, path: &str) -> Self {
         Self {
             method: "GET".into(),
-            path: path.into(),
+            path: path.as_bytes().to_vec(),
             authority: authority.into(),
             scheme: "http".into(),
             ..Self::default()
@@ -225,8 +235,13 @@ impl Request {
     }
 
     /// Adds a header.
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_ascii_lowercase(), value.to_owned()));
+    pub fn header(self, name: &str, value: &str) -> Self {
+        self.header_bytes(name.as_bytes(), value.as_bytes())
+    }
+
+    /// Adds a header given as bytes (for values outside UTF-8).
+    pub fn header_bytes(mut self, name: &[u8], value: &[u8]) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.to_vec()));
         self
     }
 
@@ -241,21 +256,25 @@ impl Request {
 pub struct Response {
     /// Status code.
     pub status: u16,
-    /// Headers in order (lower-case names, no `:status`).
-    pub headers: Vec<(String, String)>,
+    /// Headers in order, as bytes (lower-case names, no `:status`).
+    pub headers: Vec<HeaderPair>,
     /// Body.
     pub body: Vec<u8>,
 }
 
 impl Response {
-    /// The first value of `name`.
+    /// The first value of `name`, when it is UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        header_value(&self.headers, name)
     }
 
-    /// Every value of `name`.
+    /// Every UTF-8 value of `name`.
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .collect()
     }
 
     /// The body as text.
@@ -315,22 +334,14 @@ impl StreamState for Stream {
     }
 }
 
-fn pairs(headers: &VecHeaderMap) -> Vec<(String, String)> {
-    headers
-        .pairs()
-        .into_iter()
-        .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()))
-        .collect()
+fn pairs(headers: &VecHeaderMap) -> Vec<HeaderPair> {
+    headers.pairs().into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
 }
 
 fn local_response(local: LocalResponse<'static>) -> Response {
     Response {
         status: u16::try_from(local.status_code).unwrap_or(500),
-        headers: local
-            .headers
-            .iter()
-            .map(|(k, v)| (String::from_utf8_lossy(k).to_ascii_lowercase(), String::from_utf8_lossy(v).into_owned()))
-            .collect(),
+        headers: local.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec())).collect(),
         body: local.body.into_owned(),
     }
 }
@@ -377,13 +388,14 @@ pub struct Forwarded {
 
 impl Forwarded {
     /// The request headers as the filter left them, pseudo-headers included.
-    pub fn headers(&self) -> Vec<(String, String)> {
+    pub fn headers(&self) -> Vec<HeaderPair> {
         pairs(&self.stream.request_headers)
     }
 
-    /// One header's value as the filter left it.
+    /// One header's value as the filter left it (repeats joined with `,`), when it is UTF-8.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.stream.request_headers.get_joined(name.as_bytes(), b",").map(|v| String::from_utf8_lossy(&v).into_owned())
+        let joined = self.stream.request_headers.get_joined(name.as_bytes(), b",")?;
+        String::from_utf8(joined.to_vec()).ok()
     }
 
     /// The request body.
@@ -406,7 +418,13 @@ pub struct WorkerOptions {
     pub logs: Arc<Logs>,
     /// Extra trusted CA certificates (PEM) for TLS clusters.
     pub ca_certificates: Vec<Vec<u8>>,
+    /// Answers callouts instead of real HTTP requests (the module fuzzer plays the issuer this way).
+    pub responder: Option<Responder>,
 }
+
+/// Answers a callout in place of its cluster: gets the cluster name, the request headers (pseudo-headers
+/// included) and the body.
+pub type Responder = Arc<dyn Fn(&str, &[HeaderPair], &[u8]) -> CalloutAnswer + Send + Sync>;
 
 /// One filter VM (an Envoy worker thread's copy of the plugin).
 pub struct Worker {
@@ -417,6 +435,7 @@ pub struct Worker {
     store: Arc<InMemoryStore>,
     logs: Arc<Logs>,
     http: reqwest::Client,
+    responder: Option<Responder>,
 }
 
 /// Shared data and metrics live under this VM id (Envoy's `vm_config.vm_id`).
@@ -457,6 +476,7 @@ impl Worker {
             store: options.store,
             logs: options.logs,
             http,
+            responder: options.responder,
         };
         worker.serve_root_callouts().await?;
         Ok(worker)
@@ -514,13 +534,13 @@ impl Worker {
     /// Runs a request through the filter's request path, serving its callouts until it answers or lets
     /// the request through.
     pub async fn request(&self, request: Request) -> Result<Decision, HostError> {
-        let mut headers: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        let mut headers: Vec<HeaderPair> = vec![
             (b":method".to_vec(), request.method.into_bytes()),
-            (b":path".to_vec(), request.path.into_bytes()),
+            (b":path".to_vec(), request.path),
             (b":authority".to_vec(), request.authority.into_bytes()),
             (b":scheme".to_vec(), request.scheme.into_bytes()),
         ];
-        headers.extend(request.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase().into_bytes(), v.into_bytes())));
+        headers.extend(request.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
         let has_body = !request.body.is_empty();
         let stream = Stream { request_headers: headers.into(), request_body: request.body, ..Stream::default() };
         let root = self.root;
@@ -573,10 +593,8 @@ impl Worker {
     /// Runs the upstream's response through the filter (which may add `Set-Cookie`) and ends the stream.
     pub fn respond(&self, forwarded: Forwarded, upstream: Response) -> Result<Response, HostError> {
         let Forwarded { context, mut stream } = forwarded;
-        let mut headers: Vec<(Vec<u8>, Vec<u8>)> =
-            vec![(b":status".to_vec(), upstream.status.to_string().into_bytes())];
-        headers
-            .extend(upstream.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase().into_bytes(), v.into_bytes())));
+        let mut headers: Vec<HeaderPair> = vec![(b":status".to_vec(), upstream.status.to_string().into_bytes())];
+        headers.extend(upstream.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
         stream.response_headers = headers.into();
         stream.response_body = upstream.body;
         let (result, mut stream) = lock(&self.guest).with(stream, |s| {
@@ -592,9 +610,8 @@ impl Worker {
         result?;
         let local = stream.local.take();
         let all = pairs(&stream.response_headers);
-        let status =
-            all.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse().ok()).unwrap_or(upstream.status);
-        let headers = all.into_iter().filter(|(k, _)| !k.starts_with(':')).collect();
+        let status = header_value(&all, ":status").and_then(|v| v.parse().ok()).unwrap_or(upstream.status);
+        let headers = all.into_iter().filter(|(k, _)| !k.starts_with(b":")).collect();
         let body = std::mem::take(&mut stream.response_body);
         self.finish(context, stream)?;
         Ok(match local {
@@ -637,6 +654,10 @@ impl Worker {
     /// Serves one callout as a real HTTP request to its cluster.
     async fn perform(&self, call: &HttpCall<'static>) -> CalloutAnswer {
         let cluster = String::from_utf8_lossy(&call.upstream).into_owned();
+        if let Some(responder) = &self.responder {
+            let headers: Vec<HeaderPair> = call.headers.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+            return responder(&cluster, &headers, &call.body);
+        }
         let Some(base) = self.outbox.clusters.get(&cluster) else { return CalloutAnswer::Failed };
         let get = |name: &str| {
             call.headers
@@ -660,10 +681,10 @@ impl Worker {
         match req.timeout(timeout).send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                let headers: Vec<(String, String)> = resp
+                let headers: Vec<HeaderPair> = resp
                     .headers()
                     .iter()
-                    .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
                     .collect();
                 match resp.bytes().await {
                     Ok(body) => CalloutAnswer::Received { status, headers, body: body.to_vec() },
@@ -675,8 +696,19 @@ impl Worker {
     }
 }
 
-enum CalloutAnswer {
-    Received { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+/// What a callout got back: the issuer's answer as bytes, or nothing (connection failed, timed out).
+#[derive(Debug, Clone)]
+pub enum CalloutAnswer {
+    /// An HTTP answer.
+    Received {
+        /// Status code.
+        status: u16,
+        /// Headers, as bytes.
+        headers: Vec<HeaderPair>,
+        /// Body.
+        body: Vec<u8>,
+    },
+    /// No answer.
     Failed,
 }
 
@@ -685,7 +717,7 @@ impl CalloutAnswer {
         match self {
             CalloutAnswer::Received { status, headers, body } => {
                 let mut pairs: HeaderPairs<'_> = vec![(b":status"[..].into(), status.to_string().into_bytes().into())];
-                pairs.extend(headers.iter().map(|(k, v)| (k.as_bytes().into(), v.as_bytes().into())));
+                pairs.extend(headers.iter().map(|(k, v)| (k.as_slice().into(), v.as_slice().into())));
                 HttpCallResponse::received(pairs).with_body(body.as_slice())
             }
             CalloutAnswer::Failed => HttpCallResponse::failed(),

@@ -73,12 +73,21 @@ async fn invalid_bearer_tokens_get_401_with_a_bearer_challenge() {
         assert_invalid_token(&r, what);
     }
 
-    // A token for another audience is refused unless listed in `audiences`.
+    // A token another client obtained (aud example-app) is refused unless listed in `audiences`.
+    let app = ("example-app", "example-app-secret", "http://127.0.0.1:5555/callback");
+    let other = issuer.tokens_as(app, "jane@example.com", "openid email").await;
+    let (r, _) = send(&w, api(other["id_token"].as_str().unwrap())).await;
+    assert_invalid_token(&r, "aud example-app");
+    let lenient = worker(&issuer, json!({"audiences": ["example-app"]})).await;
+    let (r, seen) = send(&lenient, api(other["id_token"].as_str().unwrap())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(seen.is_some());
+
+    // A cross-client token the gateway asked for (aud [kubernetes, gateway], azp gateway: Dex puts the
+    // requester in `aud` too) is accepted as the gateway's own.
     let k8s = issuer.tokens_for("jane@example.com", "openid email audience:server:client_id:kubernetes").await;
-    let (r, _) = send(&w, api(k8s["id_token"].as_str().unwrap())).await;
-    assert_invalid_token(&r, "aud kubernetes");
-    let lenient = worker(&issuer, json!({"audiences": ["kubernetes"]})).await;
-    let (r, seen) = send(&lenient, api(k8s["id_token"].as_str().unwrap())).await;
+    assert_eq!(claims(k8s["id_token"].as_str().unwrap())["aud"], json!(["kubernetes", "gateway"]));
+    let (r, seen) = send(&w, api(k8s["id_token"].as_str().unwrap())).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(seen.is_some());
 

@@ -25,7 +25,7 @@ async fn browser_login_then_requests_carry_the_id_token_upstream() {
     assert_eq!(id["iss"], issuer.url);
     assert_eq!(id["aud"], "gateway");
     assert_eq!(header(&seen, "x-auth-request-email"), Some("admin@example.com"), "the client's copy is replaced");
-    assert_eq!(seen.iter().filter(|(k, _)| k == "x-auth-request-email").count(), 1);
+    assert_eq!(seen.iter().filter(|(k, _)| k == b"x-auth-request-email").count(), 1);
     assert_eq!(header(&seen, "x-auth-request-groups"), Some("admins,developers"));
 
     // A reload uses the ID token cached in shared data: no call to the issuer.
@@ -205,6 +205,7 @@ async fn a_refused_configuration_names_the_key_and_the_filter_does_not_start() {
         store: Default::default(),
         logs: Default::default(),
         ca_certificates: vec![],
+        responder: None,
     };
     let bad = filter_config(&issuer, json!({"cookie": {"secure": "yes"}, "unknown_key": 1}));
     match tests::Worker::start(&bad, options).await {

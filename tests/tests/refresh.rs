@@ -12,7 +12,7 @@ use proxy_wasm_host::abi::v0_2_1::InMemoryStore;
 use serde_json::json;
 use tests::Request;
 
-fn bearer_of(seen: &[(String, String)]) -> String {
+fn bearer_of(seen: &[tests::HeaderPair]) -> String {
     header(seen, "authorization").unwrap().strip_prefix("Bearer ").unwrap().to_owned()
 }
 

@@ -217,7 +217,8 @@ fn skipped_paths_and_cors_preflights_pass_without_claim_headers() {
             Decision::Forward {
                 set_headers: vec![],
                 remove_headers: vec!["x-auth-email".into(), "x-auth-groups".into()],
-                response_cookies: vec![]
+                response_cookies: vec![],
+                upstream_cookie: None,
             },
             "{}",
             req.path
@@ -300,7 +301,7 @@ fn full_login_sets_a_session_that_forwards_the_id_token_and_claims() {
     assert!(cookies[0].starts_with("_tokengate="));
     let req =
         request("GET", "/app", &[("authorization", "Basic forged"), ("x-auth-email", "forged@evil")], &refs(&cookies));
-    let Decision::Forward { set_headers, remove_headers, response_cookies } = w.decide(&req) else { panic!() };
+    let Decision::Forward { set_headers, remove_headers, response_cookies, .. } = w.decide(&req) else { panic!() };
     assert_eq!(header(&set_headers, "x-auth-email"), Some("alice@example.com"));
     assert_eq!(header(&set_headers, "x-auth-groups"), Some("admins,dev"));
     assert!(header(&set_headers, "authorization").unwrap().starts_with("Bearer ey"));
@@ -686,4 +687,148 @@ fn claim_values_are_flattened_and_stripped_of_control_characters() {
 fn metric_names_are_stable() {
     assert_eq!(Event::LoginStarted.metric_name(), "tokengate.logins_started");
     assert_eq!(Event::VerificationFailed("expired").metric_name(), "tokengate.verification_failures.expired");
+}
+
+// === field reports (issue 13) and bytes outside UTF-8 (issue 15) ===
+
+fn request_bytes(method: &str, path: &[u8], headers: &[(&[u8], &[u8])]) -> RequestParts {
+    let mut h: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (b":method".to_vec(), method.as_bytes().to_vec()),
+        (b":scheme".to_vec(), b"https".to_vec()),
+        (b":authority".to_vec(), b"app.example.com".to_vec()),
+        (b":path".to_vec(), path.to_vec()),
+    ];
+    h.extend(headers.iter().map(|(k, v)| (k.to_vec(), v.to_vec())));
+    RequestParts::from_header_bytes(h)
+}
+
+#[test]
+fn underscore_variants_of_claim_headers_are_removed_on_every_path() {
+    let w = World::new();
+    let session = w.login();
+    let token = w.id_token(json!({}));
+    let bearer = format!("Bearer {token}");
+    let spoof: &[(&str, &str)] = &[("x_auth_email", "root@corp.example"), ("X_Auth_Groups", "admins")];
+    let with_session = request("GET", "/app", spoof, &refs(&session));
+    let with_bearer = request("GET", "/api", &[spoof, &[("authorization", bearer.as_str())]].concat(), &[]);
+    let skipped = request("GET", "/static/site.css", spoof, &[]);
+    let preflight = request(
+        "OPTIONS",
+        "/api",
+        &[spoof, &[("origin", "https://x"), ("access-control-request-method", "PUT")]].concat(),
+        &[],
+    );
+    for req in [with_session, with_bearer, skipped, preflight] {
+        let Decision::Forward { remove_headers, .. } = w.decide(&req) else { panic!("{} forwards", req.path) };
+        for name in ["x-auth-email", "x-auth-groups", "x_auth_email", "x_auth_groups"] {
+            assert!(remove_headers.iter().any(|h| h == name), "{name} removed on {}", req.path);
+        }
+    }
+}
+
+#[test]
+fn two_authorization_credentials_are_a_bad_request_however_they_arrive() {
+    let w = World::new();
+    let session = w.login();
+    let token = w.id_token(json!({}));
+    let bearer = format!("Bearer {token}");
+    let cases = [
+        request("GET", "/api", &[("authorization", bearer.as_str()), ("authorization", "Basic Zm9vOmJhcg==")], &[]),
+        // Envoy joins repeated inline headers (Authorization is one) with a comma.
+        request("GET", "/api", &[("authorization", &format!("{bearer},Basic Zm9vOmJhcg=="))], &[]),
+        request("GET", "/api", &[("authorization", &format!("Basic Zm9vOmJhcg==, {bearer}"))], &[]),
+        request("GET", "/app", &[("authorization", "Basic a"), ("authorization", "Basic b")], &refs(&session)),
+    ];
+    for req in cases {
+        let d = w.decide(&req);
+        assert!(matches!(d, Decision::Deny { status: 400, reason: "ambiguous_authorization", .. }), "{d:?}");
+    }
+    assert!(w.saw(Event::MalformedRequest));
+    // One credential with parameters (commas inside it) is not two.
+    let digest = request("GET", "/static/x.css", &[("authorization", "Digest realm=\"r\", nonce=\"n\"")], &[]);
+    assert!(matches!(w.decide(&digest), Decision::Forward { .. }));
+}
+
+#[test]
+fn upgrade_requests_without_a_session_get_401_not_a_redirect() {
+    let w = World::new();
+    let cases: &[&[(&str, &str)]] = &[
+        &[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("accept", HTML),
+        ],
+        &[("connection", "keep-alive, Upgrade"), ("upgrade", "h2c"), ("accept", HTML)],
+        &[("accept", HTML), ("sec-fetch-mode", "websocket")],
+        &[("accept", HTML), ("sec-fetch-mode", "no-cors")],
+    ];
+    for headers in cases {
+        let d = w.decide(&request("GET", "/ws", headers, &[]));
+        assert!(matches!(d, Decision::Deny { status: 401, .. }), "{headers:?}: {d:?}");
+    }
+}
+
+#[test]
+fn the_filters_own_cookies_do_not_reach_the_upstream_unless_asked() {
+    let w = World::new();
+    let session = w.login();
+    let mut cookies = refs(&session);
+    cookies.extend(["theme=dark", "_tokengate_csrf_0123abcd=flow", "_tokengate_other=kept", "lang=en"]);
+    let req = request("GET", "/app", &[], &cookies);
+    let Decision::Forward { upstream_cookie, .. } = w.decide(&req) else { panic!() };
+    assert_eq!(upstream_cookie.as_deref(), Some(&b"theme=dark; _tokengate_other=kept; lang=en"[..]));
+    let only_ours = request("GET", "/app", &[], &refs(&session));
+    let Decision::Forward { upstream_cookie, .. } = w.decide(&only_ours) else { panic!() };
+    assert_eq!(upstream_cookie, Some(Vec::new()), "nothing left: the header is removed");
+    let theirs = request("GET", "/static/x.css", &[], &["theme=dark"]);
+    let Decision::Forward { upstream_cookie, .. } = w.decide(&theirs) else { panic!() };
+    assert_eq!(upstream_cookie, None, "no cookie of ours: the header is untouched");
+
+    let mut w = World::new();
+    w.cfg.cookie.pass_to_upstream = true;
+    let session = w.login();
+    let Decision::Forward { upstream_cookie, .. } = w.decide(&request("GET", "/app", &[], &refs(&session))) else {
+        panic!()
+    };
+    assert_eq!(upstream_cookie, None);
+}
+
+#[test]
+fn header_bytes_outside_utf8_are_client_errors_where_the_filter_reads_them() {
+    let w = World::new();
+    let d = w.decide(&request_bytes("GET", b"/api", &[(b"authorization", b"Bearer caf\xe9.x.y")]));
+    let Decision::Deny { status: 401, headers, .. } = d else { panic!("{d:?}") };
+    assert!(header(&headers, "www-authenticate").unwrap().contains("invalid_token"));
+    for (name, value) in [
+        (&b"accept"[..], &b"text/html\xe9"[..]),
+        (b"sec-fetch-mode", b"navig\xe9te"),
+        (b":authority", b"caf\xe9.example"),
+        (b"x-forwarded-proto", b"\xff"),
+    ] {
+        let d = w.decide(&request_bytes("GET", b"/", &[(name, value)]));
+        assert!(matches!(d, Decision::Deny { status: 400, .. }), "{}: {d:?}", String::from_utf8_lossy(name));
+    }
+    let d = w.decide(&request_bytes("GET", b"/caf\xe9", &[]));
+    assert!(matches!(d, Decision::Deny { status: 400, .. }), "path: {d:?}");
+
+    // A cookie byte outside UTF-8 is "no such cookie"; other cookies still work.
+    let session = w.login();
+    let mut cookie = session.join("; ").into_bytes();
+    cookie.extend_from_slice(b"; junk=caf\xe9");
+    let ok = request_bytes("GET", b"/app", &[(b"cookie", &cookie), (b"accept", HTML.as_bytes())]);
+    let Decision::Forward { upstream_cookie, .. } = w.decide(&ok) else { panic!("the session still opens") };
+    assert_eq!(upstream_cookie.as_deref(), Some(&b"junk=caf\xe9"[..]), "their cookie passes byte for byte");
+    let broken = request_bytes("GET", b"/app", &[(b"cookie", b"_tokengate=caf\xe9"), (b"accept", HTML.as_bytes())]);
+    assert!(matches!(w.decide(&broken), Decision::Redirect { .. }), "no session: log in");
+
+    // A header the filter does not read is left alone.
+    let bearer = format!("Bearer {}", w.id_token(json!({})));
+    let other = request_bytes(
+        "GET",
+        b"/api",
+        &[(b"authorization", bearer.as_bytes()), (b"x-trace", b"caf\xe9"), (b"accept", b"application/json")],
+    );
+    assert!(matches!(w.decide(&other), Decision::Forward { .. }));
 }

@@ -29,7 +29,7 @@ impl Root {
             return;
         };
         let now = unix_now();
-        if self.fetching.is_some() || now < self.last_attempt + RETRY_AFTER_FAILURE.as_secs() {
+        if self.fetching.is_some() || now < self.last_attempt.saturating_add(RETRY_AFTER_FAILURE.as_secs()) {
             return;
         }
         let provider = shared.provider();
@@ -87,13 +87,15 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let raw = self.get_plugin_configuration().unwrap_or_default();
+        let raw = super::abi::buffer(proxy_wasm::types::BufferType::PluginConfiguration, usize::MAX);
         match FilterConfig::parse(&raw) {
             Ok(cfg) => {
                 log(LogLevel::Info, &format!("configured for issuer {} (client {})", cfg.issuer, cfg.client_id));
                 self.shared = Some(Rc::new(Shared::new(cfg)));
                 self.last_attempt = 0;
-                self.set_tick_period(TICK);
+                if let Err(status) = proxy_wasm::hostcalls::set_tick_period(TICK) {
+                    log(LogLevel::Error, &format!("cannot set the tick period ({status:?}): keys will not refresh"));
+                }
                 self.maybe_fetch();
                 true
             }

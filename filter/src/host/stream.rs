@@ -5,9 +5,9 @@ use std::cell::OnceCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, LogLevel};
+use proxy_wasm::types::{Action, LogLevel, MapType};
 
-use super::{dispatch, log, read_response, unix_now, Shared};
+use super::{abi, dispatch, log, now, read_response, unix_now, Shared};
 use crate::callout::CalloutResponse;
 use crate::discovery::{self, FetchOutcome, FetchStep, Provider};
 use crate::flow::{self, Ctx, Decision, Event, IssuerState, Pending};
@@ -58,7 +58,7 @@ impl Stream {
 
     /// Runs `f` with a [`Ctx`] built from the host's clock, shared data and metrics.
     fn with_ctx<T>(&self, shared: &Shared, f: impl FnOnce(&Ctx<'_>) -> T) -> T {
-        let now = self.get_current_time();
+        let now = now();
         let issuer = OnDemand { shared, provider: OnceCell::new(), down: OnceCell::new() };
         let events = |e: Event| shared.metrics.count(e);
         let ctx = Ctx {
@@ -76,12 +76,30 @@ impl Stream {
     /// Applies a decision. `Continue` means the request may go upstream now.
     fn apply(&mut self, shared: &Shared, decision: Decision) -> Action {
         match decision {
-            Decision::Forward { set_headers, remove_headers, response_cookies } => {
-                for name in &remove_headers {
-                    self.set_http_request_header(name, None);
-                }
-                for (name, value) in &set_headers {
-                    self.set_http_request_header(name, Some(value));
+            Decision::Forward { set_headers, remove_headers, response_cookies, upstream_cookie } => {
+                // A failed header edit must not let the request through half-rewritten.
+                let mut edits = remove_headers
+                    .iter()
+                    .map(|name| abi::set_header(MapType::HttpRequestHeaders, name, None))
+                    .chain(
+                        set_headers
+                            .iter()
+                            .map(|(n, v)| abi::set_header(MapType::HttpRequestHeaders, n, Some(v.as_bytes()))),
+                    )
+                    .chain(upstream_cookie.map(|c| {
+                        abi::set_header(
+                            MapType::HttpRequestHeaders,
+                            "cookie",
+                            Some(c.as_slice()).filter(|c| !c.is_empty()),
+                        )
+                    }));
+                if let Some(Err(status)) = edits.find(Result::is_err) {
+                    log(
+                        LogLevel::Error,
+                        &format!("cannot edit the request headers (status {status}); refusing the request"),
+                    );
+                    self.local_response(500, &[("cache-control", "no-store")], b"filter failed\n");
+                    return Action::Pause;
                 }
                 self.response_cookies = response_cookies;
                 Action::Continue
@@ -89,7 +107,7 @@ impl Stream {
             Decision::Redirect { location, set_cookies } => {
                 let mut headers = vec![("location", location.as_str()), ("cache-control", "no-store")];
                 headers.extend(set_cookies.iter().map(|c| ("set-cookie", c.as_str())));
-                self.send_http_response(302, headers, None);
+                self.local_response(302, &headers, b"");
                 Action::Pause
             }
             Decision::Deny { status, reason, headers, body } => {
@@ -97,8 +115,8 @@ impl Stream {
                     LogLevel::Debug,
                     &format!("{} {} denied: {status} {reason}", self.req.method, self.req.path_only()),
                 );
-                let headers = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                self.send_http_response(u32::from(status), headers, Some(body.as_bytes()));
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                self.local_response(u32::from(status), &headers, body.as_bytes());
                 Action::Pause
             }
             Decision::Call { callout, then } => match dispatch(&shared.cfg.cluster, &callout) {
@@ -129,6 +147,12 @@ impl Stream {
                 let start = discovery::start_fetch(&shared.cfg, metadata.as_ref().filter(|_| jwks_only));
                 self.fetch_step(shared, start, now)
             }
+        }
+    }
+
+    fn local_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        if let Err(code) = abi::send_local_response(status, headers, body) {
+            log(LogLevel::Warn, &format!("cannot send a local {status} response (status {code})"));
         }
     }
 
@@ -189,7 +213,9 @@ impl Context for Stream {
         };
         let resp = read_response(num_headers, body_size);
         if let Action::Continue = self.on_answer(&shared, waiting, resp) {
-            self.resume_http_request();
+            if let Err(status) = abi::resume_request() {
+                log(LogLevel::Warn, &format!("cannot resume the request (status {status})"));
+            }
         }
     }
 }
@@ -197,17 +223,19 @@ impl Context for Stream {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
-            self.send_http_response(503, vec![("cache-control", "no-store")], Some(b"filter not configured\n"));
+            self.local_response(503, &[("cache-control", "no-store")], b"filter not configured\n");
             return Action::Pause;
         };
-        self.req = RequestParts::from_headers(self.get_http_request_headers());
+        self.req = RequestParts::from_header_bytes(abi::header_map(MapType::HttpRequestHeaders));
         let decision = self.with_ctx(&shared, |ctx| flow::decide(&shared.cfg, ctx, &self.req));
         self.apply(&shared, decision)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         for cookie in std::mem::take(&mut self.response_cookies) {
-            self.add_http_response_header("set-cookie", &cookie);
+            if let Err(status) = abi::add_header(MapType::HttpResponseHeaders, "set-cookie", cookie.as_bytes()) {
+                log(LogLevel::Warn, &format!("cannot add Set-Cookie to the response (status {status})"));
+            }
         }
         Action::Continue
     }

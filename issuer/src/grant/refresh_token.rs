@@ -4,7 +4,8 @@
 //! produced (the "obsolete tokens" grace of the Deckhouse Dex fork), so gateway replicas refreshing one
 //! session at once all succeed. The successor is derived from the presented token with a server key (see
 //! `RefreshTokenString::successor`), so nothing plaintext is stored. Presented after the window, a rotated
-//! token means it leaked: the whole family is revoked (OAuth 2.0 Security BCP §4.14.2).
+//! token means it leaked: the whole family is revoked (OAuth 2.0 Security BCP §4.14.2). `reuseInterval: 0s`
+//! is strict single use. With Dex's `disableRotation` the presented token is kept and returned again.
 
 use subtle::ConstantTimeEq;
 
@@ -56,7 +57,11 @@ pub async fn refresh(state: &AppState, client: &Client, form: &Form) -> Result<T
                 revoke_family(state, &token.family_id, "expired").await?;
                 return Err(TokenError::InvalidGrant("refresh token has expired (unused for too long)"));
             }
-            rotate(state, &token, &presented, now).await?
+            if life.disable_rotation {
+                keep(state, &token, &presented, now).await?
+            } else {
+                rotate(state, &token, &presented, now).await?
+            }
         }
         Some(_) => reuse(state, token, &presented, now).await?,
     };
@@ -95,25 +100,35 @@ async fn load(state: &AppState, presented: &RefreshTokenString) -> Result<Refres
     Ok(token)
 }
 
+/// Groups and the user's existence, re-read at every refresh; a user who is gone ends the family.
+async fn reread_identity(state: &AppState, token: &RefreshToken) -> Result<crate::storage::Identity, TokenError> {
+    match state.passwords.refresh(&token.identity).await {
+        Ok(Some(i)) => Ok(i),
+        Ok(None) => {
+            revoke_family(state, &token.family_id, "user_removed").await?;
+            Err(TokenError::InvalidGrant("the user no longer exists"))
+        }
+        Err(e) => Err(TokenError::Internal(e.to_string())),
+    }
+}
+
+/// When a token used at `now` dies: `validIfNotUsedFor` from now, never past the family's
+/// `absoluteLifetime`.
+fn next_expiry(state: &AppState, token: &RefreshToken, now: i64) -> i64 {
+    let life = &state.config.expiry.refresh_tokens;
+    (now + life.valid_if_not_used_for.as_secs() as i64)
+        .min(token.family_created_at + life.absolute_lifetime.as_secs() as i64)
+}
+
 async fn rotate(
     state: &AppState,
     token: &RefreshToken,
     presented: &RefreshTokenString,
     now: i64,
 ) -> Result<Successor, TokenError> {
-    // Groups and the user's existence are re-read at every refresh.
-    let identity = match state.passwords.refresh(&token.identity).await {
-        Ok(Some(i)) => i,
-        Ok(None) => {
-            revoke_family(state, &token.family_id, "user_removed").await?;
-            return Err(TokenError::InvalidGrant("the user no longer exists"));
-        }
-        Err(e) => return Err(TokenError::Internal(e.to_string())),
-    };
+    let identity = reread_identity(state, token).await?;
     let next = presented.successor(&state.server_key);
-    let life = &state.config.expiry.refresh_tokens;
-    let expiry = (now + life.valid_if_not_used_for.as_secs() as i64)
-        .min(token.family_created_at + life.absolute_lifetime.as_secs() as i64);
+    let expiry = next_expiry(state, token, now);
     let record = RefreshToken {
         id: next.id.clone(),
         secret_hash: next.secret_hash(),
@@ -140,6 +155,37 @@ async fn rotate(
     }
 }
 
+/// `disableRotation`: the same token again, with the identity re-read and its idle clock restarted
+/// (`created_at` is when the token was last used, which is what `validIfNotUsedFor` measures).
+async fn keep(
+    state: &AppState,
+    token: &RefreshToken,
+    presented: &RefreshTokenString,
+    now: i64,
+) -> Result<Successor, TokenError> {
+    let identity = reread_identity(state, token).await?;
+    let expiry = next_expiry(state, token, now);
+    let record = match state
+        .storage
+        .update_refresh_token(
+            &token.id,
+            Box::new(move |old| match old.rotated_at {
+                None => Ok(RefreshToken { identity, created_at: now, expiry, ..old }),
+                Some(_) => Err(StorageError::Conflict),
+            }),
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(StorageError::NotFound | StorageError::Conflict) => return Err(INVALID),
+        Err(e) => return Err(e.into()),
+    };
+    Metrics::count(&state.metrics.refreshes, "kept");
+    tracing::info!(target: "audit", event = "refresh", result = "kept", sub = %record.identity.user_id, client = %record.client_id, family = %record.family_id);
+    let string = RefreshTokenString { id: presented.id.clone(), secret: presented.secret.clone() };
+    Ok(Successor { string, record })
+}
+
 /// A rotated token was presented again: within the window, follow the chain to the live successor;
 /// otherwise revoke the family.
 async fn reuse(
@@ -156,7 +202,8 @@ async fn reuse(
             tracing::info!(target: "audit", event = "refresh", result = "reused_within_window", sub = %token.identity.user_id, client = %token.client_id, family = %token.family_id);
             return Ok(Successor { string, record: token });
         };
-        if now - rotated_at > window {
+        // A zero window is strict single use: even a duplicate in the same second revokes.
+        if window == 0 || now - rotated_at > window {
             break;
         }
         string = string.successor(&state.server_key);

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
 
 use super::{client_ip, error_page, page, Form, Peer};
-use crate::oauth::{internal, redirect_with, AuthorizeErrorCode as Code};
+use crate::oauth::{internal, redirect_with, AuthorizeErrorCode as Code, OOB_REDIRECT_URI};
 use crate::ratelimit::{self, Limit, LimitError};
 use crate::state::AppState;
 use crate::storage::{AuthCode, AuthRequest, StorageError};
@@ -57,7 +57,7 @@ async fn start(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
     };
     let redirect_uri =
         match (form.get("redirect_uri"), client.redirect_uris.as_slice()) {
-            (Some(uri), registered) if registered.iter().any(|r| r == uri) => uri.to_owned(),
+            (Some(uri), _) if client.accepts_redirect_uri(uri) => uri.to_owned(),
             (None, [only]) => only.clone(),
             _ => return error_page(
                 StatusCode::BAD_REQUEST,
@@ -70,6 +70,9 @@ async fn start(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
         let mut params = vec![("error", code.as_str()), ("error_description", description)];
         if let Some(s) = client_state {
             params.push(("state", s));
+        }
+        if redirect_uri == OOB_REDIRECT_URI {
+            return error_page(StatusCode::BAD_REQUEST, "Sign-in failed", format!("{}: {description}", code.as_str()));
         }
         Redirect::to(&redirect_with(&redirect_uri, &params)).into_response()
     };
@@ -393,8 +396,20 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
     if let Some(s) = request.state.as_deref() {
         params.push(("state", s));
     }
+    if request.redirect_uri == OOB_REDIRECT_URI {
+        let client = state.config.client(&request.client_id).map_or(request.client_id.clone(), |c| c.name.clone());
+        return page(StatusCode::OK, &OobPage { client, code: code_id.clone() });
+    }
     // 303: the browser follows with a GET, never re-posting the password.
     (StatusCode::SEE_OTHER, [(header::LOCATION, redirect_with(&request.redirect_uri, &params))]).into_response()
+}
+
+/// The out-of-band "copy this code" page.
+#[derive(askama::Template)]
+#[template(path = "oob.html")]
+struct OobPage {
+    client: String,
+    code: String,
 }
 
 #[cfg(test)]

@@ -37,20 +37,24 @@ pub fn document(config: &Config) -> Vec<u8> {
     serde_json::to_vec_pretty(&doc).unwrap_or_default()
 }
 
-fn json_bytes(body: Vec<u8>, cache: String) -> Response {
+/// A public JSON document. Without a `web.allowedOrigins` policy any page may read it (`*`: it holds no
+/// secret and is fetched without credentials); with one, the CORS layer alone decides who may.
+fn json_bytes(state: &AppState, body: Vec<u8>, cache: String) -> Response {
     let mut r = body.into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(v) = HeaderValue::from_str(&cache) {
         h.insert(header::CACHE_CONTROL, v);
     }
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    if state.config.web.allowed_origins.is_empty() {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    }
     r
 }
 
 /// `GET /.well-known/openid-configuration`.
 pub async fn openid_configuration(State(state): State<AppState>) -> Response {
-    json_bytes(state.discovery.clone(), "public, max-age=3600".to_owned())
+    json_bytes(&state, state.discovery.clone(), "public, max-age=3600".to_owned())
 }
 
 /// `GET /keys`: every key that verifies, cacheable until the next rotation (a key published now signs only
@@ -59,7 +63,7 @@ pub async fn keys(State(state): State<AppState>) -> Response {
     match state.keys().await {
         Ok(k) => {
             let age = (k.next_rotation - state.clock.now()).clamp(0, 86_400);
-            json_bytes(k.jwks.clone(), format!("public, max-age={age}, must-revalidate"))
+            json_bytes(&state, k.jwks.clone(), format!("public, max-age={age}, must-revalidate"))
         }
         Err(e) => internal(e),
     }

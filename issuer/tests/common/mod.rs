@@ -1,6 +1,8 @@
 //! A real issuer on an ephemeral loopback port, and a browser-like client that logs in through its form.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
 
+pub mod apiserver;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -100,6 +100,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             store: store.clone(),
             logs: logs.clone(),
             ca_certificates: ca_certificates.clone(),
+            responder: None,
         };
         workers.push(Worker::start(&config.plugin_configuration, options).await?);
     }
@@ -143,24 +144,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 const HOP_BY_HOP: &[&str] =
     &["connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection", "te", "trailer"];
 
+/// Whether the filter sees this request header. Like Envoy's HTTP connection manager, hop-by-hop headers
+/// are not passed on, except `upgrade` and `connection` on an upgrade request (a WebSocket handshake).
+fn reaches_filter(name: &str, upgrade: bool) -> bool {
+    name != "host" && (!HOP_BY_HOP.contains(&name) || (upgrade && (name == "upgrade" || name == "connection")))
+}
+
 async fn handle(State(g): State<Arc<Gateway>>, req: AxumRequest) -> AxumResponse {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let method = parts.method.to_string();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let authority = parts.headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let upgrade = parts.headers.contains_key("upgrade");
+    // Bytes end to end, as Envoy hands them to the module: no lossy conversion of values.
     let headers = parts
         .headers
         .iter()
-        .filter(|(k, _)| *k != "host" && !HOP_BY_HOP.contains(&k.as_str()))
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .filter(|(k, _)| reaches_filter(k.as_str(), upgrade))
+        .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
     let Ok(body) = to_bytes(body, 16 * 1024 * 1024).await else {
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     };
     let request = Request {
         method: method.clone(),
-        path: path.clone(),
+        path: path.clone().into_bytes(),
         authority,
         scheme: "http".into(),
         headers,
@@ -176,7 +185,7 @@ async fn handle(State(g): State<Arc<Gateway>>, req: AxumRequest) -> AxumResponse
                 eprintln!("gateway: upstream failed: {e}");
                 Response {
                     status: 503,
-                    headers: vec![("content-type".into(), "text/plain".into())],
+                    headers: vec![(b"content-type".to_vec(), b"text/plain".to_vec())],
                     body: b"upstream unavailable\n".to_vec(),
                 }
             }
@@ -196,19 +205,23 @@ fn filter_failed(e: &tests::HostError) -> Response {
     eprintln!("gateway: filter failed: {e}");
     Response {
         status: 500,
-        headers: vec![("content-type".into(), "text/plain".into())],
+        headers: vec![(b"content-type".to_vec(), b"text/plain".to_vec())],
         body: b"filter failed\n".to_vec(),
     }
 }
 
 async fn forward(g: &Gateway, f: &tests::Forwarded) -> Result<Response, reqwest::Error> {
     let headers = f.headers();
-    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let get = |name: &str| tests::header_value(&headers, name).map(str::to_owned);
     let method =
         reqwest::Method::from_bytes(get(":method").unwrap_or_default().as_bytes()).unwrap_or(reqwest::Method::GET);
     let mut req = g.http.request(method, format!("{}{}", g.upstream, get(":path").unwrap_or_else(|| "/".into())));
     for (k, v) in &headers {
-        if !k.starts_with(':') {
+        let hop = std::str::from_utf8(k).is_ok_and(|k| HOP_BY_HOP.contains(&k));
+        if k.starts_with(b":") || hop {
+            continue;
+        }
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k), HeaderValue::from_bytes(v)) {
             req = req.header(k, v);
         }
     }
@@ -221,7 +234,7 @@ async fn forward(g: &Gateway, f: &tests::Forwarded) -> Result<Response, reqwest:
         .headers()
         .iter()
         .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()) && k.as_str() != "content-length")
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
     let body = resp.bytes().await?.to_vec();
     Ok(Response { status, headers, body })
@@ -237,7 +250,7 @@ fn to_axum(r: Response) -> AxumResponse {
     let mut out = AxumResponse::new(Body::from(r.body));
     *out.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
     for (k, v) in r.headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(&k), HeaderValue::from_bytes(&v)) {
             out.headers_mut().append(k, v);
         }
     }

@@ -14,7 +14,7 @@ use issuer::config::Config;
 use issuer::state::{open_storage, AppState};
 use proxy_wasm_host::abi::v0_2_1::InMemoryStore;
 use serde_json::{json, Value};
-use tests::{Decision, FilterClock, Logs, Request, Response, Worker, WorkerOptions};
+use tests::{Decision, FilterClock, HeaderPair, Logs, Request, Response, Worker, WorkerOptions};
 
 /// The gateway's host, as registered for the `gateway` client in `issuer/examples/dev.yaml`.
 pub const HOST: &str = "127.0.0.1:8080";
@@ -64,6 +64,16 @@ impl Issuer {
         Issuer { url, state, clock, server, dir }
     }
 
+    /// A live issuer that also accepts the callback of a gateway on `port`; `tune` adjusts the rest.
+    pub async fn start_for_gateway(port: u16, tune: impl FnOnce(&mut Config)) -> Self {
+        Self::start_live(move |c| {
+            let client = c.static_clients.iter_mut().find(|c| c.id == "gateway").unwrap();
+            client.redirect_uris.push(format!("http://127.0.0.1:{port}/oauth2/callback"));
+            tune(c);
+        })
+        .await
+    }
+
     /// Stops answering (connections are refused).
     pub async fn stop(&self) {
         self.server.abort();
@@ -79,24 +89,30 @@ impl Issuer {
         Self::start_at(Arc::new(tempfile::tempdir().unwrap()), Some(addr), self.clock.clone(), |_| {}).await
     }
 
-    /// A token response for `login` straight from the issuer (for bearer tests), as client `client`.
+    /// A token response for `login` straight from the issuer (for bearer tests), as the `gateway` client.
     pub async fn tokens_for(&self, login: &str, scope: &str) -> Value {
+        let redirect = format!("http://{HOST}/oauth2/callback");
+        self.tokens_as(("gateway", "gateway-secret", &redirect), login, scope).await
+    }
+
+    /// A token response for `login` as another client: `(client_id, secret, registered redirect URI)`.
+    pub async fn tokens_as(&self, (client, secret, redirect): (&str, &str, &str), login: &str, scope: &str) -> Value {
         let browser = Browser::new();
         let auth = format!(
-            "{}/auth?client_id=gateway&redirect_uri={}&response_type=code&scope={}&state=s&code_challenge={CHALLENGE}&code_challenge_method=S256",
+            "{}/auth?client_id={client}&redirect_uri={}&response_type=code&scope={}&state=s&code_challenge={CHALLENGE}&code_challenge_method=S256",
             self.url,
-            enc(&format!("http://{HOST}/oauth2/callback")),
+            enc(redirect),
             enc(scope)
         );
         let location = browser.login(&auth, login, "password").await;
         let code = query_param(&location, "code").unwrap();
         http()
             .post(format!("{}/token", self.url))
-            .basic_auth("gateway", Some("gateway-secret"))
+            .basic_auth(client, Some(secret))
             .form(&[
                 ("grant_type", "authorization_code"),
                 ("code", code.as_str()),
-                ("redirect_uri", &format!("http://{HOST}/oauth2/callback")),
+                ("redirect_uri", redirect),
                 ("code_verifier", VERIFIER),
             ])
             .send()
@@ -160,6 +176,7 @@ pub async fn worker_with_store(issuer: &Issuer, extra: Value, store: Arc<InMemor
         store,
         logs: Arc::new(Logs::default()),
         ca_certificates: vec![],
+        responder: None,
     };
     Worker::start(&filter_config(issuer, extra), options).await.unwrap()
 }
@@ -251,7 +268,7 @@ impl Browser {
 
 /// Runs a request; a forwarded one is answered 200 by the upstream, and the request headers the upstream
 /// got are returned alongside.
-pub async fn send(worker: &Worker, request: Request) -> (Response, Option<Vec<(String, String)>>) {
+pub async fn send(worker: &Worker, request: Request) -> (Response, Option<Vec<HeaderPair>>) {
     match worker.request(request).await.unwrap() {
         Decision::Respond(r) => (r, None),
         Decision::Forward(f) => {
@@ -266,8 +283,8 @@ fn upstream_ok_response() -> Response {
     Response { status: 200, headers: vec![("content-type".into(), "text/plain".into())], body: b"hello".to_vec() }
 }
 
-pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+pub fn header<'a>(headers: &'a [HeaderPair], name: &str) -> Option<&'a str> {
+    tests::header_value(headers, name)
 }
 
 /// A whole browser login through the filter: returns the jar with the session cookie.
@@ -333,6 +350,11 @@ pub async fn start_whoami() -> (Process, u16) {
 /// The `gateway` binary serving `envoy/envoy.yaml` with the compiled filter on `port`, its clusters pointed
 /// at `issuer` and whoami; `extra` are more `--set key=json` overrides of the plugin configuration.
 pub async fn start_gateway(port: u16, issuer: &Issuer, whoami_port: u16, extra: &[String]) -> Process {
+    spawn_gateway(gateway_command(port, issuer, whoami_port, extra), port).await
+}
+
+/// The command [`start_gateway`] runs, for a test to add to (a later `--cluster` wins, `--workers N`).
+pub fn gateway_command(port: u16, issuer: &Issuer, whoami_port: u16, extra: &[String]) -> std::process::Command {
     let envoy = concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/envoy.yaml");
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
     cmd.args(["--envoy", envoy, "--listen", &format!("127.0.0.1:{port}")])
@@ -345,6 +367,11 @@ pub async fn start_gateway(port: u16, issuer: &Issuer, whoami_port: u16, extra: 
     for e in extra {
         cmd.args(["--set", e]);
     }
+    cmd
+}
+
+/// Starts a gateway command and waits until it answers on `port`.
+pub async fn spawn_gateway(mut cmd: std::process::Command, port: u16) -> Process {
     let p = Process(cmd.spawn().unwrap());
     wait_until_up(&format!("http://127.0.0.1:{port}/healthz")).await;
     p
