@@ -21,6 +21,9 @@ pub trait Store {
     fn get(&self, key: &str) -> Option<Vec<u8>>;
     /// Stores `value` under `key` (last writer wins; an empty value means deleted).
     fn set(&self, key: &str, value: &[u8]);
+    /// Stores `value` under `key` only if `replaceable` accepts the current value (`None` when absent or
+    /// deleted), atomically across workers (shared data's compare-and-swap). Returns whether it stored.
+    fn set_if(&self, key: &str, replaceable: &dyn Fn(Option<&[u8]>) -> bool, value: &[u8]) -> bool;
 }
 
 /// A session's current ID token.
@@ -32,6 +35,14 @@ pub struct CachedIdToken {
     pub id_token: String,
     /// Its `exp`.
     pub expires_at: u64,
+    /// The newest refresh token the gateway holds for the session. The browser's cookie may lag behind
+    /// it (a response lost, or served by another worker while a refresh ran); with strict rotation only
+    /// this one still works, so refreshes use it and responses bring the cookie up to date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// The rotation generation of `refresh_token` (see [`crate::session::Session::generation`]).
+    #[serde(default)]
+    pub generation: u32,
 }
 
 /// A verified bearer token.
@@ -112,6 +123,28 @@ impl<'a> Cache<'a> {
 
     fn session_key(&self, sid: &str) -> String {
         format!("tokengate:{}:s:{}", self.ns, slot(sid, SESSION_SLOTS))
+    }
+
+    fn refresh_lease_key(&self, sid: &str) -> String {
+        format!("tokengate:{}:r:{}", self.ns, slot(sid, SESSION_SLOTS))
+    }
+
+    /// Takes the right to refresh session `sid` until `until` (unix seconds), unless another request holds
+    /// it and it has not run out. One refresh per session at a time, across workers: with strict rotation a
+    /// second refresh with the same token would be taken for a replay and end the session. A slot shared
+    /// with another session is taken over (that costs at most a duplicate refresh, as before).
+    pub fn try_refresh_lease(&self, sid: &str, now: u64, until: u64) -> bool {
+        let free = |current: Option<&[u8]>| match current.map(parse_lease) {
+            None | Some(None) => true,
+            Some(Some((holder, held_until))) => holder != sid || held_until <= now,
+        };
+        self.store.set_if(&self.refresh_lease_key(sid), &free, format!("{sid} {until}").as_bytes())
+    }
+
+    /// Gives the refresh lease of `sid` back, if this session still holds it.
+    pub fn release_refresh_lease(&self, sid: &str) {
+        let mine = |current: Option<&[u8]>| current.and_then(parse_lease).is_some_and(|(holder, _)| holder == sid);
+        self.store.set_if(&self.refresh_lease_key(sid), &mine, b"");
     }
 
     fn bearer_key(&self, hash: &str) -> String {
@@ -201,6 +234,12 @@ impl ClaimsMemo {
     }
 }
 
+/// `"<sid> <until>"`.
+fn parse_lease(raw: &[u8]) -> Option<(&str, u64)> {
+    let (sid, until) = std::str::from_utf8(raw).ok()?.split_once(' ')?;
+    Some((sid, until.parse().ok()?))
+}
+
 /// An in-memory [`Store`] for tests and native tools.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -215,12 +254,26 @@ impl Store for MemoryStore {
     fn set(&self, key: &str, value: &[u8]) {
         self.map.borrow_mut().insert(key.to_owned(), value.to_vec());
     }
+
+    fn set_if(&self, key: &str, replaceable: &dyn Fn(Option<&[u8]>) -> bool, value: &[u8]) -> bool {
+        let current = self.get(key);
+        if !replaceable(current.as_deref()) {
+            return false;
+        }
+        self.set(key, value);
+        true
+    }
 }
 
 impl MemoryStore {
     /// How many non-deleted entries there are.
     pub fn len(&self) -> usize {
         self.map.borrow().values().filter(|v| !v.is_empty()).count()
+    }
+
+    /// Every key ever written (deleted ones included).
+    pub fn keys(&self) -> Vec<String> {
+        self.map.borrow().keys().cloned().collect()
     }
 
     /// Whether the store holds nothing.
@@ -237,12 +290,32 @@ mod tests {
     fn sessions_round_trip_and_delete() {
         let store = MemoryStore::default();
         let cache = Cache::new(&store, "ns");
-        let e = CachedIdToken { sid: "s1".into(), id_token: "t".into(), expires_at: 10 };
+        let e = CachedIdToken {
+            sid: "s1".into(),
+            id_token: "t".into(),
+            expires_at: 10,
+            refresh_token: None,
+            generation: 0,
+        };
         cache.put_session(&e);
         assert_eq!(cache.get_session("s1"), Some(e));
         assert_eq!(cache.get_session("s2"), None);
         cache.delete_session("s1");
         assert_eq!(cache.get_session("s1"), None);
+    }
+
+    #[test]
+    fn one_refresh_lease_per_session_until_it_is_released_or_runs_out() {
+        let store = MemoryStore::default();
+        let cache = Cache::new(&store, "ns");
+        assert!(cache.try_refresh_lease("s1", 100, 106));
+        assert!(!cache.try_refresh_lease("s1", 101, 107), "held");
+        assert!(cache.try_refresh_lease("s2", 101, 107), "another session is not held up");
+        cache.release_refresh_lease("s1");
+        assert!(cache.try_refresh_lease("s1", 102, 108), "released");
+        assert!(cache.try_refresh_lease("s1", 108, 114), "ran out: a refresh that never answered");
+        cache.release_refresh_lease("other");
+        assert!(!cache.try_refresh_lease("s1", 109, 115), "only the holder's session releases it");
     }
 
     #[test]

@@ -35,6 +35,19 @@ const TOP_KEYS: &[&str] = &[
     "clock_skew",
     "jwks_refresh_interval",
     "kubernetes_audience",
+    "auth_request_params",
+];
+
+/// Authorization-request parameters the filter sets itself; `auth_request_params` may not override them.
+const OWN_AUTH_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
 ];
 const COOKIE_KEYS: &[&str] = &["name", "domain", "path", "secure", "same_site", "lifetime", "pass_to_upstream"];
 const SKIP_KEYS: &[&str] = &["path_prefix", "path_regex", "methods"];
@@ -198,6 +211,9 @@ pub struct FilterConfig {
     pub redirect_path: String,
     /// Scopes requested at login.
     pub scopes: Vec<String>,
+    /// Extra authorization-request parameters (`prompt`, `access_type`, `acr_values`, `resource`, …), in
+    /// order.
+    pub auth_request_params: Vec<(String, String)>,
     /// Audiences accepted on bearer tokens besides `client_id`.
     pub audiences: Vec<String>,
     /// Session cookie attributes.
@@ -495,6 +511,7 @@ impl Reader {
                 }
             }
         }
+        let auth_request_params = self.auth_request_params(m.remove("auth_request_params"));
         let cookie = self.cookie(m.remove("cookie"));
         let keyring = self.keyring(&mut m);
         let pass_authorization_header = self.bool(&mut m, "", "pass_authorization_header", true);
@@ -533,6 +550,7 @@ impl Reader {
             authority,
             redirect_path,
             scopes,
+            auth_request_params,
             audiences,
             cookie: cookie?,
             keyring: keyring?,
@@ -655,6 +673,27 @@ impl Reader {
                 self.invalid(key, format!("header {header:?} is already used by another claim"));
             } else {
                 out.push((claim, lower));
+            }
+        }
+        out
+    }
+
+    fn auth_request_params(&mut self, value: Option<Value>) -> Vec<(String, String)> {
+        let Some(m) = value.and_then(|v| self.object(v, "auth_request_params")) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(m.len());
+        for (name, value) in m {
+            let key = format!("auth_request_params.{name}");
+            if OWN_AUTH_PARAMS.contains(&name.as_str()) {
+                self.invalid(key, "is set by the filter itself (PKCE, state, nonce, scopes: use `scopes`)");
+                continue;
+            }
+            match value {
+                Value::String(v) => out.push((name, v)),
+                other => {
+                    self.problems.push(ConfigProblem::WrongType { key, expected: "a string", found: json_type(&other) })
+                }
             }
         }
         out

@@ -91,6 +91,11 @@ pub enum Event {
     Forbidden,
     /// A user signed out.
     SignedOut,
+    /// A login got no refresh token although `offline_access` was asked for: the session ends with the ID
+    /// token (see [`Event::log_message`]).
+    NoRefreshToken,
+    /// A refresh answered without an ID token (OpenID Connect Core §12.2 allows it).
+    RefreshWithoutIdToken,
     /// A request failed because the issuer was unreachable.
     IssuerUnreachable,
     /// A request was refused before any check: a header the filter reads is not UTF-8, or
@@ -115,10 +120,29 @@ impl Event {
             Event::VerificationFailed(reason) => return format!("tokengate.verification_failures.{reason}"),
             Event::Forbidden => "forbidden",
             Event::SignedOut => "sign_outs",
+            Event::NoRefreshToken => "sessions_without_refresh_token",
+            Event::RefreshWithoutIdToken => "refreshes_without_id_token",
             Event::IssuerUnreachable => "issuer_unreachable",
             Event::MalformedRequest => "malformed_requests",
         };
         format!("tokengate.{name}")
+    }
+}
+
+impl Event {
+    /// A line worth logging when this happens (at warning level), with the remedy; most events are only
+    /// counted.
+    pub fn log_message(&self) -> Option<&'static str> {
+        match self {
+            Event::NoRefreshToken => Some(
+                "the issuer returned no refresh token although offline_access was requested, so sessions \
+                 end when the ID token expires. OpenID Connect Core §11 lets a provider require prompt=consent \
+                 for offline_access (panva oidc-provider, Google with access_type=offline): set \
+                 auth_request_params {\"prompt\": \"consent\"}, or allow offline access for this client at the \
+                 provider (Keycloak, Okta, Entra ID)",
+            ),
+            _ => None,
+        }
     }
 }
 
@@ -185,8 +209,19 @@ pub enum Pending {
     Refresh {
         /// The opened session cookie.
         session: Session,
-        /// The ID token cached for it, possibly still usable.
-        cached: Option<CachedIdToken>,
+        /// The ID token cached for it, possibly still usable (boxed: it is the largest part of a decision).
+        cached: Option<Box<CachedIdToken>>,
+        /// The refresh token presented.
+        refresh_token: String,
+        /// Its rotation generation.
+        generation: u32,
+    },
+    /// A pause while another request refreshes this session; then the session is looked at again.
+    AwaitRefresh {
+        /// The opened session cookie.
+        session: Session,
+        /// How many waits so far (at most [`MAX_REFRESH_WAITS`]).
+        waits: u8,
     },
     /// Revocation during sign-out; the answer does not change where the browser goes.
     SignOut {
@@ -232,7 +267,7 @@ pub fn decide(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision
     // A valid session wins over a client-sent Authorization header, which it replaces; without one, a
     // bearer token is checked on its own.
     if let Some(session) = open_session(cfg, ctx, req) {
-        return with_session(cfg, ctx, req, session);
+        return with_session(cfg, ctx, req, session, 0);
     }
     if let Some(token) = req.bearer_token() {
         return bearer(cfg, ctx, req, token);
@@ -250,7 +285,10 @@ pub fn resume(
 ) -> Decision {
     match pending {
         Pending::CodeExchange { flow, flow_cookie } => code_exchanged(cfg, ctx, req, flow, &flow_cookie, resp),
-        Pending::Refresh { session, cached } => refreshed(cfg, ctx, req, session, cached, resp),
+        Pending::Refresh { session, cached, refresh_token, generation } => {
+            refreshed(cfg, ctx, req, session, cached.map(|c| *c), (refresh_token, generation), resp)
+        }
+        Pending::AwaitRefresh { session, waits } => with_session(cfg, ctx, req, session, waits),
         Pending::SignOut { location, set_cookies } => Decision::Redirect { location, set_cookies },
     }
 }
@@ -327,20 +365,41 @@ fn open_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Option
     cfg.keyring.open::<Session>(&cfg.cookie.name, &raw, ctx.now_secs()).ok()
 }
 
-fn with_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: Session) -> Decision {
+fn with_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: Session, waits: u8) -> Decision {
     let now = ctx.now_secs();
     let cached = ctx.cache.get_session(&session.id);
     if let Some(c) = cached.as_ref().filter(|c| c.expires_at > now + REFRESH_MARGIN.as_secs()) {
         (ctx.events)(Event::SessionCacheHit);
-        return use_id_token(cfg, ctx, req, c, Vec::new());
+        let cookies = newest_refresh_token_cookies(cfg, ctx, req, &session, c);
+        return use_id_token(cfg, ctx, req, c, cookies);
     }
     (ctx.events)(Event::SessionCacheMiss);
     let still_valid = cached.as_ref().filter(|c| c.expires_at > now);
-    match (&session.refresh_token, ctx.provider()) {
-        (Some(rt), Some(p)) => match oauth::refresh_request(cfg, &p.metadata, rt) {
-            Ok(callout) => Decision::Call { callout, then: Pending::Refresh { session, cached } },
-            Err(_) => issuer_unreachable(ctx, req),
-        },
+    // The newer of the cookie's and the cache's refresh tokens: another worker may have rotated it after this
+    // browser's cookie was written, or another gateway since this one cached it.
+    let (refresh_token, generation) = newest_refresh_token(&session, cached.as_ref());
+    match (refresh_token, ctx.provider()) {
+        (Some(rt), Some(p)) => {
+            let until = now.saturating_add(crate::callout::TIMEOUT_MS / 1000 + 1);
+            if !ctx.cache.try_refresh_lease(&session.id, now, until) {
+                // Another request is refreshing this session right now.
+                if let Some(c) = still_valid {
+                    let cookies = newest_refresh_token_cookies(cfg, ctx, req, &session, c);
+                    return use_id_token(cfg, ctx, req, c, cookies);
+                }
+                return wait_for_refresh(cfg, ctx, req, session, waits);
+            }
+            match oauth::refresh_request(cfg, &p.metadata, &rt) {
+                Ok(callout) => Decision::Call {
+                    callout,
+                    then: Pending::Refresh { session, cached: cached.map(Box::new), refresh_token: rt, generation },
+                },
+                Err(_) => {
+                    ctx.cache.release_refresh_lease(&session.id);
+                    issuer_unreachable(ctx, req)
+                }
+            }
+        }
         (Some(_), None) => match still_valid {
             Some(c) => use_id_token(cfg, ctx, req, c, Vec::new()),
             None => Decision::FetchKeys { jwks_only: false },
@@ -349,6 +408,55 @@ fn with_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: 
             Some(c) => use_id_token(cfg, ctx, req, c, Vec::new()),
             None => start_login(cfg, ctx, req, clear_session_cookies(cfg, req)),
         },
+    }
+}
+
+/// How many times a request waits for another request's refresh of the same session before giving up.
+pub const MAX_REFRESH_WAITS: u8 = 20;
+
+/// Waits for the refresh another request is making: proxy-wasm gives a stream no timer, so the wait is one
+/// round trip to the issuer's discovery document (cheap, cacheable), after which the session is looked at
+/// again. Refreshing in parallel instead would present the same refresh token twice, which a provider
+/// with strict rotation takes for a replay (panva's oidc-provider then revokes the whole grant).
+fn wait_for_refresh(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: Session, waits: u8) -> Decision {
+    if waits >= MAX_REFRESH_WAITS {
+        return issuer_unreachable(ctx, req);
+    }
+    match Callout::get(cfg, &cfg.discovery_url()) {
+        Ok(callout) => Decision::Call { callout, then: Pending::AwaitRefresh { session, waits: waits + 1 } },
+        Err(_) => issuer_unreachable(ctx, req),
+    }
+}
+
+/// The newer of the cookie's and the cache's refresh tokens, with its generation: the higher generation
+/// wins, and on a tie the cookie's (what the browser was handed last).
+fn newest_refresh_token(session: &Session, cached: Option<&CachedIdToken>) -> (Option<String>, u32) {
+    match cached {
+        Some(c)
+            if c.refresh_token.is_some() && (c.generation > session.generation || session.refresh_token.is_none()) =>
+        {
+            (c.refresh_token.clone(), c.generation)
+        }
+        _ => (session.refresh_token.clone(), session.generation),
+    }
+}
+
+/// A `Set-Cookie` for the session when the shared cache holds a newer refresh token than the browser sent
+/// (a response with it was lost, or went to a request another worker served), so the browser is never left
+/// with, or handed, an older one than the newest.
+fn newest_refresh_token_cookies(
+    cfg: &FilterConfig,
+    ctx: &Ctx<'_>,
+    req: &RequestParts,
+    session: &Session,
+    cached: &CachedIdToken,
+) -> Vec<String> {
+    match &cached.refresh_token {
+        Some(rt) if cached.generation > session.generation && Some(rt) != session.refresh_token.as_ref() => {
+            let newer = Session { refresh_token: Some(rt.clone()), generation: cached.generation, ..session.clone() };
+            session_cookies(cfg, ctx, req, &newer).unwrap_or_default()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -373,8 +481,10 @@ fn refreshed(
     req: &RequestParts,
     session: Session,
     cached: Option<CachedIdToken>,
+    (used, used_generation): (String, u32),
     resp: &CalloutResponse,
 ) -> Decision {
+    ctx.cache.release_refresh_lease(&session.id);
     let now = ctx.now_secs();
     let unavailable = |ctx: &Ctx<'_>| {
         (ctx.events)(Event::RefreshUnavailable);
@@ -383,17 +493,36 @@ fn refreshed(
             None => issuer_unreachable(ctx, req),
         }
     };
+    let end_session = |ctx: &Ctx<'_>| {
+        ctx.cache.delete_session(&session.id);
+        start_login(cfg, ctx, req, clear_session_cookies(cfg, req))
+    };
     let tokens = match oauth::parse_token_response(resp) {
         Ok(t) => t,
         Err(e) if e.ends_session() => {
             (ctx.events)(Event::RefreshRejected);
-            ctx.cache.delete_session(&session.id);
-            return start_login(cfg, ctx, req, clear_session_cookies(cfg, req));
+            return end_session(ctx);
         }
         Err(_) => return unavailable(ctx),
     };
+    // A provider that does not rotate sends no new refresh token: the one used stays valid.
+    let (newest, generation) = match tokens.refresh_token.clone() {
+        Some(rt) if rt != used => (rt, used_generation.saturating_add(1)),
+        _ => (used, used_generation),
+    };
     let Some(id_token) = tokens.id_token else {
-        return unavailable(ctx);
+        // OpenID Connect Core §12.2 lets a refresh answer without an ID token: the cached one serves while it
+        // is valid (with the rotated refresh token kept), and then the session is over.
+        (ctx.events)(Event::RefreshWithoutIdToken);
+        return match cached.filter(|c| c.expires_at > now) {
+            Some(c) => {
+                let entry = CachedIdToken { refresh_token: Some(newest), generation, ..c };
+                ctx.cache.put_session(&entry);
+                let cookies = newest_refresh_token_cookies(cfg, ctx, req, &session, &entry);
+                use_id_token(cfg, ctx, req, &entry, cookies)
+            }
+            None => end_session(ctx),
+        };
     };
     let Some(provider) = ctx.provider() else {
         return unavailable(ctx);
@@ -413,26 +542,33 @@ fn refreshed(
             return unavailable(ctx);
         }
     };
-    // OpenID Connect Core §12.2: a refreshed ID token must be about the same user.
-    let old_sub =
-        cached.as_ref().and_then(|c| token::claims_of_trusted(&c.id_token)).and_then(|c| c.get("sub").cloned());
-    if old_sub.is_some_and(|s| Some(&s) != verified.claims.get("sub")) {
-        (ctx.events)(Event::VerificationFailed("sub_changed"));
-        ctx.cache.delete_session(&session.id);
-        return start_login(cfg, ctx, req, clear_session_cookies(cfg, req));
+    // OpenID Connect Core §12.2: the refreshed ID token keeps the login's `iss` (checked by `verify`),
+    // `sub`, `aud` and `azp`; anything else is not this session's user any more.
+    let expected = session.identity.clone().or_else(|| {
+        cached.as_ref().and_then(|c| token::claims_of_trusted(&c.id_token)).map(|c| token::identity_fingerprint(&c))
+    });
+    let fingerprint = token::identity_fingerprint(&verified.claims);
+    if expected.is_some_and(|e| e != fingerprint) {
+        (ctx.events)(Event::VerificationFailed("identity_changed"));
+        return end_session(ctx);
     }
-    let entry = CachedIdToken { sid: session.id.clone(), id_token, expires_at: verified.expires_at };
+    let entry = CachedIdToken {
+        sid: session.id.clone(),
+        id_token,
+        expires_at: verified.expires_at,
+        refresh_token: Some(newest.clone()),
+        generation,
+    };
     ctx.cache.put_session(&entry);
     (ctx.events)(Event::RefreshSucceeded);
-    let cookies = match tokens.refresh_token {
-        Some(rt) if Some(&rt) != session.refresh_token.as_ref() => {
-            let rotated = Session { refresh_token: Some(rt), ..session };
-            match session_cookies(cfg, ctx, req, &rotated) {
-                Some(c) => c,
-                None => return internal_error(req),
-            }
+    let cookies = if Some(&newest) != session.refresh_token.as_ref() || session.identity.is_none() {
+        let rotated = Session { refresh_token: Some(newest), identity: Some(fingerprint), generation, ..session };
+        match session_cookies(cfg, ctx, req, &rotated) {
+            Some(c) => c,
+            None => return internal_error(req),
         }
-        _ => Vec::new(),
+    } else {
+        Vec::new()
     };
     use_id_token(cfg, ctx, req, &entry, cookies)
 }
@@ -652,9 +788,23 @@ fn code_exchanged(
     let Ok(sid) = random::hex_token(ctx.rng, 16) else {
         return internal_error(req);
     };
-    ctx.cache.put_session(&CachedIdToken { sid: sid.clone(), id_token, expires_at: verified.expires_at });
-    let session =
-        Session { id: sid, refresh_token: tokens.refresh_token, expires_at: now + cfg.cookie.lifetime.as_secs() };
+    if tokens.refresh_token.is_none() && cfg.scopes.iter().any(|s| s == "offline_access") {
+        (ctx.events)(Event::NoRefreshToken);
+    }
+    ctx.cache.put_session(&CachedIdToken {
+        sid: sid.clone(),
+        id_token,
+        expires_at: verified.expires_at,
+        refresh_token: tokens.refresh_token.clone(),
+        generation: 0,
+    });
+    let session = Session {
+        id: sid,
+        refresh_token: tokens.refresh_token,
+        expires_at: now + cfg.cookie.lifetime.as_secs(),
+        identity: Some(token::identity_fingerprint(&verified.claims)),
+        generation: 0,
+    };
     let Some(cookies) = session_cookies(cfg, ctx, req, &session) else {
         return internal_error(req);
     };
@@ -669,7 +819,9 @@ fn code_exchanged(
 fn sign_out(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
     let set_cookies = clear_session_cookies(cfg, req);
     let session = open_session(cfg, ctx, req);
-    let id_token_hint = session.as_ref().and_then(|s| ctx.cache.get_session(&s.id)).map(|c| c.id_token);
+    let cached = session.as_ref().and_then(|s| ctx.cache.get_session(&s.id));
+    let newest_refresh_token = cached.as_ref().and_then(|c| c.refresh_token.clone());
+    let id_token_hint = cached.map(|c| c.id_token);
     if let Some(s) = &session {
         ctx.cache.delete_session(&s.id);
     }
@@ -699,8 +851,8 @@ fn sign_out(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
         None => after.unwrap_or_else(|| "/".into()),
     };
     (ctx.events)(Event::SignedOut);
-    let revoke = session
-        .and_then(|s| s.refresh_token)
+    let revoke = newest_refresh_token
+        .or_else(|| session.and_then(|s| s.refresh_token))
         .zip(ctx.provider().and_then(|p| p.metadata.revocation_endpoint.as_deref()))
         .and_then(|(rt, endpoint)| oauth::revocation_request(cfg, endpoint, &rt).ok());
     match revoke {

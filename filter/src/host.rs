@@ -51,6 +51,18 @@ impl Store for SharedData {
         // Caches are last-writer-wins; a lost write costs a refresh or a re-verification.
         let _ = hostcalls::set_shared_data(key, Some(value), None);
     }
+
+    fn set_if(&self, key: &str, replaceable: &dyn Fn(Option<&[u8]>) -> bool, value: &[u8]) -> bool {
+        let Ok((current, cas)) = hostcalls::get_shared_data(key) else {
+            return false;
+        };
+        if !replaceable(current.as_deref().filter(|v| !v.is_empty())) {
+            return false;
+        }
+        // With no CAS (the key never existed) Envoy stores unconditionally; two first writers may both win,
+        // which costs one duplicate refresh at most.
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+    }
 }
 
 /// Counters, defined on first use.
@@ -61,6 +73,9 @@ struct Metrics {
 
 impl Metrics {
     fn count(&self, event: Event) {
+        if let Some(message) = event.log_message() {
+            log(LogLevel::Warn, message);
+        }
         let name = event.metric_name();
         let known = self.ids.borrow().get(&name).copied();
         let id = known.or_else(|| {

@@ -114,16 +114,18 @@ pub fn authorization_url(
 ) -> Result<String, UrlError> {
     let challenge = pkce_challenge(verifier);
     let scope = cfg.scope_param();
-    Ok(HttpUrl::parse(&meta.authorization_endpoint)?.with_query(&[
+    let mut params = vec![
         ("response_type", "code"),
-        ("client_id", &cfg.client_id),
+        ("client_id", cfg.client_id.as_str()),
         ("redirect_uri", redirect_uri),
-        ("scope", &scope),
+        ("scope", scope.as_str()),
         ("state", state),
         ("nonce", nonce),
-        ("code_challenge", &challenge),
+        ("code_challenge", challenge.as_str()),
         ("code_challenge_method", "S256"),
-    ]))
+    ];
+    params.extend(cfg.auth_request_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    Ok(HttpUrl::parse(&meta.authorization_endpoint)?.with_query(&params))
 }
 
 /// RFC 7636 §4.2: `BASE64URL(SHA256(verifier))`.

@@ -62,6 +62,20 @@ pub struct Session {
     /// Unix seconds after which the session is over, whatever the tokens say.
     #[serde(rename = "e")]
     pub expires_at: u64,
+    /// Fingerprint of the login's ID-token identity (`sub`, `aud`, `azp`; see
+    /// [`crate::token::identity_fingerprint`]): a refreshed ID token must match it (OpenID Connect Core
+    /// §12.2). Absent in cookies from before it existed, which then compare with the cached token.
+    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// How many rotations the refresh token has been through: of a cookie's and the shared cache's refresh
+    /// tokens, the higher generation is the newer (another gateway with its own shared data may have
+    /// rotated it since this worker did).
+    #[serde(rename = "g", default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What a login-flow cookie carries between the redirect to the issuer and the callback.
@@ -256,7 +270,13 @@ mod tests {
     use crate::random::SystemRandom;
 
     fn session(rt_len: usize) -> Session {
-        Session { id: "0123456789abcdef".into(), refresh_token: Some("r".repeat(rt_len)), expires_at: 2_000 }
+        Session {
+            id: "0123456789abcdef".into(),
+            refresh_token: Some("r".repeat(rt_len)),
+            expires_at: 2_000,
+            identity: None,
+            generation: 0,
+        }
     }
 
     #[test]

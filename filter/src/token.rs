@@ -233,6 +233,30 @@ pub fn claims_of_trusted(token: &str) -> Option<Map<String, Value>> {
     }
 }
 
+/// What OpenID Connect Core §12.2 says a refreshed ID token must keep from the login's: `sub`, `aud`
+/// (as a set) and `azp`, hashed into 32 hex characters so the session cookie stays small. `iss` is not
+/// part of it: every verified token's `iss` is the configured issuer.
+pub fn identity_fingerprint(claims: &Map<String, Value>) -> String {
+    use sha2::Digest as _;
+    let text = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let mut aud: Vec<String> = match claims.get("aud") {
+        Some(Value::Array(a)) => a.iter().map(|v| text(Some(v))).collect(),
+        other => vec![text(other)],
+    };
+    aud.sort();
+    aud.dedup();
+    let mut h = sha2::Sha256::new();
+    for part in [text(claims.get("sub")), aud.join("\u{0}"), text(claims.get("azp"))] {
+        h.update(part.as_bytes());
+        h.update([0xff]);
+    }
+    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
 fn decode(part: &str) -> Result<Vec<u8>, TokenError> {
     URL_SAFE_NO_PAD.decode(part).map_err(|_| TokenError::Malformed("not base64url"))
 }

@@ -2,12 +2,10 @@
 //! `HashMap`: what the request costs without wasm and without the host's ABI calls, for the ratio and
 //! to tell the guest's logic from the host's overhead.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use filter::cache::{Cache, ClaimsMemo, Store};
+use filter::cache::{Cache, ClaimsMemo, MemoryStore};
 use filter::callout::CalloutResponse;
 use filter::config::FilterConfig;
 use filter::discovery::Provider;
@@ -18,24 +16,12 @@ use filter::request::RequestParts;
 use crate::issuer::{self, GATEWAY_HOST};
 use crate::stats::Summary;
 
-#[derive(Default)]
-struct MapStore(RefCell<HashMap<String, Vec<u8>>>);
-
-impl Store for MapStore {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.0.borrow().get(key).filter(|v| !v.is_empty()).cloned()
-    }
-    fn set(&self, key: &str, value: &[u8]) {
-        self.0.borrow_mut().insert(key.to_owned(), value.to_vec());
-    }
-}
-
 /// One filter configuration, its provider and its shared data, natively.
 pub(crate) struct NativeFilter {
     cfg: FilterConfig,
     ns: String,
     provider: Provider,
-    store: MapStore,
+    store: MemoryStore,
     memo: ClaimsMemo,
     rng: SystemRandom,
     issuer_url: String,
@@ -80,7 +66,7 @@ impl NativeFilter {
             ns: filter::cache::namespace(&cfg.issuer, &cfg.client_id),
             cfg,
             provider,
-            store: MapStore::default(),
+            store: MemoryStore::default(),
             memo: ClaimsMemo::default(),
             rng: SystemRandom::new(),
             issuer_url: issuer_url.to_owned(),

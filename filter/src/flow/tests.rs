@@ -133,6 +133,13 @@ impl World {
         self.signer.sign("RS256", Some("rsa"), &claims)
     }
 
+    /// Drops every cached entry, as if the shared cache had lost the session's ID token.
+    fn evict_shared_cache(&self) {
+        for k in self.store.keys() {
+            crate::cache::Store::set(&self.store, &k, b"");
+        }
+    }
+
     fn saw(&self, e: Event) -> bool {
         self.events.borrow().contains(&e)
     }
@@ -831,4 +838,148 @@ fn header_bytes_outside_utf8_are_client_errors_where_the_filter_reads_them() {
         &[(b"authorization", bearer.as_bytes()), (b"x-trace", b"caf\xe9"), (b"accept", b"application/json")],
     );
     assert!(matches!(w.decide(&other), Decision::Forward { .. }));
+}
+
+// === any OpenID Provider (issue 16) ===
+
+fn session_of(w: &World, set_cookie: &str) -> Session {
+    let sealed = &cookie_pair(set_cookie)["_tokengate=".len()..];
+    w.cfg.keyring.open("_tokengate", sealed, w.now.get()).unwrap()
+}
+
+#[test]
+fn auth_request_params_are_sent_and_cannot_override_the_filters_own() {
+    let w = World::with_config(config(json!({"auth_request_params": {"prompt": "consent", "access_type": "offline"}})));
+    let Decision::Redirect { location, .. } = w.decide(&browser("/", &[])) else { panic!() };
+    assert_eq!(query_of(&location, "prompt"), "consent");
+    assert_eq!(query_of(&location, "access_type"), "offline");
+    assert_eq!(query_of(&location, "code_challenge_method"), "S256");
+    for (params, want) in [
+        (json!({"state": "x"}), "`auth_request_params.state`: is set by the filter itself"),
+        (json!({"prompt": 1}), "`auth_request_params.prompt`: expected a string, found a number"),
+    ] {
+        let mut v = json!({
+            "issuer": ISSUER, "client_id": "kube", "client_secret": "s", "cluster": "issuer",
+            "cookie_secrets": ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="],
+        });
+        v["auth_request_params"] = params;
+        let err = FilterConfig::parse(v.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+}
+
+#[test]
+fn a_login_without_a_refresh_token_is_counted_and_explained() {
+    let w = World::new();
+    let start = browser("/app", &[]);
+    let Decision::Redirect { location, set_cookies } = w.decide(&start) else { panic!() };
+    let state = query_of(&location, "state");
+    let cb = browser(&format!("/oauth2/callback?code=c0de&state={state}"), &[&cookie_pair(&set_cookies[0])]);
+    let Decision::Call { then, .. } = w.decide(&cb) else { panic!() };
+    let Pending::CodeExchange { flow, .. } = &then else { panic!() };
+    let body = json!({"id_token": w.id_token(json!({"nonce": flow.nonce}))}).to_string();
+    assert!(matches!(w.resume(&cb, then, 200, &body), Decision::Redirect { .. }), "the session starts anyway");
+    assert!(w.saw(Event::NoRefreshToken));
+    let message = Event::NoRefreshToken.log_message().unwrap();
+    assert!(message.contains("prompt") && message.contains("auth_request_params"), "{message}");
+    assert_eq!(Event::NoRefreshToken.metric_name(), "tokengate.sessions_without_refresh_token");
+}
+
+#[test]
+fn a_refresh_without_an_id_token_keeps_a_valid_session_and_ends_an_expired_one() {
+    let w = World::new();
+    let cookies = w.login();
+    let req = request("GET", "/app", &[("accept", HTML)], &refs(&cookies));
+    w.now.set(NOW + 3600 - 10);
+    let Decision::Call { then, .. } = w.decide(&req) else { panic!() };
+    let d = w.resume(&req, then, 200, r#"{"access_token":"a","token_type":"Bearer","refresh_token":"rt-2"}"#);
+    let Decision::Forward { response_cookies, .. } = d else { panic!("{d:?}") };
+    assert_eq!(session_of(&w, &response_cookies[0]).refresh_token.as_deref(), Some("rt-2"), "rotation kept");
+    assert!(w.saw(Event::RefreshWithoutIdToken));
+
+    w.now.set(NOW + 3600 + 5);
+    let Decision::Call { callout, then } = w.decide(&req) else { panic!() };
+    assert!(callout.body.unwrap().contains("refresh_token=rt-2"), "the newest refresh token, not the cookie's");
+    let d = w.resume(&req, then, 200, r#"{"access_token":"a","token_type":"Bearer"}"#);
+    let Decision::Redirect { set_cookies, .. } = d else { panic!("{d:?}") };
+    assert!(set_cookies.iter().any(|c| c.starts_with("_tokengate=;")), "the session ends cleanly");
+}
+
+#[test]
+fn a_refreshed_id_token_for_another_identity_ends_the_session() {
+    for (patch, what) in [
+        (json!({"sub": "user-2"}), "sub"),
+        (json!({"aud": ["kube", "other"]}), "aud"),
+        (json!({"azp": "kube", "aud": ["kube", "x"]}), "azp and aud"),
+    ] {
+        let w = World::new();
+        let cookies = w.login();
+        w.evict_shared_cache();
+        let req = request("GET", "/app", &[("accept", HTML)], &refs(&cookies));
+        w.now.set(NOW + 3600 - 10);
+        let Decision::Call { then, .. } = w.decide(&req) else { panic!() };
+        let body = json!({"id_token": w.id_token(patch), "refresh_token": "rt-2"}).to_string();
+        let d = w.resume(&req, then, 200, &body);
+        assert!(matches!(d, Decision::Redirect { .. }), "{what}: {d:?}");
+        assert!(w.saw(Event::VerificationFailed("identity_changed")), "{what}");
+    }
+}
+
+#[test]
+fn concurrent_requests_refresh_once_and_every_response_carries_the_newest_refresh_token() {
+    let w = World::new();
+    let cookies = w.login();
+    let req = request("GET", "/app", &[("accept", HTML)], &refs(&cookies));
+    w.now.set(NOW + 3600 + 5);
+    let Decision::Call { then: first, .. } = w.decide(&req) else { panic!("the first request refreshes") };
+    let Decision::Call { callout, then: second } = w.decide(&req) else { panic!("the second waits") };
+    assert_eq!(callout.method, "GET", "a wait, not a second refresh: {callout:?}");
+    assert!(matches!(second, Pending::AwaitRefresh { waits: 1, .. }));
+    // Still refreshing: the waiter waits again.
+    let Decision::Call { then: second, .. } = w.resume(&req, second, 200, "{}") else { panic!() };
+    let body = json!({"id_token": w.id_token(json!({})), "refresh_token": "rt-2"}).to_string();
+    let Decision::Forward { response_cookies, .. } = w.resume(&req, first, 200, &body) else { panic!() };
+    assert_eq!(session_of(&w, &response_cookies[0]).refresh_token.as_deref(), Some("rt-2"));
+    let Decision::Forward { response_cookies, .. } = w.resume(&req, second, 200, "{}") else { panic!("done") };
+    assert_eq!(
+        session_of(&w, &response_cookies[0]).refresh_token.as_deref(),
+        Some("rt-2"),
+        "the waiter's response brings its cookie up to date too"
+    );
+    // The browser kept the old cookie (a response was lost): it is brought up to date, never refreshed twice.
+    let Decision::Forward { response_cookies, .. } = w.decide(&req) else { panic!() };
+    assert_eq!(session_of(&w, &response_cookies[0]).refresh_token.as_deref(), Some("rt-2"));
+}
+
+#[test]
+fn a_wait_that_never_ends_fails_closed() {
+    let w = World::new();
+    let cookies = w.login();
+    let req = request("GET", "/api", &[("accept", "application/json")], &refs(&cookies));
+    w.now.set(NOW + 3600 + 5);
+    let Decision::Call { .. } = w.decide(&req) else { panic!() };
+    let mut d = w.decide(&req);
+    for _ in 0..MAX_REFRESH_WAITS {
+        let Decision::Call { then, .. } = d else { panic!("{d:?}") };
+        d = w.resume(&req, then, 200, "{}");
+    }
+    assert!(matches!(d, Decision::Deny { status: 503, .. }), "{d:?}");
+}
+
+#[test]
+fn a_cookie_rotated_by_another_gateway_is_never_downgraded_and_its_token_is_used() {
+    let w = World::new();
+    let cookies = w.login();
+    let mut s = session_of(&w, &format!("{}; Path=/", cookies[0]));
+    // Another gateway (its own shared data) rotated the refresh token since.
+    s.refresh_token = Some("rt-9".into());
+    s.generation = 3;
+    let sealed = w.cfg.keyring.seal("_tokengate", &s, &w.rng).unwrap();
+    let newer = format!("_tokengate={sealed}");
+    let req = request("GET", "/app", &[("accept", HTML)], &[&newer]);
+    let Decision::Forward { response_cookies, .. } = w.decide(&req) else { panic!() };
+    assert!(response_cookies.is_empty(), "the cache's older refresh token does not replace the cookie's");
+    w.now.set(NOW + 3600 + 5);
+    let Decision::Call { callout, .. } = w.decide(&req) else { panic!() };
+    assert!(callout.body.unwrap().contains("refresh_token=rt-9"), "the newer generation is presented");
 }
