@@ -48,7 +48,8 @@ wasm: setup ## Build the filter for Envoy: target/wasm32-wasip1/release/filter.w
 	@cp $(CARGO_TARGET_DIR)/$(WASM_TARGET)/wasm-release/filter.wasm $(WASM_OUT)
 	@ls -l $(WASM_OUT)
 
-test: setup wasm ## Run every test: unit (natively and compiled to wasm), storage conformance (memory, SQLite, PostgreSQL), issuer over HTTP, filter e2e in proxy-wasm-host, HA, browser
+test: setup wasm ## Run every test: unit (natively and compiled to wasm), storage conformance (memory, SQLite, PostgreSQL), issuer over HTTP, filter e2e in proxy-wasm-host (against the issuer and panva oidc-provider), HA, browser
+	scripts/oidc-provider.sh $(CARGO_TARGET_DIR)/node > /dev/null
 	$(CARGO) build -p tests --bin wasm-test-runner
 	CARGO_TARGET_WASM32_WASIP1_RUNNER=$(CARGO_TARGET_DIR)/debug/wasm-test-runner $(CARGO) test -p filter --target $(WASM_TARGET)
 	scripts/with-postgres.sh $(CARGO) test --workspace --no-fail-fast -- --include-ignored

@@ -8,7 +8,6 @@ cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 WASM_TARGET=wasm32-wasip1
-OIDC_PROVIDER_VERSION=9.13.3
 NODE_DIR="$CARGO_TARGET_DIR/bench-node"
 WORK_DIR="$CARGO_TARGET_DIR/bench-work"
 COMMANDS="$WORK_DIR/commands.txt"
@@ -29,15 +28,8 @@ if ! command -v wrk > /dev/null || ! command -v perf > /dev/null; then
 fi
 
 # The reference issuer: panva's oidc-provider from npm, in a cache beside the build output.
-command -v node > /dev/null && command -v npm > /dev/null || { echo "bench: Node.js and npm are required (oidc-provider)" >&2; exit 1; }
-installed=$(node -p "require('$NODE_DIR/node_modules/oidc-provider/package.json').version" 2> /dev/null || true)
-if [ "$installed" != "$OIDC_PROVIDER_VERSION" ]; then
-  mkdir -p "$NODE_DIR"
-  [ -f "$NODE_DIR/package.json" ] || echo '{"private": true}' > "$NODE_DIR/package.json"
-  run npm install --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error "oidc-provider@$OIDC_PROVIDER_VERSION"
-else
-  echo "# oidc-provider $installed already installed in $NODE_DIR" >> "$COMMANDS"
-fi
+installed=$(scripts/oidc-provider.sh "$NODE_DIR")
+echo "scripts/oidc-provider.sh $NODE_DIR  # oidc-provider $installed" >> "$COMMANDS"
 
 run "$CARGO" build --manifest-path bench/noop-filter/Cargo.toml --target "$WASM_TARGET" --release
 # Separately, so the issuer is built with its own features only, as it ships.
