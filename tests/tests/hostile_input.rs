@@ -7,50 +7,16 @@ mod common;
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{Request as AxumRequest, State};
 use axum::http::{HeaderName, HeaderValue};
-use axum::response::Response as AxumResponse;
 use common::*;
 use serde_json::{json, Value};
 use tests::Request;
 
 const WORKERS: usize = 4;
 
-/// A pass-through proxy in front of the issuer that adds a header with a byte outside UTF-8 to every
-/// answer: the filter's callouts (discovery, JWKS, token) read it.
-async fn start_junk_proxy(issuer: &str) -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let upstream = Arc::new(issuer.to_owned());
-    let app = axum::Router::new().fallback(proxy).with_state(upstream);
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (addr, server)
-}
-
-async fn proxy(State(upstream): State<Arc<String>>, req: AxumRequest) -> AxumResponse {
-    let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = http().request(parts.method.clone(), format!("{upstream}{path}"));
-    for (k, v) in &parts.headers {
-        if k != "host" {
-            out = out.header(k, v);
-        }
-    }
-    let resp = out.body(body.to_vec()).send().await.unwrap();
-    let mut answer = AxumResponse::new(Body::empty());
-    *answer.status_mut() = resp.status();
-    for (k, v) in resp.headers() {
-        if k != "content-length" && k != "transfer-encoding" {
-            answer.headers_mut().append(k, v.clone());
-        }
-    }
-    answer.headers_mut().append(HeaderName::from_static("x-junk"), HeaderValue::from_bytes(b"caf\xe9").unwrap());
-    *answer.body_mut() = Body::from(resp.bytes().await.unwrap());
-    answer
+/// Every answer of the issuer's callouts gets a header with a byte outside UTF-8.
+fn add_junk_header(_: &[u8], _: u16, headers: &mut axum::http::HeaderMap, _: &mut Vec<u8>) {
+    headers.append(HeaderName::from_static("x-junk"), HeaderValue::from_bytes(b"caf\xe9").unwrap());
 }
 
 fn raw(name: &'static str, value: &[u8]) -> (HeaderName, HeaderValue) {
@@ -64,9 +30,10 @@ fn raw(name: &'static str, value: &[u8]) -> (HeaderName, HeaderValue) {
 async fn header_bytes_outside_utf8_never_trap_a_worker() {
     let port = free_port();
     let issuer = Issuer::start_for_gateway(port, |_| {}).await;
-    let (junk, _proxy) = start_junk_proxy(&issuer.url).await;
+    let junk = start_rewriting_proxy(&issuer.url, add_junk_header).await;
     let (_whoami, whoami_port) = start_whoami().await;
     let mut cmd = gateway_command(port, &issuer, whoami_port, &[]);
+    let junk = junk.trim_start_matches("http://");
     cmd.args(["--cluster", &format!("issuer={junk}"), "--workers", &WORKERS.to_string()]);
     let _gateway = spawn_gateway(cmd, port).await;
     let base = format!("http://127.0.0.1:{port}");

@@ -11,9 +11,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{Request as AxumRequest, State};
-use axum::response::Response as AxumResponse;
 use common::*;
 use filter::session::{Keyring, Session};
 use proxy_wasm_host::abi::v0_2_1::InMemoryStore;
@@ -77,21 +74,11 @@ impl OidcProvider {
 }
 
 fn config(issuer: &str, extra: Value) -> String {
-    let mut c = json!({
-        "issuer": issuer,
-        "client_id": "gateway",
-        "client_secret": "gateway-secret",
-        "cluster": "issuer",
-        "cookie_secrets": [SECRET_A],
-        "cookie": {"secure": false},
-        "post_logout_redirect_uri": format!("http://{HOST}/"),
-        "claims_to_headers": {"email": "x-auth-request-email"},
-        "auth_request_params": {"prompt": "consent"},
-    });
+    let mut all = json!({"auth_request_params": {"prompt": "consent"}});
     for (k, v) in extra.as_object().unwrap() {
-        c[k] = v.clone();
+        all[k] = v.clone();
     }
-    c.to_string()
+    filter_config_for(issuer, all)
 }
 
 /// A filter VM whose `issuer` cluster is `cluster` (the provider, or a proxy in front of it).
@@ -283,43 +270,21 @@ async fn without_prompt_consent_there_is_no_refresh_token_and_the_filter_says_wh
     assert_eq!(r.status, 302);
 }
 
-/// A proxy in front of the provider that drops `id_token` from refresh-grant answers: OpenID Connect
-/// Core §12.2 allows it, and some providers do it.
-async fn strip_id_token_on_refresh(State(upstream): State<Arc<String>>, req: AxumRequest) -> AxumResponse {
-    let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
-    let refresh = String::from_utf8_lossy(&body).contains("grant_type=refresh_token");
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = http().request(parts.method.clone(), format!("{upstream}{path}"));
-    for (k, v) in &parts.headers {
-        if k != "host" {
-            out = out.header(k, v);
-        }
-    }
-    let resp = out.body(body.to_vec()).send().await.unwrap();
-    let status = resp.status();
-    let mut bytes = resp.bytes().await.unwrap().to_vec();
-    if refresh && status.is_success() {
-        let mut v: Value = serde_json::from_slice(&bytes).unwrap();
+/// Drops `id_token` from refresh-grant answers: OpenID Connect Core §12.2 allows it, and some providers
+/// do it.
+fn strip_id_token_on_refresh(request: &[u8], status: u16, _: &mut axum::http::HeaderMap, body: &mut Vec<u8>) {
+    if status == 200 && String::from_utf8_lossy(request).contains("grant_type=refresh_token") {
+        let mut v: Value = serde_json::from_slice(body).unwrap();
         v.as_object_mut().unwrap().remove("id_token");
-        bytes = v.to_string().into_bytes();
+        *body = v.to_string().into_bytes();
     }
-    let mut answer = AxumResponse::new(Body::from(bytes));
-    *answer.status_mut() = status;
-    answer.headers_mut().insert("content-type", "application/json".parse().unwrap());
-    answer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs panva oidc-provider from npm: `make test` installs it"]
 async fn a_refresh_without_an_id_token_keeps_the_session_while_the_cached_one_lasts() {
     let p = start_provider().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = format!("http://{}", listener.local_addr().unwrap());
-    let app = axum::Router::new().fallback(strip_id_token_on_refresh).with_state(Arc::new(p.base.clone()));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let proxy = start_rewriting_proxy(&p.base, strip_id_token_on_refresh).await;
     let clock = FilterClock::frozen_at(now_ms());
     let w = worker_for(&proxy, &config(&p.issuer, json!({})), Arc::new(InMemoryStore::new()), clock.clone()).await;
     let (mut jar, _) = login(&w, &p).await;

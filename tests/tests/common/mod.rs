@@ -146,8 +146,13 @@ pub fn claims(jwt: &str) -> Value {
 
 /// The filter configuration for `issuer`, with `extra` keys merged in.
 pub fn filter_config(issuer: &Issuer, extra: Value) -> String {
+    filter_config_for(&issuer.url, extra)
+}
+
+/// The filter configuration for the issuer at `issuer_url` (this project's or another provider).
+pub fn filter_config_for(issuer_url: &str, extra: Value) -> String {
     let mut c = json!({
-        "issuer": issuer.url,
+        "issuer": issuer_url,
         "client_id": "gateway",
         "client_secret": "gateway-secret",
         "cluster": "issuer",
@@ -331,6 +336,47 @@ pub async fn wait_until_up(url: &str) {
         assert!(std::time::Instant::now() < deadline, "{url} did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A pass-through HTTP proxy to `upstream` on a free loopback port; `rewrite` may change each answer
+/// (it gets the request body, the status, and the answer's headers and body). Returns the proxy's base URL.
+pub async fn start_rewriting_proxy(upstream: &str, rewrite: Rewrite) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(proxy).with_state((Arc::new(upstream.to_owned()), rewrite));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    base
+}
+
+/// How [`start_rewriting_proxy`] changes an answer: `(request body, status, headers, body)`.
+pub type Rewrite = fn(&[u8], u16, &mut axum::http::HeaderMap, &mut Vec<u8>);
+
+async fn proxy(
+    axum::extract::State((upstream, rewrite)): axum::extract::State<(Arc<String>, Rewrite)>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = http().request(parts.method.clone(), format!("{upstream}{path}"));
+    for (k, v) in &parts.headers {
+        if k != "host" {
+            out = out.header(k, v);
+        }
+    }
+    let resp = out.body(body.to_vec()).send().await.unwrap();
+    let status = resp.status();
+    let mut headers = resp.headers().clone();
+    headers.remove("content-length");
+    headers.remove("transfer-encoding");
+    let mut bytes = resp.bytes().await.unwrap().to_vec();
+    rewrite(&body, status.as_u16(), &mut headers, &mut bytes);
+    let mut answer = axum::response::Response::new(axum::body::Body::from(bytes));
+    *answer.status_mut() = status;
+    *answer.headers_mut() = headers;
+    answer
 }
 
 /// The `whoami` binary on a free port.
