@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use proxy_wasm_host::abi::v0_2_1::InMemoryStore;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tests::{Decision, FilterClock, Logs, Request, Response, Worker, WorkerOptions};
@@ -55,7 +54,7 @@ fn options(clusters: &[(&str, &str)]) -> WorkerOptions {
     WorkerOptions {
         clusters: clusters.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         clock: FilterClock::system(),
-        store: Arc::new(InMemoryStore::new()),
+        store: tests::shared_store(),
         logs: Arc::new(Logs::default()),
         ca_certificates: vec![],
         responder: None,

@@ -36,7 +36,9 @@ const TOP_KEYS: &[&str] = &[
     "jwks_refresh_interval",
     "kubernetes_audience",
     "auth_request_params",
+    "cache",
 ];
+const CACHE_KEYS: &[&str] = &["sessions", "bearer_tokens"];
 
 /// Authorization-request parameters the filter sets itself; `auth_request_params` may not override them.
 const OWN_AUTH_PARAMS: &[&str] = &[
@@ -136,6 +138,16 @@ impl SameSite {
     }
 }
 
+/// Sizes of the shared-data caches (see `cache.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Session entries; keep at least twice the active sessions for 99% hits. About
+    /// [`crate::cache::SESSION_ENTRY_BYTES`] bytes each.
+    pub sessions: u32,
+    /// Verified bearer-token entries, likewise; about [`crate::cache::BEARER_ENTRY_BYTES`] bytes each.
+    pub bearer_tokens: u32,
+}
+
 /// Session-cookie attributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CookieConfig {
@@ -218,6 +230,8 @@ pub struct FilterConfig {
     pub audiences: Vec<String>,
     /// Session cookie attributes.
     pub cookie: CookieConfig,
+    /// Cache sizes.
+    pub cache: CacheConfig,
     /// Keys that seal and open cookies.
     pub keyring: Keyring,
     /// Whether upstream receives `Authorization: Bearer <ID token>`.
@@ -388,6 +402,36 @@ impl Reader {
         Some(s)
     }
 
+    fn cache(&mut self, value: Option<Value>) -> CacheConfig {
+        let mut m = value.and_then(|v| self.object(v, "cache")).unwrap_or_default();
+        let sessions = self.count(&mut m, "cache", "sessions", crate::cache::DEFAULT_SESSIONS);
+        let bearer_tokens = self.count(&mut m, "cache", "bearer_tokens", crate::cache::DEFAULT_BEARER_TOKENS);
+        self.unknown(m, "cache", CACHE_KEYS);
+        CacheConfig { sessions, bearer_tokens }
+    }
+
+    /// A whole number of entries, from 16 to 16,777,216.
+    fn count(&mut self, map: &mut Map<String, Value>, prefix: &str, key: &str, default: u32) -> u32 {
+        match map.remove(key) {
+            None => default,
+            Some(Value::Number(n)) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) if (16..=16_777_216).contains(&n) => n,
+                _ => {
+                    self.invalid(join(prefix, key), format!("expected a whole number from 16 to 16777216, found {n}"));
+                    default
+                }
+            },
+            Some(other) => {
+                self.problems.push(ConfigProblem::WrongType {
+                    key: join(prefix, key),
+                    expected: "a whole number",
+                    found: json_type(&other),
+                });
+                default
+            }
+        }
+    }
+
     fn bool(&mut self, map: &mut Map<String, Value>, prefix: &str, key: &str, default: bool) -> bool {
         match map.remove(key) {
             None => default,
@@ -513,6 +557,7 @@ impl Reader {
         }
         let auth_request_params = self.auth_request_params(m.remove("auth_request_params"));
         let cookie = self.cookie(m.remove("cookie"));
+        let cache = self.cache(m.remove("cache"));
         let keyring = self.keyring(&mut m);
         let pass_authorization_header = self.bool(&mut m, "", "pass_authorization_header", true);
         let claims_to_headers = self.claims_to_headers(m.remove("claims_to_headers"));
@@ -553,6 +598,7 @@ impl Reader {
             auth_request_params,
             audiences,
             cookie: cookie?,
+            cache,
             keyring: keyring?,
             pass_authorization_header,
             claims_to_headers,

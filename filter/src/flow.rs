@@ -333,11 +333,14 @@ fn bearer(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, token: &str) ->
     };
     match token::verify(token, &provider.jwks, &want) {
         Ok(v) => {
-            ctx.cache.put_bearer(&CachedBearer {
-                hash,
-                expires_at: v.expires_at.saturating_add(cfg.clock_skew.as_secs()),
-                claims: v.claims.clone(),
-            });
+            ctx.cache.put_bearer(
+                &CachedBearer {
+                    hash,
+                    expires_at: v.expires_at.saturating_add(cfg.clock_skew.as_secs()),
+                    claims: v.claims.clone(),
+                },
+                now,
+            );
             identity(cfg, ctx, req, &v.claims, None, remove, Vec::new())
         }
         Err(TokenError::UnknownKey) if !ctx.keys_refetched && provider.may_refetch_for_unknown_kid(now) => {
@@ -367,7 +370,7 @@ fn open_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Option
 
 fn with_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: Session, waits: u8) -> Decision {
     let now = ctx.now_secs();
-    let cached = ctx.cache.get_session(&session.id);
+    let cached = ctx.cache.get_session(&session.id, now);
     if let Some(c) = cached.as_ref().filter(|c| c.expires_at > now + REFRESH_MARGIN.as_secs()) {
         (ctx.events)(Event::SessionCacheHit);
         let cookies = newest_refresh_token_cookies(cfg, ctx, req, &session, c);
@@ -517,7 +520,7 @@ fn refreshed(
         return match cached.filter(|c| c.expires_at > now) {
             Some(c) => {
                 let entry = CachedIdToken { refresh_token: Some(newest), generation, ..c };
-                ctx.cache.put_session(&entry);
+                ctx.cache.put_session(&entry, now);
                 let cookies = newest_refresh_token_cookies(cfg, ctx, req, &session, &entry);
                 use_id_token(cfg, ctx, req, &entry, cookies)
             }
@@ -559,7 +562,7 @@ fn refreshed(
         refresh_token: Some(newest.clone()),
         generation,
     };
-    ctx.cache.put_session(&entry);
+    ctx.cache.put_session(&entry, now);
     (ctx.events)(Event::RefreshSucceeded);
     let cookies = if Some(&newest) != session.refresh_token.as_ref() || session.identity.is_none() {
         let rotated = Session { refresh_token: Some(newest), identity: Some(fingerprint), generation, ..session };
@@ -791,13 +794,16 @@ fn code_exchanged(
     if tokens.refresh_token.is_none() && cfg.scopes.iter().any(|s| s == "offline_access") {
         (ctx.events)(Event::NoRefreshToken);
     }
-    ctx.cache.put_session(&CachedIdToken {
-        sid: sid.clone(),
-        id_token,
-        expires_at: verified.expires_at,
-        refresh_token: tokens.refresh_token.clone(),
-        generation: 0,
-    });
+    ctx.cache.put_session(
+        &CachedIdToken {
+            sid: sid.clone(),
+            id_token,
+            expires_at: verified.expires_at,
+            refresh_token: tokens.refresh_token.clone(),
+            generation: 0,
+        },
+        now,
+    );
     let session = Session {
         id: sid,
         refresh_token: tokens.refresh_token,
@@ -819,7 +825,7 @@ fn code_exchanged(
 fn sign_out(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
     let set_cookies = clear_session_cookies(cfg, req);
     let session = open_session(cfg, ctx, req);
-    let cached = session.as_ref().and_then(|s| ctx.cache.get_session(&s.id));
+    let cached = session.as_ref().and_then(|s| ctx.cache.get_session(&s.id, ctx.now_secs()));
     let newest_refresh_token = cached.as_ref().and_then(|c| c.refresh_token.clone());
     let id_token_hint = cached.map(|c| c.id_token);
     if let Some(s) = &session {

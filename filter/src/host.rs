@@ -41,27 +41,23 @@ struct SharedData;
 
 impl Store for SharedData {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(v), _)) if !v.is_empty() => Some(v),
-            _ => None,
-        }
+        abi::shared_data(key).map(|(v, _)| v).filter(|v| !v.is_empty())
     }
 
     fn set(&self, key: &str, value: &[u8]) {
-        // Caches are last-writer-wins; a lost write costs a refresh or a re-verification.
-        let _ = hostcalls::set_shared_data(key, Some(value), None);
+        // Caches are last-writer-wins; a lost write costs a refresh or a re-verification, and so does a
+        // store the host refuses to grow.
+        let _ = abi::set_shared_data(key, value, 0);
     }
 
     fn set_if(&self, key: &str, replaceable: &dyn Fn(Option<&[u8]>) -> bool, value: &[u8]) -> bool {
-        let Ok((current, cas)) = hostcalls::get_shared_data(key) else {
-            return false;
-        };
+        let (current, cas) = abi::shared_data(key).map_or((None, 0), |(v, cas)| (Some(v), cas));
         if !replaceable(current.as_deref().filter(|v| !v.is_empty())) {
             return false;
         }
         // With no CAS (the key never existed) Envoy stores unconditionally; two first writers may both win,
         // which costs one duplicate refresh at most.
-        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+        abi::set_shared_data(key, value, cas).is_ok()
     }
 }
 
@@ -113,19 +109,18 @@ impl Shared {
     }
 
     fn cache(&self) -> Cache<'_> {
-        Cache::new(&SharedData, &self.ns)
+        Cache::with_capacity(&SharedData, &self.ns, self.cfg.cache.sessions, self.cfg.cache.bearer_tokens)
     }
 
     /// The provider in shared data, re-parsed only when another worker replaced it.
     fn provider(&self) -> Option<Rc<Provider>> {
-        let (bytes, cas) = hostcalls::get_shared_data(&Cache::provider_key(&self.ns)).ok()?;
-        let cas = cas.unwrap_or(0);
+        let (bytes, cas) = abi::shared_data(&Cache::provider_key(&self.ns))?;
         if let Some((seen, p)) = self.provider.borrow().as_ref() {
             if *seen == cas {
                 return Some(p.clone());
             }
         }
-        let p = Rc::new(Provider::from_bytes(&bytes?)?);
+        let p = Rc::new(Provider::from_bytes(&bytes)?);
         *self.provider.borrow_mut() = Some((cas, p.clone()));
         Some(p)
     }
@@ -164,14 +159,13 @@ impl Shared {
 
     /// Takes the cross-worker fetch lease if it is free (compare-and-swap on shared data).
     fn try_lease(&self, now: u64) -> bool {
-        let key = Cache::lease_key(&self.ns);
-        let (value, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
-        let held_until: u64 = value.and_then(|v| String::from_utf8(v).ok()).and_then(|s| s.parse().ok()).unwrap_or(0);
-        if held_until > now {
-            return false;
-        }
+        let free = |current: Option<&[u8]>| {
+            let held_until: u64 =
+                current.and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse().ok()).unwrap_or(0);
+            held_until <= now
+        };
         let until = now.saturating_add(2 * TIMEOUT_MS / 1000 + 1);
-        hostcalls::set_shared_data(&key, Some(until.to_string().as_bytes()), cas).is_ok()
+        SharedData.set_if(&Cache::lease_key(&self.ns), &free, until.to_string().as_bytes())
     }
 }
 

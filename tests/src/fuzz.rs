@@ -239,7 +239,7 @@ async fn start_worker(rng: &Arc<std::sync::Mutex<Rng>>, store: &Arc<InMemoryStor
 /// VMs that share one store, starting from `seed`. A trapped worker is replaced and the trap recorded.
 pub async fn run(seed: u64, runs: u64, budget: Duration) -> Result<Report, HostError> {
     let rng = Arc::new(std::sync::Mutex::new(Rng::new(seed)));
-    let store = Arc::new(InMemoryStore::new());
+    let store = crate::shared_store();
     let mut workers = [start_worker(&rng, &store).await?, start_worker(&rng, &store).await?];
     let started = Instant::now();
     let mut report = Report::default();

@@ -69,6 +69,13 @@ fn compile(path: PathBuf) -> Result<&'static Compiled, String> {
         .map_err(Clone::clone)
 }
 
+/// Shared data as Envoy keeps it: proxy-wasm-host's store with its key cap (4,096 by default) lifted, since
+/// Envoy's has none; values keep the host's 64 KiB cap, far above anything the filter stores.
+pub fn shared_store() -> Arc<InMemoryStore> {
+    let limits = proxy_wasm_host::abi::v0_2_1::InMemoryStoreLimits::new().with_keys(1 << 24);
+    Arc::new(InMemoryStore::new().with_limits(limits))
+}
+
 // === clock ===
 
 /// The filter's clock: the system clock, or a frozen one that only `advance` moves (tests).

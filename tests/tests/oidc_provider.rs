@@ -171,7 +171,7 @@ fn session_in(jar: &Jar) -> Session {
 #[ignore = "needs panva oidc-provider from npm: `make test` installs it"]
 async fn login_refresh_under_concurrency_with_strict_rotation_and_sign_out_against_oidc_provider() {
     let p = start_provider().await;
-    let store = Arc::new(InMemoryStore::new());
+    let store = tests::shared_store();
     let clock = FilterClock::frozen_at(now_ms());
     let configuration = config(&p.issuer, json!({}));
     let a = Arc::new(worker_for(&p.base, &configuration, store.clone(), clock.clone()).await);
@@ -257,7 +257,7 @@ async fn without_prompt_consent_there_is_no_refresh_token_and_the_filter_says_wh
     let p = start_provider().await;
     let configuration = config(&p.issuer, json!({"auth_request_params": {}}));
     let clock = FilterClock::frozen_at(now_ms());
-    let w = worker_for(&p.base, &configuration, Arc::new(InMemoryStore::new()), clock.clone()).await;
+    let w = worker_for(&p.base, &configuration, tests::shared_store(), clock.clone()).await;
     let (jar, auth) = login(&w, &p).await;
     assert_eq!(query_param(&auth, "prompt"), None);
     assert_eq!(session_in(&jar).refresh_token, None, "OpenID Connect Core §11: offline_access was dropped");
@@ -286,7 +286,7 @@ async fn a_refresh_without_an_id_token_keeps_the_session_while_the_cached_one_la
     let p = start_provider().await;
     let proxy = start_rewriting_proxy(&p.base, strip_id_token_on_refresh).await;
     let clock = FilterClock::frozen_at(now_ms());
-    let w = worker_for(&proxy, &config(&p.issuer, json!({})), Arc::new(InMemoryStore::new()), clock.clone()).await;
+    let w = worker_for(&proxy, &config(&p.issuer, json!({})), tests::shared_store(), clock.clone()).await;
     let (mut jar, _) = login(&w, &p).await;
     let first = session_in(&jar).refresh_token;
 

@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use proxy_wasm_host::abi::v0_2_1::InMemoryStore;
 use serde_json::json;
 use tests::Request;
 
@@ -57,7 +55,7 @@ async fn another_gateway_without_the_cached_id_token_re_mints_it_from_the_cookie
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_of_one_envoy_share_the_cached_id_token() {
     let issuer = Issuer::start().await;
-    let store = Arc::new(InMemoryStore::new());
+    let store = tests::shared_store();
     let w1 = worker_with_store(&issuer, json!({}), store.clone()).await;
     let w2 = worker_with_store(&issuer, json!({}), store).await;
     let jar = browser_login(&w1, "jane@example.com", "/").await;

@@ -155,3 +155,45 @@ pub(super) fn resume_request() -> Result<(), u32> {
         Err(status)
     }
 }
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+}
+
+/// The value under `key` and its compare-and-swap number (0: none); `None` when absent, and when the host
+/// fails the call (the SDK would panic there).
+pub(super) fn shared_data(key: &str) -> Option<(Vec<u8>, u32)> {
+    let mut data = null_mut();
+    let mut size = 0;
+    let mut cas = 0;
+    // SAFETY: the key is a live slice the host only reads; the out-pointers are valid for writes.
+    let status = unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    let bytes = owned(data, size);
+    (status == OK).then_some((bytes, cas))
+}
+
+/// Stores `value` under `key` if its compare-and-swap number is still `cas` (0: unconditionally). `Err`
+/// carries the host's status: 8 for a lost race, anything else for a host that refused (a full store).
+pub(super) fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), u32> {
+    // SAFETY: key and value are live slices the host only reads.
+    let status = unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
+    if status == OK {
+        Ok(())
+    } else {
+        Err(status)
+    }
+}

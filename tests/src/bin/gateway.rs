@@ -90,7 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let clusters = config.clusters.iter().map(|(n, c)| (n.clone(), c.base_url())).collect::<tests::Clusters>();
-    let store = Arc::new(proxy_wasm_host::abi::v0_2_1::InMemoryStore::new());
+    let store = tests::shared_store();
     let logs = Logs::echoing();
     let mut workers = Vec::new();
     for _ in 0..args.workers.max(1) {

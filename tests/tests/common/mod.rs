@@ -171,7 +171,7 @@ pub fn filter_config_for(issuer_url: &str, extra: Value) -> String {
 
 /// A filter VM against `issuer`, its clock stopped at the issuer's time.
 pub async fn worker(issuer: &Issuer, extra: Value) -> Worker {
-    worker_with_store(issuer, extra, Arc::new(InMemoryStore::new())).await
+    worker_with_store(issuer, extra, tests::shared_store()).await
 }
 
 pub async fn worker_with_store(issuer: &Issuer, extra: Value, store: Arc<InMemoryStore>) -> Worker {
