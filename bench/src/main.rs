@@ -16,6 +16,7 @@ mod oidc_provider;
 mod process;
 mod profile;
 mod report;
+mod sessions;
 mod stats;
 mod wrk;
 
@@ -99,6 +100,16 @@ enum Command {
         /// `perf record --control` FIFO to enable and disable recording around the loop.
         #[arg(long)]
         perf_control: Option<PathBuf>,
+    },
+    /// Many sessions and bearer tokens through the compiled filter, as JSON in `--out` (started by `run`).
+    Sessions {
+        #[command(flatten)]
+        paths: Paths,
+        /// Active sessions (and bearer tokens) per case.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,10000,100000")]
+        counts: Vec<usize>,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Only the refresh-token load against our issuer, printed as JSON (for profiling and trying changes;
     /// `run` measures it side by side with oidc-provider).
@@ -215,6 +226,9 @@ pub(crate) struct Results {
     pub(crate) jwks: Option<WrkResult>,
     pub(crate) logins: Option<Throughput>,
     pub(crate) profiles: Vec<profile::Profile>,
+    /// Many sessions and bearer tokens (`bench sessions`).
+    #[serde(default)]
+    pub(crate) sessions: Vec<sessions::Row>,
     pub(crate) build_commands: Vec<String>,
     pub(crate) bench_commands: Vec<String>,
     pub(crate) errors: Vec<String>,
@@ -243,6 +257,11 @@ fn main() -> anyhow::Result<()> {
                 filter::run_filter(&wasm, &paths.issuer_bin(), &paths.work_dir(), plan.sizes()).await?
             };
             std::fs::write(&out, serde_json::to_vec_pretty(&result)?)?;
+            Ok(())
+        }),
+        Command::Sessions { paths, counts, out } => rt.block_on(async move {
+            let rows = sessions::run(&paths.filter_wasm(), &paths.work_dir(), &counts).await?;
+            std::fs::write(&out, serde_json::to_vec_pretty(&rows)?)?;
             Ok(())
         }),
         Command::Refresh { paths, alg, connections, seconds } => rt.block_on(async move {
@@ -290,6 +309,21 @@ async fn filter_child(
         bail!("bench filter{} failed ({status})", if noop { " --noop" } else { "" });
     }
     Ok(serde_json::from_slice(&std::fs::read(&out)?)?)
+}
+
+async fn sessions_part(paths: &Paths, quick: bool, results: &mut Results) -> anyhow::Result<()> {
+    let out = paths.work_dir().join("sessions.json");
+    let counts = if quick { "100,1000" } else { "100,1000,10000,100000" };
+    let mut args = vec!["sessions".to_owned()];
+    args.extend(paths.args());
+    args.extend(["--counts".to_owned(), counts.to_owned(), "--out".to_owned(), out.display().to_string()]);
+    results.bench_commands.push(format!("bench {}", args.join(" ")));
+    let status = tokio::process::Command::new(std::env::current_exe()?).args(&args).status().await?;
+    if !status.success() {
+        bail!("bench sessions failed ({status})");
+    }
+    results.sessions = serde_json::from_slice(&std::fs::read(&out)?)?;
+    Ok(())
 }
 
 async fn filter_part(paths: &Paths, quick: bool, results: &mut Results) -> anyhow::Result<()> {
@@ -389,6 +423,7 @@ async fn run(paths: Paths, out: &Path, commands_file: Option<&Path>, quick: bool
             .map(|t| t.lines().map(str::to_owned).collect())
             .unwrap_or_default(),
         profiles: vec![],
+        sessions: vec![],
         bench_commands: vec![],
         errors: vec![],
     };
@@ -407,6 +442,10 @@ async fn run(paths: Paths, out: &Path, commands_file: Option<&Path>, quick: bool
                 Err(e) => results.errors.push(format!("profile {case}: {e:#}")),
             }
         }
+    }
+    step("many sessions and bearer tokens (wasmtime host)");
+    if let Err(e) = sessions_part(&paths, quick, &mut results).await {
+        results.errors.push(format!("sessions: {e:#}"));
     }
     step("native reference rates");
     match native::measure(&paths.work_dir(), quick) {

@@ -510,6 +510,18 @@ impl Worker {
         }
     }
 
+    /// Bytes (key and value) of those of `keys` that hold a value in shared data: how benchmarks size the
+    /// filter's caches.
+    pub fn shared_bytes<'k>(&self, keys: impl Iterator<Item = &'k str>) -> u64 {
+        let guest = lock(&self.guest);
+        let inv = Invocation::new(guest.id(), self.root);
+        keys.filter_map(|k| {
+            let v = self.store.get_shared_data(inv, VM_ID.as_bytes(), k.as_bytes()).ok()?;
+            (!v.bytes.is_empty()).then(|| (k.len() + v.bytes.len()) as u64)
+        })
+        .sum()
+    }
+
     /// The tick period the filter asked for.
     pub fn tick_period(&self) -> Option<Duration> {
         lock(&self.guest).tick_period(self.root)

@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use common::*;
 use filter::random::SystemRandom;
 use filter::session::{Keyring, Session};
