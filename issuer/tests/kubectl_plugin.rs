@@ -38,14 +38,22 @@ fn get_token(issuer: &Issuer, home: &std::path::Path) -> Command {
     cmd
 }
 
-/// The sign-in URL the plugin prints on stderr.
+/// The sign-in URL the plugin prints on stderr. The rest of stderr is drained in the background, so the
+/// plugin's later prompts never meet a closed pipe.
 async fn login_url(child: &mut std::process::Child) -> String {
     let stderr = child.stderr.take().unwrap();
-    tokio::task::spawn_blocking(move || {
-        BufReader::new(stderr).lines().map(Result::unwrap).find(|l| l.starts_with("http")).unwrap()
-    })
-    .await
-    .unwrap()
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("http") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(line);
+                }
+            }
+        }
+    });
+    rx.await.expect("the plugin prints the sign-in URL")
 }
 
 fn exec_credential(out: &std::process::Output) -> Value {

@@ -548,7 +548,6 @@ async fn browser_login(client: &reqwest::Client, args: &GetToken, scope: &str) -
 
 /// Authorization code with the code pasted into the terminal (kubelogin's `authcode-keyboard`): the
 /// issuer shows the code on a page instead of redirecting (`urn:ietf:wg:oauth:2.0:oob`).
-#[allow(clippy::print_stderr)] // kubectl shows the plugin's stderr to the user
 async fn keyboard_login(client: &reqwest::Client, args: &GetToken, scope: &str) -> anyhow::Result<Cached> {
     let doc = discovery(client, args).await?;
     let state = random();
@@ -556,8 +555,11 @@ async fn keyboard_login(client: &reqwest::Client, args: &GetToken, scope: &str) 
     let challenge = B64.encode(digest::digest(&digest::SHA256, verifier.as_bytes()));
     let redirect = args.keyboard_redirect_url.as_str();
     let auth = authorization_url(&doc, args, scope, redirect, &state, &challenge)?;
-    eprintln!("Open this URL in a browser, sign in, and paste the code it shows:\n{auth}");
-    eprint!("Code: ");
+    // Prompts go to stderr best effort: a closed stderr must not end the login.
+    let mut err = std::io::stderr();
+    let _ = writeln!(err, "Open this URL in a browser, sign in, and paste the code it shows:\n{auth}");
+    let _ = write!(err, "Code: ");
+    let _ = err.flush();
     let code = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).map(|_| line.trim().to_owned())
@@ -597,9 +599,10 @@ async fn password_login(client: &reqwest::Client, args: &GetToken, scope: &str) 
 }
 
 /// Reads a line from the terminal without echo where possible (`stty -echo`), falling back to stdin.
-#[allow(clippy::print_stderr)] // the prompt goes where kubectl shows it
 fn read_password(prompt: &str) -> anyhow::Result<String> {
-    eprint!("{prompt}");
+    let mut err = std::io::stderr();
+    let _ = write!(err, "{prompt}");
+    let _ = err.flush();
     let tty = std::fs::File::open("/dev/tty").is_ok();
     let stty = |arg: &str| {
         tty && std::process::Command::new("stty")
@@ -613,7 +616,7 @@ fn read_password(prompt: &str) -> anyhow::Result<String> {
     let read = std::io::stdin().read_line(&mut line);
     if hidden {
         stty("echo");
-        eprintln!();
+        let _ = writeln!(err);
     }
     read?;
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
