@@ -293,6 +293,15 @@ pub fn resume(
     }
 }
 
+/// The answer when a callout could not even be dispatched (Envoy refused it: no such cluster, no healthy
+/// host): like an unreachable issuer, after giving back the refresh lease the callout held.
+pub fn callout_failed(ctx: &Ctx<'_>, req: &RequestParts, pending: &Pending) -> Decision {
+    if let Pending::Refresh { session, .. } = pending {
+        ctx.cache.release_refresh_lease(&session.id);
+    }
+    issuer_unreachable(ctx, req)
+}
+
 /// The answer when the issuer is needed but unreachable: fail closed with 503.
 pub fn issuer_unreachable(ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
     (ctx.events)(Event::IssuerUnreachable);

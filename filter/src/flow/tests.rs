@@ -985,3 +985,17 @@ fn a_cookie_rotated_by_another_gateway_is_never_downgraded_and_its_token_is_used
     let Decision::Call { callout, .. } = w.decide(&req) else { panic!() };
     assert!(callout.body.unwrap().contains("refresh_token=rt-9"), "the newer generation is presented");
 }
+
+#[test]
+fn a_refresh_that_could_not_be_dispatched_gives_its_lease_back() {
+    let w = World::new();
+    let cookies = w.login();
+    let req = request("GET", "/api", &[("accept", "application/json")], &refs(&cookies));
+    w.now.set(NOW + 3600 + 5);
+    let Decision::Call { then, .. } = w.decide(&req) else { panic!() };
+    let push = |e| w.events.borrow_mut().push(e);
+    let d = callout_failed(&w.ctx(&push), &req, &then);
+    assert!(matches!(d, Decision::Deny { status: 503, .. }));
+    let Decision::Call { callout, .. } = w.decide(&req) else { panic!() };
+    assert_eq!(callout.method, "POST", "the next request refreshes at once instead of waiting");
+}

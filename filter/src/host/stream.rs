@@ -126,7 +126,7 @@ impl Stream {
                 }
                 Err(status) => {
                     log(LogLevel::Warn, &format!("cannot call cluster {:?}: {status:?}", shared.cfg.cluster));
-                    let d = self.with_ctx(shared, |ctx| flow::issuer_unreachable(ctx, &self.req));
+                    let d = self.with_ctx(shared, |ctx| flow::callout_failed(ctx, &self.req, &then));
                     self.apply(shared, d)
                 }
             },
