@@ -41,7 +41,7 @@ pub const DEFAULT_SESSIONS: u32 = 65_536;
 /// Default capacity of the bearer-token cache (entries).
 pub const DEFAULT_BEARER_TOKENS: u32 = 16_384;
 /// Slots of the per-session refresh leases (a collision only makes two sessions share a lease briefly).
-pub const LEASE_SLOTS: u32 = 65_536;
+pub const LEASE_SLOTS: u32 = 4_096;
 /// A hit rewrites an entry's last-use time at most this often (seconds).
 pub const TOUCH_INTERVAL: u64 = 60;
 /// Bytes of shared data per cached session, for sizing `cache.sessions`: a typical Dex ID token (about
@@ -59,6 +59,8 @@ pub trait Store {
     /// Stores `value` under `key` only if `replaceable` accepts the current value (`None` when absent or
     /// deleted), atomically across workers (shared data's compare-and-swap). Returns whether it stored.
     fn set_if(&self, key: &str, replaceable: &dyn Fn(Option<&[u8]>) -> bool, value: &[u8]) -> bool;
+    /// Creates `key` with an empty value unless it exists (with any value).
+    fn create_if_absent(&self, key: &str);
 }
 
 /// A session's current ID token.
@@ -78,6 +80,23 @@ pub struct CachedIdToken {
     /// The rotation generation of `refresh_token` (see [`crate::session::Session::generation`]).
     #[serde(default)]
     pub generation: u32,
+    /// The user signed out: a tombstone that no refresh may overwrite and no cookie may revive.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub signed_out: bool,
+}
+
+impl CachedIdToken {
+    /// The tombstone of a signed-out session.
+    pub fn signed_out(sid: &str) -> CachedIdToken {
+        CachedIdToken {
+            sid: sid.to_owned(),
+            id_token: String::new(),
+            expires_at: 0,
+            refresh_token: None,
+            generation: u32::MAX,
+            signed_out: true,
+        }
+    }
 }
 
 /// A verified bearer token.
@@ -249,9 +268,10 @@ impl Table<'_> {
             if let Some(w) = ways.get_mut(way) {
                 *w = Way::default();
             }
+            // The entry itself stays: it names its id, so a freed way's old entry is never read as another's,
+            // and blanking it could wipe what a concurrent insert just wrote there.
             let current = raw_index.as_deref();
             if self.store.set_if(&self.index_key(set), &|c| c == current, &render_index(&ways)) {
-                self.store.set(&self.entry_key(set, way), b"");
                 return;
             }
         }
@@ -303,18 +323,35 @@ impl<'a> Cache<'a> {
     /// it and it has not run out. One refresh per session at a time, across workers: with strict rotation a
     /// second refresh with the same token would be taken for a replay and end the session. A slot shared
     /// with another session is taken over (that costs at most a duplicate refresh, as before).
-    pub fn try_refresh_lease(&self, sid: &str, now: u64, until: u64) -> bool {
+    /// `holder` names this request (a random nonce), so only it can give the lease back.
+    pub fn try_refresh_lease(&self, sid: &str, now: u64, until: u64, holder: &str) -> bool {
         let free = |current: Option<&[u8]>| match current.map(parse_lease) {
             None | Some(None) => true,
-            Some(Some((holder, held_until))) => holder != sid || held_until <= now,
+            Some(Some((lease_sid, _, held_until))) => lease_sid != sid || held_until <= now,
         };
-        self.store.set_if(&self.refresh_lease_key(sid), &free, format!("{sid} {until}").as_bytes())
+        self.store.set_if(&self.refresh_lease_key(sid), &free, format!("{sid} {holder} {until}").as_bytes())
     }
 
-    /// Gives the refresh lease of `sid` back, if this session still holds it.
-    pub fn release_refresh_lease(&self, sid: &str) {
-        let mine = |current: Option<&[u8]>| current.and_then(parse_lease).is_some_and(|(holder, _)| holder == sid);
+    /// Gives the refresh lease of `sid` back, if request `holder` still holds it.
+    pub fn release_refresh_lease(&self, sid: &str, holder: &str) {
+        let mine = |current: Option<&[u8]>| {
+            current.and_then(parse_lease).is_some_and(|(lease_sid, h, _)| lease_sid == sid && h == holder)
+        };
         self.store.set_if(&self.refresh_lease_key(sid), &mine, b"");
+    }
+
+    /// Creates every lease and set-index key that does not exist yet, empty. Envoy applies a
+    /// compare-and-swap only to a key that exists (a missing key is written unconditionally), so two
+    /// workers racing to create one could both win; created up front, every later claim is a real CAS.
+    /// Run once per worker at configuration; the window it leaves is the first instants after start.
+    pub fn prepare(&self) {
+        let keys = (0..LEASE_SLOTS)
+            .map(|i| format!("tokengate:{}:r:{i}", self.ns))
+            .chain((0..self.session_sets).map(|set| self.sessions().index_key(set)))
+            .chain((0..self.bearer_sets).map(|set| self.bearers().index_key(set)));
+        for key in keys {
+            self.store.create_if_absent(&key);
+        }
     }
 
     /// The session's entry, if the cache still holds it; `now` (unix seconds) keeps it recently used.
@@ -399,10 +436,11 @@ impl ClaimsMemo {
     }
 }
 
-/// `"<sid> <until>"`.
-fn parse_lease(raw: &[u8]) -> Option<(&str, u64)> {
-    let (sid, until) = std::str::from_utf8(raw).ok()?.split_once(' ')?;
-    Some((sid, until.parse().ok()?))
+/// `"<sid> <holder> <until>"`.
+fn parse_lease(raw: &[u8]) -> Option<(&str, &str, u64)> {
+    let mut parts = std::str::from_utf8(raw).ok()?.split(' ');
+    let (sid, holder, until) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((sid, holder, until.parse().ok()?))
 }
 
 /// An in-memory [`Store`] for tests and native tools.
@@ -427,6 +465,10 @@ impl Store for MemoryStore {
         }
         self.set(key, value);
         true
+    }
+
+    fn create_if_absent(&self, key: &str) {
+        self.map.borrow_mut().entry(key.to_owned()).or_default();
     }
 }
 
@@ -461,6 +503,7 @@ mod tests {
             expires_at: 10,
             refresh_token: None,
             generation: 0,
+            signed_out: false,
         };
         cache.put_session(&e, 5);
         assert_eq!(cache.get_session("s1", 5), Some(e));
@@ -476,6 +519,7 @@ mod tests {
             expires_at: 10_000,
             refresh_token: None,
             generation: 0,
+            signed_out: false,
         }
     }
 
@@ -533,14 +577,16 @@ mod tests {
     fn one_refresh_lease_per_session_until_it_is_released_or_runs_out() {
         let store = MemoryStore::default();
         let cache = Cache::new(&store, "ns");
-        assert!(cache.try_refresh_lease("s1", 100, 106));
-        assert!(!cache.try_refresh_lease("s1", 101, 107), "held");
-        assert!(cache.try_refresh_lease("s2", 101, 107), "another session is not held up");
-        cache.release_refresh_lease("s1");
-        assert!(cache.try_refresh_lease("s1", 102, 108), "released");
-        assert!(cache.try_refresh_lease("s1", 108, 114), "ran out: a refresh that never answered");
-        cache.release_refresh_lease("other");
-        assert!(!cache.try_refresh_lease("s1", 109, 115), "only the holder's session releases it");
+        assert!(cache.try_refresh_lease("s1", 100, 106, "a"));
+        assert!(!cache.try_refresh_lease("s1", 101, 107, "b"), "held");
+        assert!(cache.try_refresh_lease("s2", 101, 107, "c"), "another session is not held up");
+        cache.release_refresh_lease("s1", "a");
+        assert!(cache.try_refresh_lease("s1", 102, 108, "d"), "released");
+        assert!(cache.try_refresh_lease("s1", 108, 114, "e"), "ran out: a refresh that never answered");
+        cache.release_refresh_lease("s1", "d");
+        assert!(!cache.try_refresh_lease("s1", 109, 115, "f"), "a late answer does not free the next holder's lease");
+        cache.release_refresh_lease("s1", "e");
+        assert!(cache.try_refresh_lease("s1", 109, 115, "f"));
     }
 
     #[test]

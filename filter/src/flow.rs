@@ -215,13 +215,15 @@ pub enum Pending {
         refresh_token: String,
         /// Its rotation generation.
         generation: u32,
+        /// This request's hold on the session's refresh lease.
+        lease: String,
     },
     /// A pause while another request refreshes this session; then the session is looked at again.
     AwaitRefresh {
         /// The opened session cookie.
         session: Session,
-        /// How many waits so far (at most [`MAX_REFRESH_WAITS`]).
-        waits: u8,
+        /// How long it has waited.
+        wait: Wait,
     },
     /// Revocation during sign-out; the answer does not change where the browser goes.
     SignOut {
@@ -267,7 +269,7 @@ pub fn decide(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision
     // A valid session wins over a client-sent Authorization header, which it replaces; without one, a
     // bearer token is checked on its own.
     if let Some(session) = open_session(cfg, ctx, req) {
-        return with_session(cfg, ctx, req, session, 0);
+        return with_session(cfg, ctx, req, session, Wait::default());
     }
     if let Some(token) = req.bearer_token() {
         return bearer(cfg, ctx, req, token);
@@ -285,21 +287,16 @@ pub fn resume(
 ) -> Decision {
     match pending {
         Pending::CodeExchange { flow, flow_cookie } => code_exchanged(cfg, ctx, req, flow, &flow_cookie, resp),
-        Pending::Refresh { session, cached, refresh_token, generation } => {
-            refreshed(cfg, ctx, req, session, cached.map(|c| *c), (refresh_token, generation), resp)
+        Pending::Refresh { session, cached, refresh_token, generation, lease } => {
+            let sid = session.id.clone();
+            let d = refreshed(cfg, ctx, req, session, cached.map(|c| *c), (refresh_token, generation), resp);
+            // Only now: the rotated refresh token is stored, so whoever takes the lease next presents it.
+            ctx.cache.release_refresh_lease(&sid, &lease);
+            d
         }
-        Pending::AwaitRefresh { session, waits } => with_session(cfg, ctx, req, session, waits),
+        Pending::AwaitRefresh { session, wait } => with_session(cfg, ctx, req, session, wait),
         Pending::SignOut { location, set_cookies } => Decision::Redirect { location, set_cookies },
     }
-}
-
-/// The answer when a callout could not even be dispatched (Envoy refused it: no such cluster, no healthy
-/// host): like an unreachable issuer, after giving back the refresh lease the callout held.
-pub fn callout_failed(ctx: &Ctx<'_>, req: &RequestParts, pending: &Pending) -> Decision {
-    if let Pending::Refresh { session, .. } = pending {
-        ctx.cache.release_refresh_lease(&session.id);
-    }
-    issuer_unreachable(ctx, req)
 }
 
 /// The answer when the issuer is needed but unreachable: fail closed with 503.
@@ -377,9 +374,13 @@ fn open_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Option
     cfg.keyring.open::<Session>(&cfg.cookie.name, &raw, ctx.now_secs()).ok()
 }
 
-fn with_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: Session, waits: u8) -> Decision {
+fn with_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: Session, wait: Wait) -> Decision {
     let now = ctx.now_secs();
     let cached = ctx.cache.get_session(&session.id, now);
+    if cached.as_ref().is_some_and(|c| c.signed_out) {
+        // Signed out (on any worker): this cookie is a leftover, its refresh token revoked.
+        return start_login(cfg, ctx, req, clear_session_cookies(cfg, req));
+    }
     if let Some(c) = cached.as_ref().filter(|c| c.expires_at > now + REFRESH_MARGIN.as_secs()) {
         (ctx.events)(Event::SessionCacheHit);
         let cookies = newest_refresh_token_cookies(cfg, ctx, req, &session, c);
@@ -387,27 +388,46 @@ fn with_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: 
     }
     (ctx.events)(Event::SessionCacheMiss);
     let still_valid = cached.as_ref().filter(|c| c.expires_at > now);
-    // The newer of the cookie's and the cache's refresh tokens: another worker may have rotated it after this
-    // browser's cookie was written, or another gateway since this one cached it.
-    let (refresh_token, generation) = newest_refresh_token(&session, cached.as_ref());
-    match (refresh_token, ctx.provider()) {
-        (Some(rt), Some(p)) => {
-            let until = now.saturating_add(crate::callout::TIMEOUT_MS / 1000 + 1);
-            if !ctx.cache.try_refresh_lease(&session.id, now, until) {
+    match (newest_refresh_token(&session, cached.as_ref()).0, ctx.provider()) {
+        (Some(_), Some(p)) => {
+            let Ok(lease) = random::hex_token(ctx.rng, 8) else {
+                return internal_error(req);
+            };
+            let until = now.saturating_add(crate::callout::TIMEOUT_MS / 1000 + 2);
+            if !ctx.cache.try_refresh_lease(&session.id, now, until, &lease) {
                 // Another request is refreshing this session right now.
                 if let Some(c) = still_valid {
                     let cookies = newest_refresh_token_cookies(cfg, ctx, req, &session, c);
                     return use_id_token(cfg, ctx, req, c, cookies);
                 }
-                return wait_for_refresh(cfg, ctx, req, session, waits);
+                return wait_for_refresh(cfg, ctx, req, session, wait);
             }
+            // Another request may have finished a refresh between the read above and the lease: read again,
+            // and never present a refresh token older than the newest.
+            let cached = ctx.cache.get_session(&session.id, now);
+            if let Some(c) = cached.as_ref().filter(|c| c.expires_at > now + REFRESH_MARGIN.as_secs() && !c.signed_out)
+            {
+                ctx.cache.release_refresh_lease(&session.id, &lease);
+                let cookies = newest_refresh_token_cookies(cfg, ctx, req, &session, c);
+                return use_id_token(cfg, ctx, req, c, cookies);
+            }
+            let (Some(rt), generation) = newest_refresh_token(&session, cached.as_ref()) else {
+                ctx.cache.release_refresh_lease(&session.id, &lease);
+                return start_login(cfg, ctx, req, clear_session_cookies(cfg, req));
+            };
             match oauth::refresh_request(cfg, &p.metadata, &rt) {
                 Ok(callout) => Decision::Call {
                     callout,
-                    then: Pending::Refresh { session, cached: cached.map(Box::new), refresh_token: rt, generation },
+                    then: Pending::Refresh {
+                        session,
+                        cached: cached.map(Box::new),
+                        refresh_token: rt,
+                        generation,
+                        lease,
+                    },
                 },
                 Err(_) => {
-                    ctx.cache.release_refresh_lease(&session.id);
+                    ctx.cache.release_refresh_lease(&session.id, &lease);
                     issuer_unreachable(ctx, req)
                 }
             }
@@ -423,19 +443,35 @@ fn with_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: 
     }
 }
 
-/// How many times a request waits for another request's refresh of the same session before giving up.
-pub const MAX_REFRESH_WAITS: u8 = 20;
+/// How long, and how often, a request waits for another request's refresh of the same session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wait {
+    /// Unix seconds of the first wait (0: not waiting yet).
+    pub since: u64,
+    /// Round trips so far.
+    pub rounds: u16,
+}
+
+/// At most this many round trips per waiting request (a bound on the load waiting puts on the issuer).
+pub const MAX_REFRESH_WAITS: u16 = 500;
 
 /// Waits for the refresh another request is making: proxy-wasm gives a stream no timer, so the wait is one
 /// round trip to the issuer's discovery document (cheap, cacheable), after which the session is looked at
 /// again. Refreshing in parallel instead would present the same refresh token twice, which a provider
-/// with strict rotation takes for a replay (panva's oidc-provider then revokes the whole grant).
-fn wait_for_refresh(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: Session, waits: u8) -> Decision {
-    if waits >= MAX_REFRESH_WAITS {
+/// with strict rotation takes for a replay (panva's oidc-provider then revokes the whole grant). The wait
+/// ends when the other refresh lands, or after the refresh callout's own timeout has surely passed.
+fn wait_for_refresh(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: Session, wait: Wait) -> Decision {
+    let now = ctx.now_secs();
+    let since = if wait.since == 0 { now } else { wait.since };
+    let deadline = since.saturating_add(crate::callout::TIMEOUT_MS / 1000 + 3);
+    if wait.rounds >= MAX_REFRESH_WAITS || now > deadline {
         return issuer_unreachable(ctx, req);
     }
     match Callout::get(cfg, &cfg.discovery_url()) {
-        Ok(callout) => Decision::Call { callout, then: Pending::AwaitRefresh { session, waits: waits + 1 } },
+        Ok(callout) => Decision::Call {
+            callout,
+            then: Pending::AwaitRefresh { session, wait: Wait { since, rounds: wait.rounds.saturating_add(1) } },
+        },
         Err(_) => issuer_unreachable(ctx, req),
     }
 }
@@ -487,6 +523,25 @@ fn use_id_token(
     identity(cfg, ctx, req, &claims, Some(&c.id_token), remove, cookies)
 }
 
+/// Adds `Set-Cookie` values to whatever a decision answers with.
+fn with_cookies(d: Decision, cookies: Vec<String>) -> Decision {
+    match d {
+        Decision::Forward { set_headers, remove_headers, mut response_cookies, upstream_cookie } => {
+            response_cookies.extend(cookies);
+            Decision::Forward { set_headers, remove_headers, response_cookies, upstream_cookie }
+        }
+        Decision::Redirect { location, mut set_cookies } => {
+            set_cookies.extend(cookies);
+            Decision::Redirect { location, set_cookies }
+        }
+        Decision::Deny { status, reason, mut headers, body } => {
+            headers.extend(cookies.into_iter().map(|c| ("set-cookie".to_string(), c)));
+            Decision::Deny { status, reason, headers, body }
+        }
+        other => other,
+    }
+}
+
 fn refreshed(
     cfg: &FilterConfig,
     ctx: &Ctx<'_>,
@@ -496,15 +551,7 @@ fn refreshed(
     (used, used_generation): (String, u32),
     resp: &CalloutResponse,
 ) -> Decision {
-    ctx.cache.release_refresh_lease(&session.id);
     let now = ctx.now_secs();
-    let unavailable = |ctx: &Ctx<'_>| {
-        (ctx.events)(Event::RefreshUnavailable);
-        match cached.as_ref().filter(|c| c.expires_at > now) {
-            Some(c) => use_id_token(cfg, ctx, req, c, Vec::new()),
-            None => issuer_unreachable(ctx, req),
-        }
-    };
     let end_session = |ctx: &Ctx<'_>| {
         ctx.cache.delete_session(&session.id);
         start_login(cfg, ctx, req, clear_session_cookies(cfg, req))
@@ -515,26 +562,60 @@ fn refreshed(
             (ctx.events)(Event::RefreshRejected);
             return end_session(ctx);
         }
-        Err(_) => return unavailable(ctx),
+        Err(_) => {
+            (ctx.events)(Event::RefreshUnavailable);
+            return match cached.as_ref().filter(|c| c.expires_at > now) {
+                Some(c) => use_id_token(cfg, ctx, req, c, Vec::new()),
+                None => issuer_unreachable(ctx, req),
+            };
+        }
     };
-    // A provider that does not rotate sends no new refresh token: the one used stays valid.
+    let current = ctx.cache.get_session(&session.id, now);
+    if current.as_ref().is_some_and(|c| c.signed_out) {
+        // The user signed out while this refresh was in flight: it must not bring the session back.
+        return start_login(cfg, ctx, req, clear_session_cookies(cfg, req));
+    }
+    // A provider that does not rotate sends no new refresh token: the one used stays valid. A rotated one is
+    // stored before anything else can fail: the one used is spent.
     let (newest, generation) = match tokens.refresh_token.clone() {
         Some(rt) if rt != used => (rt, used_generation.saturating_add(1)),
         _ => (used, used_generation),
     };
+    let base = current.or(cached).unwrap_or(CachedIdToken {
+        sid: session.id.clone(),
+        id_token: String::new(),
+        expires_at: 0,
+        refresh_token: None,
+        generation: 0,
+        signed_out: false,
+    });
+    let kept = CachedIdToken { refresh_token: Some(newest.clone()), generation, ..base };
+    ctx.cache.put_session(&kept, now);
+    let rotated_cookies = |identity: Option<String>| {
+        let newer = Session { refresh_token: Some(newest.clone()), generation, identity, ..session.clone() };
+        if Some(&newest) != session.refresh_token.as_ref() || newer.identity != session.identity {
+            session_cookies(cfg, ctx, req, &newer).unwrap_or_default()
+        } else {
+            Vec::new()
+        }
+    };
+    let still_valid = (kept.expires_at > now).then_some(&kept);
     let Some(id_token) = tokens.id_token else {
         // OpenID Connect Core §12.2 lets a refresh answer without an ID token: the cached one serves while it
         // is valid (with the rotated refresh token kept), and then the session is over.
         (ctx.events)(Event::RefreshWithoutIdToken);
-        return match cached.filter(|c| c.expires_at > now) {
-            Some(c) => {
-                let entry = CachedIdToken { refresh_token: Some(newest), generation, ..c };
-                ctx.cache.put_session(&entry, now);
-                let cookies = newest_refresh_token_cookies(cfg, ctx, req, &session, &entry);
-                use_id_token(cfg, ctx, req, &entry, cookies)
-            }
+        return match still_valid {
+            Some(c) => use_id_token(cfg, ctx, req, c, rotated_cookies(session.identity.clone())),
             None => end_session(ctx),
         };
+    };
+    let unavailable = |ctx: &Ctx<'_>| {
+        (ctx.events)(Event::RefreshUnavailable);
+        let d = match still_valid {
+            Some(c) => use_id_token(cfg, ctx, req, c, Vec::new()),
+            None => issuer_unreachable(ctx, req),
+        };
+        with_cookies(d, rotated_cookies(session.identity.clone()))
     };
     let Some(provider) = ctx.provider() else {
         return unavailable(ctx);
@@ -549,6 +630,11 @@ fn refreshed(
     };
     let verified = match token::verify(&id_token, &provider.jwks, &want) {
         Ok(v) => v,
+        // The provider signs with a key published since the last fetch: fetch the keys, then decide again
+        // (the next refresh presents the rotated refresh token stored above).
+        Err(TokenError::UnknownKey) if !ctx.keys_refetched && provider.may_refetch_for_unknown_kid(now) => {
+            return Decision::FetchKeys { jwks_only: true };
+        }
         Err(e) => {
             (ctx.events)(Event::VerificationFailed(e.reason()));
             return unavailable(ctx);
@@ -557,32 +643,20 @@ fn refreshed(
     // OpenID Connect Core §12.2: the refreshed ID token keeps the login's `iss` (checked by `verify`),
     // `sub`, `aud` and `azp`; anything else is not this session's user any more.
     let expected = session.identity.clone().or_else(|| {
-        cached.as_ref().and_then(|c| token::claims_of_trusted(&c.id_token)).map(|c| token::identity_fingerprint(&c))
+        (!kept.id_token.is_empty())
+            .then(|| token::claims_of_trusted(&kept.id_token))
+            .flatten()
+            .map(|c| token::identity_fingerprint(&c))
     });
     let fingerprint = token::identity_fingerprint(&verified.claims);
     if expected.is_some_and(|e| e != fingerprint) {
         (ctx.events)(Event::VerificationFailed("identity_changed"));
         return end_session(ctx);
     }
-    let entry = CachedIdToken {
-        sid: session.id.clone(),
-        id_token,
-        expires_at: verified.expires_at,
-        refresh_token: Some(newest.clone()),
-        generation,
-    };
+    let entry = CachedIdToken { id_token, expires_at: verified.expires_at, ..kept.clone() };
     ctx.cache.put_session(&entry, now);
     (ctx.events)(Event::RefreshSucceeded);
-    let cookies = if Some(&newest) != session.refresh_token.as_ref() || session.identity.is_none() {
-        let rotated = Session { refresh_token: Some(newest), identity: Some(fingerprint), generation, ..session };
-        match session_cookies(cfg, ctx, req, &rotated) {
-            Some(c) => c,
-            None => return internal_error(req),
-        }
-    } else {
-        Vec::new()
-    };
-    use_id_token(cfg, ctx, req, &entry, cookies)
+    use_id_token(cfg, ctx, req, &entry, rotated_cookies(Some(fingerprint)))
 }
 
 /// `Set-Cookie` values that store `s`, split as needed, and clear stale chunks.
@@ -810,6 +884,7 @@ fn code_exchanged(
             expires_at: verified.expires_at,
             refresh_token: tokens.refresh_token.clone(),
             generation: 0,
+            signed_out: false,
         },
         now,
     );
@@ -834,11 +909,14 @@ fn code_exchanged(
 fn sign_out(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
     let set_cookies = clear_session_cookies(cfg, req);
     let session = open_session(cfg, ctx, req);
-    let cached = session.as_ref().and_then(|s| ctx.cache.get_session(&s.id, ctx.now_secs()));
-    let newest_refresh_token = cached.as_ref().and_then(|c| c.refresh_token.clone());
-    let id_token_hint = cached.map(|c| c.id_token);
+    let now = ctx.now_secs();
+    let cached = session.as_ref().and_then(|s| ctx.cache.get_session(&s.id, now)).filter(|c| !c.signed_out);
+    let newest = session.as_ref().and_then(|s| newest_refresh_token(s, cached.as_ref()).0);
+    let id_token_hint = cached.map(|c| c.id_token).filter(|t| !t.is_empty());
     if let Some(s) = &session {
-        ctx.cache.delete_session(&s.id);
+        // A tombstone, not a deletion: a refresh still in flight must not bring the session back, and a
+        // leftover copy of the cookie must not refresh again.
+        ctx.cache.put_session(&CachedIdToken::signed_out(&s.id), now);
     }
     let after = cfg.post_logout_redirect_uri.clone().or_else(|| {
         req.query_param("rd").filter(|rd| is_safe_redirect(cfg, req, rd)).map(|rd| {
@@ -866,8 +944,7 @@ fn sign_out(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
         None => after.unwrap_or_else(|| "/".into()),
     };
     (ctx.events)(Event::SignedOut);
-    let revoke = newest_refresh_token
-        .or_else(|| session.and_then(|s| s.refresh_token))
+    let revoke = newest
         .zip(ctx.provider().and_then(|p| p.metadata.revocation_endpoint.as_deref()))
         .and_then(|(rt, endpoint)| oauth::revocation_request(cfg, endpoint, &rt).ok());
     match revoke {

@@ -59,6 +59,12 @@ impl Store for SharedData {
         // which costs one duplicate refresh at most.
         abi::set_shared_data(key, value, cas).is_ok()
     }
+
+    fn create_if_absent(&self, key: &str) {
+        if abi::shared_data(key).is_none() {
+            let _ = abi::set_shared_data(key, b"", 0);
+        }
+    }
 }
 
 /// Counters, defined on first use.

@@ -91,7 +91,9 @@ impl RootContext for Root {
         match FilterConfig::parse(&raw) {
             Ok(cfg) => {
                 log(LogLevel::Info, &format!("configured for issuer {} (client {})", cfg.issuer, cfg.client_id));
-                self.shared = Some(Rc::new(Shared::new(cfg)));
+                let shared = Rc::new(Shared::new(cfg));
+                shared.cache().prepare();
+                self.shared = Some(shared);
                 self.last_attempt = 0;
                 if let Err(status) = proxy_wasm::hostcalls::set_tick_period(TICK) {
                     log(LogLevel::Error, &format!("cannot set the tick period ({status:?}): keys will not refresh"));

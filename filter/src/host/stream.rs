@@ -126,7 +126,10 @@ impl Stream {
                 }
                 Err(status) => {
                     log(LogLevel::Warn, &format!("cannot call cluster {:?}: {status:?}", shared.cfg.cluster));
-                    let d = self.with_ctx(shared, |ctx| flow::callout_failed(ctx, &self.req, &then));
+                    // As if the issuer had not answered: every pending step knows what that means (a refresh
+                    // gives its lease back and falls back to a still-valid ID token; a sign-out still redirects).
+                    let none = CalloutResponse::default();
+                    let d = self.with_ctx(shared, |ctx| flow::resume(&shared.cfg, ctx, &self.req, then, &none));
                     self.apply(shared, d)
                 }
             },
