@@ -523,6 +523,66 @@ fn use_id_token(
     identity(cfg, ctx, req, &claims, Some(&c.id_token), remove, cookies)
 }
 
+/// The session cookies a response finally carries, decided again when the upstream's response headers
+/// arrive: a slow upstream (a long poll) may answer after another request rotated the refresh token, and the
+/// cookies computed when this request arrived would then hand the browser an older one than the newest.
+/// Cookies other than the session's pass unchanged; a session signed out meanwhile is cleared instead.
+pub fn finalize_response_cookies(
+    cfg: &FilterConfig,
+    ctx: &Ctx<'_>,
+    req: &RequestParts,
+    cookies: Vec<String>,
+) -> Vec<String> {
+    let name_value = |c: &str| -> Option<(String, String)> {
+        let pair = c.split(';').next()?;
+        let (n, v) = pair.split_once('=')?;
+        Some((n.trim().to_owned(), v.trim().to_owned()))
+    };
+    let ours: Vec<(String, String)> = cookies
+        .iter()
+        .filter_map(|c| name_value(c))
+        .filter(|(n, v)| !v.is_empty() && session::is_own_cookie(&cfg.cookie.name, n))
+        .collect();
+    if ours.is_empty() {
+        return cookies;
+    }
+    let lookup = |n: &str| ours.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    let now = ctx.now_secs();
+    let Some(s) = session::join(lookup, &cfg.cookie.name)
+        .and_then(|raw| cfg.keyring.open::<Session>(&cfg.cookie.name, &raw, now).ok())
+    else {
+        return cookies;
+    };
+    let Some(cached) = ctx.cache.get_session(&s.id, now) else {
+        return cookies;
+    };
+    let keep_others = |cookies: Vec<String>| -> Vec<String> {
+        cookies
+            .into_iter()
+            .filter(|c| name_value(c).is_none_or(|(n, _)| !session::is_own_cookie(&cfg.cookie.name, &n)))
+            .collect()
+    };
+    if cached.signed_out {
+        let mut out = keep_others(cookies);
+        out.extend(clear_session_cookies(cfg, req));
+        return out;
+    }
+    match &cached.refresh_token {
+        Some(rt) if cached.generation > s.generation && Some(rt) != s.refresh_token.as_ref() => {
+            let newer = Session { refresh_token: Some(rt.clone()), generation: cached.generation, ..s };
+            match session_cookies(cfg, ctx, req, &newer) {
+                Some(fresh) => {
+                    let mut out = keep_others(cookies);
+                    out.extend(fresh);
+                    out
+                }
+                None => cookies,
+            }
+        }
+        _ => cookies,
+    }
+}
+
 /// Adds `Set-Cookie` values to whatever a decision answers with.
 fn with_cookies(d: Decision, cookies: Vec<String>) -> Decision {
     match d {

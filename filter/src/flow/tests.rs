@@ -1030,3 +1030,29 @@ fn a_sign_out_during_a_refresh_is_not_undone_by_it() {
     assert!(headers.iter().any(|(k, v)| k == "set-cookie" && v.starts_with("_tokengate=;")));
     assert!(matches!(w.decide(&req), Decision::Deny { status: 401, .. }), "the old cookie stays signed out");
 }
+
+#[test]
+fn a_slow_response_carries_the_refresh_token_that_is_newest_when_it_leaves() {
+    let w = World::new();
+    let cookies = w.login();
+    let req = request("GET", "/api", &[("accept", "application/json")], &refs(&cookies));
+    w.now.set(NOW + 3600 - 10);
+    // Request A refreshes (rt-2), and request B, with the same old cookie, is answered from the cache with a
+    // cookie for rt-2; B's upstream is slow.
+    let Decision::Call { then, .. } = w.decide(&req) else { panic!() };
+    let body = json!({"id_token": w.id_token(json!({"exp": NOW + 3600 + 100})), "refresh_token": "rt-2"}).to_string();
+    assert!(matches!(w.resume(&req, then, 200, &body), Decision::Forward { .. }));
+    let Decision::Forward { response_cookies: slow, .. } = w.decide(&req) else { panic!() };
+    assert_eq!(session_of(&w, &slow[0]).refresh_token.as_deref(), Some("rt-2"));
+    // Later, while B's upstream still works, request C refreshes again (rt-3).
+    w.now.set(NOW + 3600 + 80);
+    let Decision::Call { then, .. } = w.decide(&req) else { panic!("within the margin: refresh") };
+    let body = json!({"id_token": w.id_token(json!({})), "refresh_token": "rt-3"}).to_string();
+    assert!(matches!(w.resume(&req, then, 200, &body), Decision::Forward { .. }));
+    // B's response leaves now: with rt-3, not the spent rt-2.
+    let push = |e| w.events.borrow_mut().push(e);
+    let mut finals = finalize_response_cookies(&w.cfg, &w.ctx(&push), &req, slow);
+    finals.push("theme=dark; Path=/".into());
+    assert_eq!(session_of(&w, &finals[0]).refresh_token.as_deref(), Some("rt-3"));
+    assert!(finals.iter().any(|c| c.starts_with("theme=dark")), "other cookies pass");
+}

@@ -235,7 +235,12 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for cookie in std::mem::take(&mut self.response_cookies) {
+        let mut cookies = std::mem::take(&mut self.response_cookies);
+        if let (Some(shared), false) = (self.shared.clone(), cookies.is_empty()) {
+            cookies =
+                self.with_ctx(&shared, |ctx| flow::finalize_response_cookies(&shared.cfg, ctx, &self.req, cookies));
+        }
+        for cookie in cookies {
             if let Err(status) = abi::add_header(MapType::HttpResponseHeaders, "set-cookie", cookie.as_bytes()) {
                 log(LogLevel::Warn, &format!("cannot add Set-Cookie to the response (status {status})"));
             }
