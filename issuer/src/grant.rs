@@ -46,7 +46,7 @@ pub(crate) struct Issue<'a> {
 
 /// Signs the ID and access tokens and assembles the response.
 pub(crate) async fn issue(state: &AppState, i: Issue<'_>) -> Result<TokenResponse, TokenError> {
-    let keys = state.keys().await.map_err(|e| TokenError::Internal(e.to_string()))?;
+    let keys = state.keys().await?;
     let mint = Mint {
         config: &state.config,
         client_id: i.client_id,

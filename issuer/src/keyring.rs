@@ -63,7 +63,19 @@ impl Keyring {
                 return Ok(l.clone());
             }
         }
-        let stored = sync(config, storage, now).await?;
+        let stored = match sync(config, storage, now).await {
+            Ok(k) => k,
+            // The database is out of reach: keep signing with the set already loaded while it is still the
+            // current one (it cannot rotate without storage anyway).
+            Err(KeyringError::Storage(StorageError::Unavailable(why))) => match slot.as_ref() {
+                Some(l) if now < l.next_rotation => {
+                    tracing::warn!(error = %why, "storage unavailable: keeping the loaded signing keys");
+                    return Ok(l.clone());
+                }
+                _ => return Err(KeyringError::Storage(StorageError::Unavailable(why))),
+            },
+            Err(e) => return Err(e),
+        };
         let loaded = Arc::new(load(&stored, now)?);
         *slot = Some(loaded.clone());
         Ok(loaded)

@@ -63,11 +63,30 @@ pub enum TokenError {
     /// Storage or signing failed.
     #[error("internal: {0}")]
     Internal(String),
+    /// The storage cannot be reached right now: 503 with `Retry-After`, and the client may simply retry
+    /// (a gateway keeps its session meanwhile).
+    #[error("temporarily_unavailable: {0}")]
+    TemporarilyUnavailable(String),
 }
+
+impl From<crate::keyring::KeyringError> for TokenError {
+    fn from(e: crate::keyring::KeyringError) -> Self {
+        match e {
+            crate::keyring::KeyringError::Storage(s) => s.into(),
+            other => TokenError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Seconds a client is told to wait before retrying after a 503.
+pub const RETRY_AFTER_SECS: u64 = 2;
 
 impl From<StorageError> for TokenError {
     fn from(e: StorageError) -> Self {
-        TokenError::Internal(e.to_string())
+        match e {
+            StorageError::Unavailable(why) => TokenError::TemporarilyUnavailable(why),
+            other => TokenError::Internal(other.to_string()),
+        }
     }
 }
 
@@ -86,6 +105,7 @@ impl TokenError {
             TokenError::ExpiredToken => "expired_token",
             TokenError::AccessDenied => "access_denied",
             TokenError::Internal(_) => "server_error",
+            TokenError::TemporarilyUnavailable(_) => "temporarily_unavailable",
         }
     }
 
@@ -101,7 +121,7 @@ impl TokenError {
             TokenError::SlowDown => "polling too fast: wait 5 seconds longer between requests".to_owned(),
             TokenError::ExpiredToken => "the device code has expired; start again".to_owned(),
             TokenError::AccessDenied => "the user denied the device authorization".to_owned(),
-            TokenError::Internal(_) => String::new(),
+            TokenError::Internal(_) | TokenError::TemporarilyUnavailable(_) => String::new(),
         }
     }
 }
@@ -110,6 +130,20 @@ impl IntoResponse for TokenError {
     fn into_response(self) -> Response {
         if let TokenError::Internal(e) = self {
             return internal(e);
+        }
+        if let TokenError::TemporarilyUnavailable(e) = &self {
+            tracing::warn!(error = %e, "storage unavailable: answering 503");
+            let body = json!({
+                "error": "temporarily_unavailable",
+                "error_description": "the issuer's storage cannot be reached; retry shortly",
+            });
+            let retry = RETRY_AFTER_SECS.to_string();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::CACHE_CONTROL, "no-store"), (header::RETRY_AFTER, retry.as_str())],
+                Json(body),
+            )
+                .into_response();
         }
         let status = match &self {
             TokenError::InvalidClient { .. } | TokenError::InvalidToken(_) => StatusCode::UNAUTHORIZED,

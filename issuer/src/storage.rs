@@ -30,6 +30,10 @@ pub enum StorageError {
     /// The backend failed.
     #[error("storage backend: {0}")]
     Backend(String),
+    /// The backend cannot be reached right now (connection refused or lost, server shutting down): worth
+    /// retrying, answered with 503 and `Retry-After`.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The closure form of updates: it sees the current record and returns the new one, or refuses.

@@ -47,10 +47,29 @@ fn backend(e: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(e.to_string())
 }
 
+/// A sqlx error: the server unreachable, going away or refusing connections for now is `Unavailable` (the
+/// caller answers 503 and the next request may succeed); anything else is a `Backend` failure.
+fn pg(e: sqlx::Error) -> StorageError {
+    let unavailable = match &e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        // SQLSTATE class 08 (connection exception), 57P01-57P03 (shutdown, crash, cannot connect now), 53300
+        // (too many connections).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")),
+        _ => false,
+    };
+    if unavailable {
+        StorageError::Unavailable(e.to_string())
+    } else {
+        backend(e)
+    }
+}
+
 fn map_insert(e: sqlx::Error) -> StorageError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StorageError::AlreadyExists,
-        _ => backend(e),
+        _ => pg(e),
     }
 }
 
@@ -84,16 +103,18 @@ impl Postgres {
     pub async fn connect(opts: PgConnectOptions, max_connections: u32) -> Result<Self, StorageError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            // Short: while the database is down a request should fail (503) well before a gateway's callout
+            // timeout (5 s in the filter), not hang.
+            .acquire_timeout(Duration::from_secs(3))
             .connect_with(opts)
             .await
-            .map_err(backend)?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(backend)?;
+            .map_err(pg)?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(pg)?;
         Ok(Self { pool })
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Pg>, StorageError> {
-        self.pool.begin().await.map_err(backend)
+        self.pool.begin().await.map_err(pg)
     }
 
     async fn get_doc<T: DeserializeOwned>(&self, table: &str, id: &str) -> Result<T, StorageError> {
@@ -101,7 +122,7 @@ impl Postgres {
             .bind(id)
             .fetch_optional(&self.pool)
             .await
-            .map_err(backend)?
+            .map_err(pg)?
             .ok_or(StorageError::NotFound)?;
         decode(row.get::<&str, _>(0))
     }
@@ -122,7 +143,7 @@ impl Postgres {
             .bind(id)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(backend)?
+            .map_err(pg)?
             .ok_or(StorageError::NotFound)?;
         let new = f(decode(row.get::<&str, _>(0))?)?;
         sqlx::query(&format!("UPDATE {table} SET data = $1, expiry = $2 WHERE id = $3"))
@@ -131,8 +152,8 @@ impl Postgres {
             .bind(id)
             .execute(&mut *tx)
             .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+            .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
         Ok(new)
     }
 
@@ -153,7 +174,7 @@ impl Postgres {
             .bind(name)
             .execute(&mut **tx)
             .await
-            .map_err(backend)?;
+            .map_err(pg)?;
         Ok(())
     }
 
@@ -165,7 +186,7 @@ impl Postgres {
         .bind(i64::from(batch))
         .execute(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(pg)?;
         Ok(done.rows_affected())
     }
 }
@@ -181,11 +202,8 @@ impl Storage for Postgres {
     }
 
     async fn delete_auth_request(&self, id: &str) -> Result<(), StorageError> {
-        let done = sqlx::query("DELETE FROM auth_requests WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
+        let done =
+            sqlx::query("DELETE FROM auth_requests WHERE id = $1").bind(id).execute(&self.pool).await.map_err(pg)?;
         if done.rows_affected() == 0 {
             return Err(StorageError::NotFound);
         }
@@ -230,7 +248,7 @@ impl Storage for Postgres {
             .bind(old_id)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(backend)?
+            .map_err(pg)?
             .ok_or(StorageError::NotFound)?;
         let mut old: RefreshToken = decode(row.get::<&str, _>(0))?;
         if old.rotated_at.is_some() {
@@ -243,7 +261,7 @@ impl Storage for Postgres {
             .bind(old_id)
             .execute(&mut *tx)
             .await
-            .map_err(backend)?;
+            .map_err(pg)?;
         sqlx::query("INSERT INTO refresh_tokens (id, family_id, data, expiry) VALUES ($1, $2, $3, $4)")
             .bind(&successor.id)
             .bind(&successor.family_id)
@@ -252,7 +270,7 @@ impl Storage for Postgres {
             .execute(&mut *tx)
             .await
             .map_err(map_insert)?;
-        tx.commit().await.map_err(backend)
+        tx.commit().await.map_err(pg)
     }
 
     async fn list_refresh_family(&self, family_id: &str) -> Result<Vec<RefreshToken>, StorageError> {
@@ -260,7 +278,7 @@ impl Storage for Postgres {
             .bind(family_id)
             .fetch_all(&self.pool)
             .await
-            .map_err(backend)?;
+            .map_err(pg)?;
         let mut v = rows.iter().map(|r| decode::<RefreshToken>(r.get::<&str, _>(0))).collect::<Result<Vec<_>, _>>()?;
         v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(v)
@@ -271,7 +289,7 @@ impl Storage for Postgres {
             .bind(family_id)
             .execute(&self.pool)
             .await
-            .map_err(backend)?;
+            .map_err(pg)?;
         Ok(done.rows_affected())
     }
 
@@ -279,7 +297,7 @@ impl Storage for Postgres {
         let row = sqlx::query("SELECT data FROM keys WHERE id = 1")
             .fetch_optional(&self.pool)
             .await
-            .map_err(backend)?
+            .map_err(pg)?
             .ok_or(StorageError::NotFound)?;
         decode(row.get::<&str, _>(0))
     }
@@ -288,7 +306,7 @@ impl Storage for Postgres {
         let mut tx = self.begin().await?;
         Self::advisory_lock(&mut tx, "tokengate.keys").await?;
         let current: Option<Keys> =
-            match sqlx::query("SELECT data FROM keys WHERE id = 1").fetch_optional(&mut *tx).await.map_err(backend)? {
+            match sqlx::query("SELECT data FROM keys WHERE id = 1").fetch_optional(&mut *tx).await.map_err(pg)? {
                 Some(row) => Some(decode(row.get::<&str, _>(0))?),
                 None => None,
             };
@@ -299,8 +317,8 @@ impl Storage for Postgres {
             .bind(encode(&new)?)
             .execute(&mut *tx)
             .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+            .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
         Ok(new)
     }
 
@@ -310,12 +328,12 @@ impl Storage for Postgres {
             .bind(&candidate)
             .execute(&self.pool)
             .await
-            .map_err(backend)?;
+            .map_err(pg)?;
         let row = sqlx::query("SELECT value FROM secrets WHERE name = $1")
             .bind(name)
             .fetch_one(&self.pool)
             .await
-            .map_err(backend)?;
+            .map_err(pg)?;
         Ok(row.get::<Vec<u8>, _>(0))
     }
 
@@ -324,7 +342,7 @@ impl Storage for Postgres {
             .bind(key)
             .fetch_optional(&self.pool)
             .await
-            .map_err(backend)?;
+            .map_err(pg)?;
         row.map(|r| decode(r.get::<&str, _>(0))).transpose()
     }
 
@@ -335,7 +353,7 @@ impl Storage for Postgres {
             .bind(key)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(backend)?
+            .map_err(pg)?
         {
             Some(row) => Some(decode(row.get::<&str, _>(0))?),
             None => None,
@@ -353,8 +371,8 @@ impl Storage for Postgres {
         }
         .execute(&mut *tx)
         .await
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
         Ok(new)
     }
 
@@ -379,7 +397,7 @@ impl Storage for Postgres {
             .bind(user_code)
             .fetch_optional(&self.pool)
             .await
-            .map_err(backend)?
+            .map_err(pg)?
             .ok_or(StorageError::NotFound)?;
         decode(row.get::<&str, _>(0))
     }
