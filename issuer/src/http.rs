@@ -288,3 +288,24 @@ pub struct ErrorPage {
 pub fn error_page(status: StatusCode, title: &str, message: impl Into<String>) -> Response {
     page(status, &ErrorPage { title: title.to_owned(), message: message.into() })
 }
+
+/// A page for a storage failure: while the database cannot be reached, a 503 the person can retry (with
+/// `Retry-After`); any other failure a bare 500 (logged).
+pub fn storage_failure(e: crate::storage::StorageError) -> Response {
+    match e {
+        crate::storage::StorageError::Unavailable(why) => {
+            tracing::warn!(error = %why, "storage unavailable: answering 503");
+            let mut r = error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again in a moment",
+                "Signing in is briefly unavailable (the identity provider cannot reach its database). Reload this \
+                 page in a few seconds.",
+            );
+            if let Ok(v) = HeaderValue::from_str(&crate::oauth::RETRY_AFTER_SECS.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        other => crate::oauth::internal(other),
+    }
+}

@@ -1,6 +1,7 @@
 //! The database goes away under a running issuer and comes back (part of issue 14's drills): while
 //! PostgreSQL cannot be reached the token endpoint answers 503 `temporarily_unavailable` with
-//! `Retry-After` (never a 500), nothing is lost, and the issuer recovers by itself. The issuer reaches the
+//! `Retry-After` and the login pages a 503 page (never a 500), nothing is lost, and the issuer recovers by
+//! itself. The issuer reaches the
 //! real server through a TCP relay the test can cut and restore on the same port, the way a network
 //! partition or a database restart looks from the issuer. Needs the PostgreSQL server `make test` starts.
 
@@ -111,6 +112,10 @@ async fn while_the_database_is_unreachable_refreshes_get_503_and_everything_work
     assert!(retry_after.is_some_and(|s| s.parse::<u64>().is_ok()), "Retry-After says when to come back");
     let keys = http().get(issuer.endpoint("/keys")).send().await.unwrap();
     assert_eq!(keys.status(), 200, "the loaded signing keys are still published");
+    let page = http().get(issuer.auth_url("openid", "s")).send().await.unwrap();
+    assert_eq!(page.status(), 503, "a person starting a login gets a page to retry, not a 500");
+    assert!(page.headers().contains_key("retry-after"));
+    assert!(page.text().await.unwrap().contains("Try again in a moment"));
 
     relay.listen().await;
     let (status, _, body) = refresh(&issuer, &rt).await;

@@ -10,8 +10,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
 
-use super::{client_ip, error_page, page, Form, Peer};
-use crate::oauth::{internal, redirect_with, AuthorizeErrorCode as Code, OOB_REDIRECT_URI};
+use super::{client_ip, error_page, page, storage_failure, Form, Peer};
+use crate::oauth::{redirect_with, AuthorizeErrorCode as Code, OOB_REDIRECT_URI};
 use crate::ratelimit::{self, Limit, LimitError};
 use crate::state::AppState;
 use crate::storage::{AuthCode, AuthRequest, StorageError};
@@ -141,7 +141,7 @@ pub(crate) async fn begin_login(state: &AppState, request: AuthRequest) -> Respo
     let login_url = format!("{}/login?req={}", state.config.path_prefix(), request.id);
     let csrf = request.csrf_token.clone();
     if let Err(e) = state.storage.create_auth_request(request).await {
-        return internal(e);
+        return storage_failure(e);
     }
     let mut r = Redirect::to(&login_url).into_response();
     set_csrf_cookie(state, &mut r, &csrf);
@@ -241,7 +241,7 @@ pub(crate) async fn pending_request(state: &AppState, id: Option<&str>) -> Resul
     match state.storage.get_auth_request(id).await {
         Ok(r) if r.expiry >= state.clock.now() => Ok(r),
         Ok(_) | Err(StorageError::NotFound) => Err(expired()),
-        Err(e) => Err(internal(e)),
+        Err(e) => Err(storage_failure(e)),
     }
 }
 
@@ -313,7 +313,7 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
     match ratelimit::reserve(store, &user_key, user_limit, now).await {
         Ok(()) => {}
         Err(LimitError::Exhausted { retry_after }) => return throttled(retry_after),
-        Err(LimitError::Storage(e)) => return internal(e),
+        Err(LimitError::Storage(e)) => return storage_failure(e),
     }
     match ratelimit::reserve(store, &ip_key, ip_limit, now).await {
         Ok(()) => {}
@@ -321,7 +321,7 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
             let _ = ratelimit::refund(store, &user_key, user_limit, now).await;
             return throttled(retry_after);
         }
-        Err(LimitError::Storage(e)) => return internal(e),
+        Err(LimitError::Storage(e)) => return storage_failure(e),
     }
 
     let identity = match crate::connector::PasswordConnector::login(&state.passwords, login, password).await {
@@ -351,7 +351,7 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
     // Only failures spend attempts.
     for (key, limit) in [(&user_key, user_limit), (&ip_key, ip_limit)] {
         if let Err(e) = ratelimit::refund(store, key, limit, now).await {
-            return internal(e);
+            return storage_failure(e);
         }
     }
 
@@ -364,7 +364,7 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
                 "This login was already completed. Go back to the application.",
             )
         }
-        Err(e) => return internal(e),
+        Err(e) => return storage_failure(e),
     }
     if let Some(device) = &request.device {
         crate::metrics::Metrics::count(&state.metrics.logins, "success");
@@ -390,7 +390,7 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
     crate::metrics::Metrics::count(&state.metrics.logins, "success");
     tracing::info!(target: "audit", event = "login", result = "success", user = %code.identity.email, sub = %code.identity.user_id, client = %request.client_id, ip = %ip_text);
     if let Err(e) = state.storage.create_auth_code(code).await {
-        return internal(e);
+        return storage_failure(e);
     }
     let mut params = vec![("code", code_id.as_str())];
     if let Some(s) = request.state.as_deref() {

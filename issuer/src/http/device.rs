@@ -13,8 +13,8 @@ use rand::Rng;
 use serde::Serialize;
 
 use super::authorize::{begin_login, csrf_value, posted_login_form};
-use super::{authenticate_client, client_ip, error_page, page, Form, Peer};
-use crate::oauth::{internal, TokenError};
+use super::{authenticate_client, client_ip, error_page, page, storage_failure, Form, Peer};
+use crate::oauth::TokenError;
 use crate::ratelimit::{self, Limit, LimitError};
 use crate::state::AppState;
 use crate::storage::{AuthRequest, DeviceLogin, DeviceRequest, DeviceStatus, Identity, StorageError};
@@ -187,7 +187,7 @@ pub async fn verify(State(state): State<AppState>, peer: Peer, headers: HeaderMa
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             return r;
         }
-        Err(LimitError::Storage(e)) => return internal(e),
+        Err(LimitError::Storage(e)) => return storage_failure(e),
     }
     let now = state.clock.now();
     let device = match state.storage.get_device_request_by_user_code(&user_code).await {
@@ -201,10 +201,10 @@ pub async fn verify(State(state): State<AppState>, peer: Peer, headers: HeaderMa
                 Some("This code is unknown, expired or already used. Check your device, or start again there.".into()),
             );
         }
-        Err(e) => return internal(e),
+        Err(e) => return storage_failure(e),
     };
     if let Err(e) = ratelimit::refund(store, &ip_key, ip_limit, now_f).await {
-        return internal(e);
+        return storage_failure(e);
     }
     let auth_life = state.config.expiry.auth_requests.as_secs() as i64;
     let request = AuthRequest {
@@ -263,7 +263,7 @@ pub(crate) async fn approve(state: &AppState, device: &DeviceLogin, identity: Id
             (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
         }
         Err(StorageError::Conflict | StorageError::NotFound) => gone(),
-        Err(e) => internal(e),
+        Err(e) => storage_failure(e),
     }
 }
 
@@ -290,7 +290,7 @@ pub async fn deny(State(state): State<AppState>, peer: Peer, headers: HeaderMap,
     match state.storage.delete_auth_request(&request.id).await {
         Ok(()) => {}
         Err(StorageError::NotFound) => return gone(),
-        Err(e) => return internal(e),
+        Err(e) => return storage_failure(e),
     }
     let denied = state
         .storage
@@ -318,7 +318,7 @@ pub async fn deny(State(state): State<AppState>, peer: Peer, headers: HeaderMap,
             )
         }
         Err(StorageError::Conflict | StorageError::NotFound) => gone(),
-        Err(e) => internal(e),
+        Err(e) => storage_failure(e),
     }
 }
 
