@@ -54,6 +54,8 @@ pub fn router(state: AppState) -> Router {
         .route("/device/deny", post(device::deny))
         .route("/logout", get(logout::logout).post(logout::logout_post))
         .route("/healthz", get(discovery::healthz))
+        .route("/healthz/live", get(discovery::healthz_live))
+        .route("/healthz/ready", get(discovery::healthz_ready))
         .route("/metrics", get(discovery::metrics));
     let routes = match &state.config.kubernetes {
         Some(k) => routes

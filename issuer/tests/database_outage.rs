@@ -112,12 +112,19 @@ async fn while_the_database_is_unreachable_refreshes_get_503_and_everything_work
     assert!(retry_after.is_some_and(|s| s.parse::<u64>().is_ok()), "Retry-After says when to come back");
     let keys = http().get(issuer.endpoint("/keys")).send().await.unwrap();
     assert_eq!(keys.status(), 200, "the loaded signing keys are still published");
+    let status = |path: &'static str| {
+        let url = issuer.endpoint(path);
+        async move { http().get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("/healthz/ready").await, 503, "not ready: a load balancer sends traffic elsewhere");
+    assert_eq!(status("/healthz/live").await, 200, "alive: nothing to restart");
     let page = http().get(issuer.auth_url("openid", "s")).send().await.unwrap();
     assert_eq!(page.status(), 503, "a person starting a login gets a page to retry, not a 500");
     assert!(page.headers().contains_key("retry-after"));
     assert!(page.text().await.unwrap().contains("Try again in a moment"));
 
     relay.listen().await;
+    assert_eq!(status("/healthz/ready").await, 200, "ready again by itself");
     let (status, _, body) = refresh(&issuer, &rt).await;
     assert_eq!(status, 200, "recovered without a restart, and the refresh token survived: {body}");
     let (status, _, _) = refresh(&issuer, body["refresh_token"].as_str().unwrap()).await;

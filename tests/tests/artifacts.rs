@@ -106,8 +106,8 @@ fn the_kubernetes_issuer_config_passes_validation_and_the_deployment_is_highly_a
     let deployment = of_kind(&docs, "Deployment")[0];
     assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    for probe in ["readinessProbe", "livenessProbe"] {
-        assert_eq!(container[probe]["httpGet"]["path"].as_str(), Some("/healthz"), "{probe}");
+    for (probe, path) in [("readinessProbe", "/healthz/ready"), ("livenessProbe", "/healthz/live")] {
+        assert_eq!(container[probe]["httpGet"]["path"].as_str(), Some(path), "{probe}");
     }
     assert!(container["resources"]["requests"]["memory"].is_string());
     assert_eq!(of_kind(&docs, "PodDisruptionBudget").len(), 1);

@@ -80,6 +80,35 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `GET /healthz/live`: the process serves requests. Never depends on the database: a liveness probe that
+/// failed during a database outage would restart every replica for nothing.
+pub async fn healthz_live() -> Response {
+    (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], "ok\n").into_response()
+}
+
+/// `GET /healthz/ready`: the storage answers a read right now (one round trip) and signing keys are
+/// loaded; otherwise 503 with `Retry-After`, so a load balancer sends traffic elsewhere until it recovers.
+pub async fn healthz_ready(State(state): State<AppState>) -> Response {
+    let storage = match state.storage.get_keys().await {
+        Ok(_) | Err(crate::storage::StorageError::NotFound) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    let keys = state.keys().await.map(|_| ()).map_err(|e| e.to_string());
+    match storage.and(keys) {
+        Ok(()) => (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], "ready\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            let retry = crate::oauth::RETRY_AFTER_SECS.to_string();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::CACHE_CONTROL, "no-store"), (header::RETRY_AFTER, retry.as_str())],
+                "not ready\n",
+            )
+                .into_response()
+        }
+    }
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
