@@ -383,8 +383,7 @@ fn with_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: 
     }
     if let Some(c) = cached.as_ref().filter(|c| c.expires_at > now + REFRESH_MARGIN.as_secs()) {
         (ctx.events)(Event::SessionCacheHit);
-        let cookies = newest_refresh_token_cookies(cfg, ctx, req, &session, c);
-        return use_id_token(cfg, ctx, req, c, cookies);
+        return serve_cached(cfg, ctx, req, &session, c);
     }
     (ctx.events)(Event::SessionCacheMiss);
     let still_valid = cached.as_ref().filter(|c| c.expires_at > now);
@@ -397,8 +396,7 @@ fn with_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: 
             if !ctx.cache.try_refresh_lease(&session.id, now, until, &lease) {
                 // Another request is refreshing this session right now.
                 if let Some(c) = still_valid {
-                    let cookies = newest_refresh_token_cookies(cfg, ctx, req, &session, c);
-                    return use_id_token(cfg, ctx, req, c, cookies);
+                    return serve_cached(cfg, ctx, req, &session, c);
                 }
                 return wait_for_refresh(cfg, ctx, req, session, wait);
             }
@@ -408,8 +406,7 @@ fn with_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: 
             if let Some(c) = cached.as_ref().filter(|c| c.expires_at > now + REFRESH_MARGIN.as_secs() && !c.signed_out)
             {
                 ctx.cache.release_refresh_lease(&session.id, &lease);
-                let cookies = newest_refresh_token_cookies(cfg, ctx, req, &session, c);
-                return use_id_token(cfg, ctx, req, c, cookies);
+                return serve_cached(cfg, ctx, req, &session, c);
             }
             let (Some(rt), generation) = newest_refresh_token(&session, cached.as_ref()) else {
                 ctx.cache.release_refresh_lease(&session.id, &lease);
@@ -487,6 +484,18 @@ fn newest_refresh_token(session: &Session, cached: Option<&CachedIdToken>) -> (O
         }
         _ => (session.refresh_token.clone(), session.generation),
     }
+}
+
+/// Forwards with the cached ID token, bringing the browser's cookie up to the cache's newest refresh token.
+fn serve_cached(
+    cfg: &FilterConfig,
+    ctx: &Ctx<'_>,
+    req: &RequestParts,
+    session: &Session,
+    c: &CachedIdToken,
+) -> Decision {
+    let cookies = newest_refresh_token_cookies(cfg, ctx, req, session, c);
+    use_id_token(cfg, ctx, req, c, cookies)
 }
 
 /// A `Set-Cookie` for the session when the shared cache holds a newer refresh token than the browser sent
@@ -567,20 +576,13 @@ pub fn finalize_response_cookies(
         out.extend(clear_session_cookies(cfg, req));
         return out;
     }
-    match &cached.refresh_token {
-        Some(rt) if cached.generation > s.generation && Some(rt) != s.refresh_token.as_ref() => {
-            let newer = Session { refresh_token: Some(rt.clone()), generation: cached.generation, ..s };
-            match session_cookies(cfg, ctx, req, &newer) {
-                Some(fresh) => {
-                    let mut out = keep_others(cookies);
-                    out.extend(fresh);
-                    out
-                }
-                None => cookies,
-            }
-        }
-        _ => cookies,
+    let fresh = newest_refresh_token_cookies(cfg, ctx, req, &s, &cached);
+    if fresh.is_empty() {
+        return cookies;
     }
+    let mut out = keep_others(cookies);
+    out.extend(fresh);
+    out
 }
 
 /// Adds `Set-Cookie` values to whatever a decision answers with.

@@ -649,7 +649,6 @@ impl Validator<'_> {
         let Some(value) = value else { return default };
         match humantime::parse_duration(value.trim()) {
             Ok(d) => d,
-            Err(_) if value.trim() == "0" => Duration::ZERO,
             Err(_) => {
                 self.problem(key, format!("a duration such as \"0s\", \"10s\" or \"2m\", got {value:?}"));
                 default
