@@ -1220,6 +1220,24 @@ mod tests {
     }
 
     #[test]
+    fn allowed_origins_are_origins_or_a_wildcard() {
+        let c = parse(&minimal("").replace(
+            "web: {http: 127.0.0.1:5556}",
+            "web: {http: 127.0.0.1:5556, allowedOrigins: ['https://spa.example', 'http://127.0.0.1:3000', '*'], allowedHeaders: [Authorization]}",
+        ))
+        .unwrap();
+        assert_eq!(c.web.allowed_origins.len(), 3);
+        let bad = minimal("").replace(
+            "web: {http: 127.0.0.1:5556}",
+            "web: {http: 127.0.0.1:5556, allowedOrigins: ['https://spa.example/app', 'spa.example'], allowedHeaders: ['bad header']}",
+        );
+        let p = problems(&bad);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].starts_with("web.allowedOrigins[0]: expected an origin"), "{p:?}");
+        assert!(p[2].starts_with("web.allowedHeaders[0]: expected a header name"), "{p:?}");
+    }
+
+    #[test]
     fn a_zero_reuse_interval_and_disable_rotation_are_accepted() {
         let c = parse(&minimal("expiry:\n  refreshTokens: {reuseInterval: 0s, disableRotation: true}\n")).unwrap();
         assert_eq!(c.expiry.refresh_tokens.reuse_interval, Duration::ZERO);
