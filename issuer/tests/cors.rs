@@ -66,4 +66,6 @@ async fn a_wildcard_allows_any_origin_and_no_setting_allows_none() {
     let r = preflight(&issuer, "/token", SPA).await;
     assert_eq!(allow_origin(&r), None);
     assert_eq!(r.status(), 405, "without allowedOrigins /token knows no OPTIONS");
+    let r = http().get(issuer.endpoint("/keys")).header("origin", SPA).send().await.unwrap();
+    assert_eq!(allow_origin(&r), Some("*"), "with no policy the public documents stay readable by any page");
 }
