@@ -39,6 +39,8 @@ pub struct Config {
     pub enable_password_db: bool,
     /// Kubernetes access (`kubernetes:`); `None` when the section is absent.
     pub kubernetes: Option<Kubernetes>,
+    /// Upstream identity providers (`connectors:`), in configuration order.
+    pub connectors: Vec<crate::connector::ConnectorConfig>,
 }
 
 /// `web:` — where the issuer listens.
@@ -214,6 +216,11 @@ pub struct Client {
     pub post_logout_redirect_uris: Vec<String>,
     /// Allow PKCE `plain` (never for public clients).
     pub allow_plain_pkce: bool,
+    /// Connectors this client may use, on every grant including refresh (Dex's `allowedConnectors`);
+    /// empty: all.
+    pub allowed_connectors: Vec<String>,
+    /// Who may sign in to this client (`allowedEmails`, `allowedEmailDomains`, `allowedGroups`).
+    pub policy: crate::connector::Policy,
 }
 
 impl Client {
@@ -225,6 +232,11 @@ impl Client {
     pub fn accepts_redirect_uri(&self, uri: &str) -> bool {
         (self.public && uri == crate::oauth::OOB_REDIRECT_URI)
             || self.redirect_uris.iter().any(|r| r == uri || loopback_matches(r, uri))
+    }
+
+    /// Whether users of connector `id` may sign in to this client.
+    pub fn allows_connector(&self, id: &str) -> bool {
+        self.allowed_connectors.is_empty() || self.allowed_connectors.iter().any(|c| c == id)
     }
 }
 
@@ -420,6 +432,20 @@ struct RawConfig {
     enable_password_db: Option<bool>,
     #[serde(default)]
     kubernetes: Option<RawKubernetes>,
+    #[serde(default)]
+    connectors: Vec<RawConnector>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnector {
+    #[serde(rename = "type")]
+    kind: String,
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    config: serde_yaml::Value,
 }
 
 #[derive(Deserialize, Default)]
@@ -564,6 +590,14 @@ struct RawClient {
     post_logout_redirect_uris: Vec<String>,
     #[serde(default, rename = "allowPlainPKCE")]
     allow_plain_pkce: bool,
+    #[serde(default)]
+    allowed_connectors: Vec<String>,
+    #[serde(default)]
+    allowed_emails: Vec<String>,
+    #[serde(default)]
+    allowed_email_domains: Vec<String>,
+    #[serde(default)]
+    allowed_groups: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -842,6 +876,21 @@ impl Validator<'_> {
         let static_passwords = self.passwords(raw.static_passwords);
         let enable_password_db = raw.enable_password_db.unwrap_or(!static_passwords.is_empty());
         let kubernetes = raw.kubernetes.map(|k| self.kubernetes(k, issuer.as_ref(), &web, &mut static_clients));
+        let connectors = self.connectors(raw.connectors, issuer.as_ref());
+        let mut known: Vec<&str> = connectors.iter().map(|c| c.id.as_str()).collect();
+        if enable_password_db {
+            known.push(crate::connector::local::CONNECTOR_ID);
+        }
+        for (i, c) in static_clients.iter().enumerate() {
+            for (j, id) in c.allowed_connectors.iter().enumerate() {
+                if !known.contains(&id.as_str()) {
+                    self.problem(
+                        format!("staticClients[{i}].allowedConnectors[{j}]"),
+                        format!("the id of a configured connector ({}), got {id:?}", known.join(", ")),
+                    );
+                }
+            }
+        }
 
         Some(Config {
             issuer: issuer?,
@@ -856,7 +905,31 @@ impl Validator<'_> {
             static_passwords,
             enable_password_db,
             kubernetes,
+            connectors,
         })
+    }
+
+    fn connectors(&mut self, raw: Vec<RawConnector>, _issuer: Option<&Url>) -> Vec<crate::connector::ConnectorConfig> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, c) in raw.into_iter().enumerate() {
+            let key = format!("connectors[{i}]");
+            if !seen.insert(c.id.clone()) {
+                self.problem(format!("{key}.id"), format!("a unique connector id, {:?} appears twice", c.id));
+            }
+            if let Some(parsed) = crate::connector::ConnectorConfig::parse(
+                &key,
+                &c.kind,
+                c.id,
+                c.name,
+                c.config,
+                self.env,
+                &mut self.problems,
+            ) {
+                out.push(parsed);
+            }
+        }
+        out
     }
 
     fn kubernetes(
@@ -1083,6 +1156,13 @@ impl Validator<'_> {
                 trusted_peers: c.trusted_peers,
                 post_logout_redirect_uris: c.post_logout_redirect_uris,
                 allow_plain_pkce: c.allow_plain_pkce,
+                allowed_connectors: c.allowed_connectors,
+                policy: crate::connector::Policy::new(
+                    c.allowed_emails,
+                    c.allowed_email_domains,
+                    c.allowed_groups,
+                    String::new(),
+                ),
             });
         }
         out
@@ -1199,6 +1279,8 @@ mod tests {
             trusted_peers: vec![],
             post_logout_redirect_uris: vec![],
             allow_plain_pkce: false,
+            allowed_connectors: vec![],
+            policy: Default::default(),
         };
         let cases: &[(&str, &str, bool)] = &[
             ("http://127.0.0.1/callback", "http://127.0.0.1:49152/callback", true),

@@ -24,6 +24,7 @@ pub mod authorize;
 pub mod device;
 pub mod discovery;
 pub mod kubeconfig;
+pub mod login;
 pub mod logout;
 pub mod revoke;
 pub mod token;
@@ -48,7 +49,9 @@ pub fn router(state: AppState) -> Router {
     };
     let routes = api
         .route("/auth", get(authorize::authorize).post(authorize::authorize_post))
-        .route("/login", get(authorize::login_page).post(authorize::login))
+        .route("/login", get(login::login_page).post(login::login))
+        .route("/auth/{connector}", get(login::connector_route))
+        .route("/callback", get(login::callback))
         .route("/device", get(device::verification_page).post(device::verify))
         .route("/device/approved", get(device::approved_page))
         .route("/device/deny", post(device::deny))

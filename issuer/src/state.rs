@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::{Config, StorageConfig};
-use crate::connector::local::StaticPasswords;
+use crate::connector::{BuildError, Connectors};
 use crate::keyring::{Keyring, KeyringError, Loaded};
 use crate::metrics::Metrics;
 use crate::storage::{memory::Memory, postgres::Postgres, sqlite::Sqlite, Storage, StorageError};
@@ -22,8 +22,8 @@ pub struct Inner {
     pub config: Config,
     /// The backend.
     pub storage: Arc<dyn Storage>,
-    /// The password database.
-    pub passwords: StaticPasswords,
+    /// The connectors (the password database first when enabled).
+    pub connectors: Connectors,
     /// Signing keys.
     pub keyring: Keyring,
     /// Keys refresh-token successor derivation (shared by replicas through storage).
@@ -52,6 +52,9 @@ pub enum StateError {
     /// Keys could not be loaded or generated.
     #[error("signing keys: {0}")]
     Keys(#[from] KeyringError),
+    /// A connector could not be set up (a CA file that is not a certificate, ...).
+    #[error(transparent)]
+    Connector(#[from] BuildError),
 }
 
 /// Opens the configured backend.
@@ -70,7 +73,7 @@ impl AppState {
         let server_key = storage.get_or_create_secret(SERVER_KEY, candidate.to_vec()).await?;
         let discovery = crate::http::discovery::document(&config);
         let state = AppState(Arc::new(Inner {
-            passwords: StaticPasswords::new(config.static_passwords.clone()),
+            connectors: Connectors::new(&config)?,
             config,
             storage,
             keyring: Keyring::default(),

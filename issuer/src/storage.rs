@@ -66,6 +66,24 @@ pub struct Identity {
     pub groups: Vec<String>,
     /// Which connector authenticated the user.
     pub connector_id: String,
+    /// `preferred_username` (OIDC Core §5.1); empty means "same as `username`".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub preferred_username: String,
+    /// What the connector needs to re-check the user at refresh (an upstream refresh token, an LDAP DN…),
+    /// kept with each refresh-token family and never shown to clients (Dex's `ConnectorData`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector_data: Option<ConnectorData>,
+}
+
+/// A connector's private data about a login (JSON). It may hold upstream secrets, so `Debug` hides it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnectorData(pub serde_json::Value);
+
+impl std::fmt::Debug for ConnectorData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectorData(..)")
+    }
 }
 
 /// A login in progress: what `/auth` was asked, kept until the user authenticates.
@@ -94,6 +112,9 @@ pub struct AuthRequest {
     /// Set when the login answers a device authorization (RFC 8628) instead of a redirect.
     #[serde(default)]
     pub device: Option<DeviceLogin>,
+    /// The only connector this login may use (Dex's `connector_id` parameter on `/auth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector_id: Option<String>,
 }
 
 /// The device authorization a login answers.

@@ -220,6 +220,8 @@ async fn public_clients_send_only_their_id_and_confidential_ones_must_authentica
             trusted_peers: vec![],
             post_logout_redirect_uris: vec![],
             allow_plain_pkce: false,
+            allowed_connectors: vec![],
+            policy: Default::default(),
         })
     })
     .await;

@@ -194,6 +194,8 @@ fn register_public_cli(c: &mut issuer::config::Config) {
         trusted_peers: vec![],
         post_logout_redirect_uris: vec![],
         allow_plain_pkce: false,
+        allowed_connectors: vec![],
+        policy: Default::default(),
     });
 }
 

@@ -217,6 +217,8 @@ async fn a_loopback_redirect_uri_matches_on_any_port_rfc8252() {
             trusted_peers: vec![],
             post_logout_redirect_uris: vec![],
             allow_plain_pkce: false,
+            allowed_connectors: vec![],
+            policy: Default::default(),
         })
     })
     .await;

@@ -39,6 +39,8 @@ impl StaticPasswords {
             email_verified: true,
             groups: u.groups.clone(),
             connector_id: CONNECTOR_ID.to_owned(),
+            preferred_username: u.username.clone(),
+            connector_data: None,
         }
     }
 }

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use super::{issue, revoke_family, Issue, TokenResponse};
 use crate::config::Client;
-use crate::connector::RefreshConnector;
+use crate::connector::ConnectorError;
 use crate::http::Form;
 use crate::metrics::Metrics;
 use crate::oauth::TokenError;
@@ -58,9 +58,9 @@ pub async fn refresh(state: &AppState, client: &Client, form: &Form) -> Result<T
                 return Err(TokenError::InvalidGrant("refresh token has expired (unused for too long)"));
             }
             if life.disable_rotation {
-                keep(state, &token, &presented, now).await?
+                keep(state, client, &token, &presented, now).await?
             } else {
-                rotate(state, &token, &presented, now).await?
+                rotate(state, client, &token, &presented, now).await?
             }
         }
         Some(_) => reuse(state, token, &presented, now).await?,
@@ -100,15 +100,48 @@ async fn load(state: &AppState, presented: &RefreshTokenString) -> Result<Refres
     Ok(token)
 }
 
-/// Groups and the user's existence, re-read at every refresh; a user who is gone ends the family.
-async fn reread_identity(state: &AppState, token: &RefreshToken) -> Result<crate::storage::Identity, TokenError> {
-    match state.passwords.refresh(&token.identity).await {
-        Ok(Some(i)) => Ok(i),
+/// The user, re-checked by the connector that signed them in (each connector's module says what it
+/// checks), then through the connector's and the client's policy. A user who is gone or refused ends the
+/// family; an upstream that cannot be reached is `temporarily_unavailable` and the token stays valid.
+async fn reread_identity(
+    state: &AppState,
+    client: &Client,
+    token: &RefreshToken,
+) -> Result<crate::storage::Identity, TokenError> {
+    let connector_id = &token.identity.connector_id;
+    let Some(connector) = state.connectors.get(connector_id) else {
+        revoke_family(state, &token.family_id, "connector_removed").await?;
+        return Err(TokenError::InvalidGrant("the connector that signed this user in is no longer configured"));
+    };
+    if !client.allows_connector(connector_id) {
+        revoke_family(state, &token.family_id, "connector_not_allowed").await?;
+        return Err(TokenError::InvalidGrant("this client may not use the connector that signed this user in"));
+    }
+    let started = std::time::Instant::now();
+    let result = connector.refresh.refresh(&token.identity).await;
+    if connector.kind != "local" {
+        state.metrics.observe_connector(connector_id, "refresh", &result, started.elapsed());
+    }
+    let refused = |reason: String| async move {
+        tracing::warn!(target: "audit", event = "refresh", result = "refused", connector = %connector_id, reason = %reason, sub = %crate::connector::subject(&token.identity), client = %client.id, family = %token.family_id);
+        revoke_family(state, &token.family_id, "refused_upstream").await?;
+        Err(TokenError::InvalidGrant("the user is no longer allowed to sign in"))
+    };
+    match result {
+        Ok(Some(i)) => match crate::connector::policy::admit(connector, Some(client), i) {
+            Ok(i) => Ok(i),
+            Err(reason) => refused(reason).await,
+        },
         Ok(None) => {
             revoke_family(state, &token.family_id, "user_removed").await?;
             Err(TokenError::InvalidGrant("the user no longer exists"))
         }
-        Err(e) => Err(TokenError::Internal(e.to_string())),
+        Err(ConnectorError::Unavailable(why)) => {
+            tracing::warn!(target: "audit", event = "connector_failure", connector = %connector_id, operation = "refresh", error = %why);
+            Err(TokenError::TemporarilyUnavailable(format!("{} cannot be reached; retry later", connector.name)))
+        }
+        Err(ConnectorError::Refused { reason }) => refused(reason).await,
+        Err(ConnectorError::Upstream(why) | ConnectorError::InvalidCallback(why)) => refused(why).await,
     }
 }
 
@@ -122,11 +155,12 @@ fn next_expiry(state: &AppState, token: &RefreshToken, now: i64) -> i64 {
 
 async fn rotate(
     state: &AppState,
+    client: &Client,
     token: &RefreshToken,
     presented: &RefreshTokenString,
     now: i64,
 ) -> Result<Successor, TokenError> {
-    let identity = reread_identity(state, token).await?;
+    let identity = reread_identity(state, client, token).await?;
     let next = presented.successor(&state.server_key);
     let expiry = next_expiry(state, token, now);
     let record = RefreshToken {
@@ -159,11 +193,12 @@ async fn rotate(
 /// (`created_at` is when the token was last used, which is what `validIfNotUsedFor` measures).
 async fn keep(
     state: &AppState,
+    client: &Client,
     token: &RefreshToken,
     presented: &RefreshTokenString,
     now: i64,
 ) -> Result<Successor, TokenError> {
-    let identity = reread_identity(state, token).await?;
+    let identity = reread_identity(state, client, token).await?;
     let expiry = next_expiry(state, token, now);
     let record = match state
         .storage

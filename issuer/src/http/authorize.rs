@@ -10,15 +10,14 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
 
-use super::{client_ip, error_page, page, storage_failure, Form, Peer};
+use super::{error_page, storage_failure, Form};
 use crate::oauth::{redirect_with, AuthorizeErrorCode as Code, OOB_REDIRECT_URI};
-use crate::ratelimit::{self, Limit, LimitError};
 use crate::state::AppState;
-use crate::storage::{AuthCode, AuthRequest, StorageError};
+use crate::storage::AuthRequest;
 use crate::token::{parse_scopes, random_b64};
 
 /// Cookie that binds a login form to the browser that started it.
-const CSRF_COOKIE: &str = "issuer_csrf";
+pub(crate) const CSRF_COOKIE: &str = "issuer_csrf";
 
 /// `GET /auth`.
 pub async fn authorize(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
@@ -40,7 +39,7 @@ fn valid_pkce_value(v: &str) -> bool {
     (43..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
-async fn start(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
+pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
     let Some(client_id) = form.get("client_id") else {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -112,6 +111,12 @@ async fn start(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
         return fail(Code::LoginRequired, "the user must sign in");
     }
 
+    // Dex's `connector_id`: skip the choice of connector.
+    let connector_id = match form.get("connector_id") {
+        None | Some("") => None,
+        Some(id) if state.connectors.get(id).is_some() && client.allows_connector(id) => Some(id.to_owned()),
+        Some(_) => return fail(Code::InvalidRequest, "connector_id names no connector this client may use"),
+    };
     let now = state.clock.now();
     let csrf = csrf_value(headers);
     let request = AuthRequest {
@@ -126,6 +131,7 @@ async fn start(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
         csrf_token: csrf.clone(),
         expiry: now + state.config.expiry.auth_requests.as_secs() as i64,
         device: None,
+        connector_id,
     };
     begin_login(state, request).await
 }
@@ -188,228 +194,6 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
-}
-
-#[derive(askama::Template)]
-#[template(path = "login.html")]
-struct LoginPage<'a> {
-    client_name: &'a str,
-    action: String,
-    req: &'a str,
-    csrf: &'a str,
-    prompt: &'a str,
-    login: &'a str,
-    error: Option<String>,
-    issuer: &'a str,
-    /// For a device login: the user code to compare, and where "Deny" posts.
-    device: Option<(String, String)>,
-}
-
-fn login_form(
-    state: &AppState,
-    status: StatusCode,
-    request: &AuthRequest,
-    login: &str,
-    error: Option<String>,
-) -> Response {
-    let client_name = state.config.client(&request.client_id).map_or(request.client_id.as_str(), |c| c.name.as_str());
-    let t = LoginPage {
-        client_name,
-        action: format!("{}/login", state.config.path_prefix()),
-        req: &request.id,
-        csrf: &request.csrf_token,
-        prompt: crate::connector::PasswordConnector::prompt(&state.passwords),
-        login,
-        error,
-        issuer: state.config.issuer.as_str().trim_end_matches('/'),
-        device: request.device.as_ref().map(|d| {
-            (super::device::display_user_code(&d.user_code), format!("{}/device/deny", state.config.path_prefix()))
-        }),
-    };
-    page(status, &t)
-}
-
-pub(crate) async fn pending_request(state: &AppState, id: Option<&str>) -> Result<AuthRequest, Response> {
-    let expired = || {
-        error_page(
-            StatusCode::BAD_REQUEST,
-            "Login expired",
-            "This login is unknown or has expired. Go back to the application and start again.",
-        )
-    };
-    let Some(id) = id else { return Err(expired()) };
-    match state.storage.get_auth_request(id).await {
-        Ok(r) if r.expiry >= state.clock.now() => Ok(r),
-        Ok(_) | Err(StorageError::NotFound) => Err(expired()),
-        Err(e) => Err(storage_failure(e)),
-    }
-}
-
-/// `GET /login?req=…`: the form.
-pub async fn login_page(State(state): State<AppState>, uri: Uri) -> Response {
-    let form = Form::from_query(uri.query()).unwrap_or_else(|_| Form(Default::default()));
-    match pending_request(&state, form.get("req")).await {
-        Ok(r) => login_form(&state, StatusCode::OK, &r, "", None),
-        Err(resp) => resp,
-    }
-}
-
-/// Parses a form posted from the login page and finds its pending login, checking the CSRF binding: the
-/// common start of every action the login page offers.
-pub(super) async fn posted_login_form(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(Form, AuthRequest), Response> {
-    let form = Form::parse(headers, body).map_err(|e| error_page(StatusCode::BAD_REQUEST, "Bad request", e))?;
-    let request = pending_request(state, form.get("req")).await?;
-    if !csrf_ok(headers, &form, &request) {
-        return Err(csrf_failed());
-    }
-    Ok((form, request))
-}
-
-/// `POST /login`: checks the CSRF binding and the throttle, then the password, then issues the code.
-pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap, body: Bytes) -> Response {
-    let (form, request) = match posted_login_form(&state, &headers, &body).await {
-        Ok(v) => v,
-        Err(resp) => return resp,
-    };
-    let login = form.get("login").unwrap_or("").trim();
-    let password = form.get("password").unwrap_or("");
-    if login.is_empty() || password.is_empty() {
-        return login_form(
-            &state,
-            StatusCode::BAD_REQUEST,
-            &request,
-            login,
-            Some("Enter your email address and password.".into()),
-        );
-    }
-
-    let ip = client_ip(&state, &peer, &headers);
-    let ip_text = ip.map_or_else(|| "-".to_owned(), |i| i.to_string());
-    let bf = state.config.brute_force;
-    let user_key = format!("user:{}", login.to_lowercase());
-    let ip_key = format!("ip:{ip_text}");
-    let user_limit = Limit { capacity: bf.max_attempts, refill: bf.refill_interval };
-    let ip_limit = Limit { capacity: bf.per_ip_max_attempts, refill: bf.per_ip_refill_interval };
-    let now = state.clock.now_f64();
-    let store = state.storage.as_ref();
-
-    let throttled = |retry_after: u64| {
-        crate::metrics::Metrics::count(&state.metrics.logins, "throttled");
-        tracing::warn!(target: "audit", event = "login", result = "throttled", user = login, client = %request.client_id, ip = %ip_text);
-        let mut r = login_form(
-            &state,
-            StatusCode::TOO_MANY_REQUESTS,
-            &request,
-            login,
-            Some(format!("Too many sign-in attempts. Try again in {retry_after} seconds.")),
-        );
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-        r
-    };
-    match ratelimit::reserve(store, &user_key, user_limit, now).await {
-        Ok(()) => {}
-        Err(LimitError::Exhausted { retry_after }) => return throttled(retry_after),
-        Err(LimitError::Storage(e)) => return storage_failure(e),
-    }
-    match ratelimit::reserve(store, &ip_key, ip_limit, now).await {
-        Ok(()) => {}
-        Err(LimitError::Exhausted { retry_after }) => {
-            let _ = ratelimit::refund(store, &user_key, user_limit, now).await;
-            return throttled(retry_after);
-        }
-        Err(LimitError::Storage(e)) => return storage_failure(e),
-    }
-
-    let identity = match crate::connector::PasswordConnector::login(&state.passwords, login, password).await {
-        Ok(Some(identity)) => identity,
-        Ok(None) => {
-            crate::metrics::Metrics::count(&state.metrics.logins, "failure");
-            tracing::info!(target: "audit", event = "login", result = "failure", user = login, client = %request.client_id, ip = %ip_text);
-            return login_form(
-                &state,
-                StatusCode::UNAUTHORIZED,
-                &request,
-                login,
-                Some("Invalid email address or password.".into()),
-            );
-        }
-        Err(e) => {
-            let _ = ratelimit::refund(store, &user_key, user_limit, now).await;
-            let _ = ratelimit::refund(store, &ip_key, ip_limit, now).await;
-            tracing::error!(error = %e, "password connector failed");
-            return error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Sign-in unavailable",
-                "The user directory did not answer. Try again shortly.",
-            );
-        }
-    };
-    // Only failures spend attempts.
-    for (key, limit) in [(&user_key, user_limit), (&ip_key, ip_limit)] {
-        if let Err(e) = ratelimit::refund(store, key, limit, now).await {
-            return storage_failure(e);
-        }
-    }
-
-    match state.storage.delete_auth_request(&request.id).await {
-        Ok(()) => {}
-        Err(StorageError::NotFound) => {
-            return error_page(
-                StatusCode::BAD_REQUEST,
-                "Login expired",
-                "This login was already completed. Go back to the application.",
-            )
-        }
-        Err(e) => return storage_failure(e),
-    }
-    if let Some(device) = &request.device {
-        crate::metrics::Metrics::count(&state.metrics.logins, "success");
-        tracing::info!(target: "audit", event = "login", result = "success", user = %identity.email, sub = %identity.user_id, client = %request.client_id, ip = %ip_text);
-        return super::device::approve(&state, device, identity, &ip_text).await;
-    }
-    let now = state.clock.now();
-    let code = AuthCode {
-        id: random_b64::<32>(),
-        client_id: request.client_id.clone(),
-        redirect_uri: request.redirect_uri.clone(),
-        scopes: request.scopes.clone(),
-        nonce: request.nonce.clone(),
-        code_challenge: request.code_challenge.clone(),
-        code_challenge_method: request.code_challenge_method.clone(),
-        identity,
-        auth_time: now,
-        expiry: now + state.config.expiry.auth_codes.as_secs() as i64,
-        redeemed_at: None,
-        family_id: None,
-    };
-    let code_id = code.id.clone();
-    crate::metrics::Metrics::count(&state.metrics.logins, "success");
-    tracing::info!(target: "audit", event = "login", result = "success", user = %code.identity.email, sub = %code.identity.user_id, client = %request.client_id, ip = %ip_text);
-    if let Err(e) = state.storage.create_auth_code(code).await {
-        return storage_failure(e);
-    }
-    let mut params = vec![("code", code_id.as_str())];
-    if let Some(s) = request.state.as_deref() {
-        params.push(("state", s));
-    }
-    if request.redirect_uri == OOB_REDIRECT_URI {
-        let client = state.config.client(&request.client_id).map_or(request.client_id.clone(), |c| c.name.clone());
-        return page(StatusCode::OK, &OobPage { client, code: code_id.clone() });
-    }
-    // 303: the browser follows with a GET, never re-posting the password.
-    (StatusCode::SEE_OTHER, [(header::LOCATION, redirect_with(&request.redirect_uri, &params))]).into_response()
-}
-
-/// The out-of-band "copy this code" page.
-#[derive(askama::Template)]
-#[template(path = "oob.html")]
-struct OobPage {
-    client: String,
-    code: String,
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use axum::Json;
 use rand::Rng;
 use serde::Serialize;
 
-use super::authorize::{begin_login, csrf_value, posted_login_form};
+use super::authorize::{begin_login, csrf_value};
+use super::login::posted_login_form;
 use super::{authenticate_client, client_ip, error_page, page, storage_failure, Form, Peer};
 use crate::oauth::TokenError;
 use crate::ratelimit::{self, Limit, LimitError};
@@ -219,6 +220,7 @@ pub async fn verify(State(state): State<AppState>, peer: Peer, headers: HeaderMa
         csrf_token: csrf_value(&headers),
         expiry: (now + auth_life).min(device.expiry),
         device: Some(DeviceLogin { device_code: device.device_code, user_code: device.user_code }),
+        connector_id: None,
     };
     begin_login(&state, request).await
 }

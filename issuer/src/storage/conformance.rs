@@ -47,6 +47,8 @@ pub(crate) fn identity() -> Identity {
         email_verified: true,
         groups: vec!["developers".into()],
         connector_id: "local".into(),
+        preferred_username: String::new(),
+        connector_data: None,
     }
 }
 
@@ -81,6 +83,7 @@ fn auth_request(id: &str, expiry: i64) -> AuthRequest {
         csrf_token: "x".into(),
         expiry,
         device: None,
+        connector_id: None,
     }
 }
 

@@ -1,0 +1,461 @@
+//! Signing in once `/auth` has stored the request: the login page (password connectors as forms, callback
+//! connectors as buttons), `POST /login` with brute-force throttling, `GET /auth/{connector}` (Dex's route:
+//! the chosen connector), `GET /callback` (one for every callback connector; the `state` names the
+//! connector and the pending login), and what every successful login ends with: identity policy, then the
+//! authorization code (RFC 6749 §4.1.2) or the device approval.
+//!
+//! Connector failures become pages here, once: an unreachable upstream a 503 with `Retry-After`, a refusal
+//! (by the upstream or a policy) a 403 with the reason and an audit event, an upstream error a 400 that says
+//! who refused and what to try.
+
+use std::collections::HashMap;
+
+use aws_lc_rs::hmac;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use subtle::ConstantTimeEq;
+
+use super::authorize::{cookie, csrf_failed, csrf_ok, CSRF_COOKIE};
+use super::{client_ip, error_page, page, storage_failure, Form, Peer};
+use crate::connector::{CallbackRequest, Connector, ConnectorError, Login};
+use crate::metrics::Metrics;
+use crate::oauth::{redirect_with, OOB_REDIRECT_URI};
+use crate::ratelimit::{self, Limit, LimitError};
+use crate::state::AppState;
+use crate::storage::{AuthCode, AuthRequest, Identity, StorageError};
+use crate::token::random_b64;
+
+/// A password connector's form on the login page.
+struct PasswordForm<'a> {
+    id: &'a str,
+    name: &'a str,
+    prompt: &'a str,
+}
+
+/// A callback connector's button on the login page.
+struct Button<'a> {
+    name: &'a str,
+    href: String,
+}
+
+#[derive(askama::Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    client_name: &'a str,
+    action: String,
+    req: &'a str,
+    csrf: &'a str,
+    forms: Vec<PasswordForm<'a>>,
+    buttons: Vec<Button<'a>>,
+    /// The connector whose form was posted (its login is filled in and its error shown).
+    selected: &'a str,
+    login: &'a str,
+    error: Option<String>,
+    issuer: &'a str,
+    /// For a device login: the user code to compare, and where "Deny" posts.
+    device: Option<(String, String)>,
+}
+
+/// The connectors a pending login may use: the client's `allowedConnectors`, narrowed to `connector_id`
+/// when `/auth` named one.
+fn usable<'a>(state: &'a AppState, request: &'a AuthRequest) -> Vec<&'a Connector> {
+    let Some(client) = state.config.client(&request.client_id) else { return vec![] };
+    state
+        .connectors
+        .for_client(client)
+        .filter(|c| request.connector_id.as_deref().is_none_or(|only| only == c.id))
+        .collect()
+}
+
+fn login_form(
+    state: &AppState,
+    status: StatusCode,
+    request: &AuthRequest,
+    only: Option<&str>,
+    selected: &str,
+    login: &str,
+    error: Option<String>,
+) -> Response {
+    let client_name = state.config.client(&request.client_id).map_or(request.client_id.as_str(), |c| c.name.as_str());
+    let prefix = state.config.path_prefix();
+    let connectors: Vec<&Connector> =
+        usable(state, request).into_iter().filter(|c| only.is_none_or(|o| o == c.id)).collect();
+    let forms = connectors
+        .iter()
+        .filter_map(|c| c.prompt().map(|prompt| PasswordForm { id: &c.id, name: &c.name, prompt }))
+        .collect();
+    let buttons = connectors
+        .iter()
+        .filter(|c| matches!(c.login, Login::Callback(_)))
+        .map(|c| Button { name: &c.name, href: format!("{prefix}/auth/{}?req={}", c.id, request.id) })
+        .collect();
+    let t = LoginPage {
+        client_name,
+        action: format!("{prefix}/login"),
+        req: &request.id,
+        csrf: &request.csrf_token,
+        forms,
+        buttons,
+        selected,
+        login,
+        error,
+        issuer: state.config.issuer.as_str().trim_end_matches('/'),
+        device: request.device.as_ref().map(|d| {
+            (super::device::display_user_code(&d.user_code), format!("{prefix}/device/deny"))
+        }),
+    };
+    page(status, &t)
+}
+
+pub(crate) async fn pending_request(state: &AppState, id: Option<&str>) -> Result<AuthRequest, Response> {
+    let expired = || {
+        error_page(
+            StatusCode::BAD_REQUEST,
+            "Login expired",
+            "This login is unknown or has expired. Go back to the application and start again.",
+        )
+    };
+    let Some(id) = id else { return Err(expired()) };
+    match state.storage.get_auth_request(id).await {
+        Ok(r) if r.expiry >= state.clock.now() => Ok(r),
+        Ok(_) | Err(StorageError::NotFound) => Err(expired()),
+        Err(e) => Err(storage_failure(e)),
+    }
+}
+
+/// `GET /login?req=…`: the connectors to choose from; with exactly one callback connector and no password
+/// form, straight to it.
+pub async fn login_page(State(state): State<AppState>, uri: Uri) -> Response {
+    let form = Form::from_query(uri.query()).unwrap_or_else(|_| Form(Default::default()));
+    let request = match pending_request(&state, form.get("req")).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match usable(&state, &request).as_slice() {
+        [] => error_page(
+            StatusCode::FORBIDDEN,
+            "No way to sign in",
+            "This application may not use any of the identity provider's sign-in methods. Ask its administrator.",
+        ),
+        [only] if matches!(only.login, Login::Callback(_)) => {
+            let only = (*only).clone();
+            redirect_upstream(&state, &request, &only).await
+        }
+        _ => login_form(&state, StatusCode::OK, &request, None, "", "", None),
+    }
+}
+
+/// `GET /auth/{connector}`: with `req`, sign in to that pending login through the connector (Dex's
+/// connector route); without it, an authorization request that skips the choice (like `connector_id`).
+pub async fn connector_route(
+    State(state): State<AppState>,
+    Path(connector_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let form = match Form::from_query(uri.query()) {
+        Ok(f) => f,
+        Err(e) => return error_page(StatusCode::BAD_REQUEST, "Bad request", e),
+    };
+    if form.get("req").is_none() {
+        let mut params = form.0.clone();
+        params.insert("connector_id".into(), connector_id);
+        return super::authorize::start(&state, &headers, &Form(params)).await;
+    }
+    let request = match pending_request(&state, form.get("req")).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let Some(connector) = usable(&state, &request).into_iter().find(|c| c.id == connector_id).cloned() else {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "Sign-in method not available",
+            "This application may not use that sign-in method. Go back and choose another.",
+        );
+    };
+    match connector.login {
+        Login::Callback(_) => redirect_upstream(&state, &request, &connector).await,
+        Login::Password(_) => login_form(&state, StatusCode::OK, &request, Some(&connector.id), "", "", None),
+    }
+}
+
+/// The values a callback login sends upstream and checks on return, derived from the server key, the
+/// pending login and the connector (so no state is stored and any replica takes the callback).
+fn callback_request(state: &AppState, request: &AuthRequest, connector_id: &str) -> CallbackRequest {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &state.server_key);
+    let derive = |purpose: &str| {
+        B64.encode(hmac::sign(&key, format!("{purpose}\0{}\0{connector_id}", request.id).as_bytes()).as_ref())
+    };
+    CallbackRequest {
+        state: format!("{}.{connector_id}", request.id),
+        nonce: derive("nonce"),
+        pkce_verifier: derive("pkce"),
+        offline_access: request.scopes.iter().any(|s| s == "offline_access"),
+    }
+}
+
+async fn redirect_upstream(state: &AppState, request: &AuthRequest, connector: &Connector) -> Response {
+    let Login::Callback(c) = &connector.login else {
+        return login_form(state, StatusCode::OK, request, Some(&connector.id), "", "", None);
+    };
+    match c.login_url(&callback_request(state, request, &connector.id)).await {
+        Ok(url) => Redirect::to(&url).into_response(),
+        Err(e) => connector_failure(state, request, connector, e, "-"),
+    }
+}
+
+/// `GET /callback`: the upstream sends the browser back here with `state` (`<login>.<connector>`).
+pub async fn callback(State(state): State<AppState>, peer: Peer, uri: Uri, headers: HeaderMap) -> Response {
+    let query: HashMap<String, String> = match serde_urlencoded::from_str(uri.query().unwrap_or("")) {
+        Ok(q) => q,
+        Err(_) => return error_page(StatusCode::BAD_REQUEST, "Bad request", "The sign-in response is malformed."),
+    };
+    let Some((req_id, connector_id)) = query.get("state").and_then(|s| s.split_once('.')) else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in not recognised",
+            "This sign-in response does not belong to a sign-in started here (state is missing). Go back to the \
+             application and start again.",
+        );
+    };
+    let request = match pending_request(&state, Some(req_id)).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    // Login CSRF: the callback must come back to the browser that started the login.
+    let expected = request.csrf_token.as_bytes();
+    if !cookie(&headers, CSRF_COOKIE).is_some_and(|c| bool::from(c.as_bytes().ct_eq(expected))) {
+        return csrf_failed();
+    }
+    let Some(connector) = usable(&state, &request).into_iter().find(|c| c.id == connector_id).cloned() else {
+        return error_page(StatusCode::BAD_REQUEST, "Sign-in not recognised", "This sign-in method is not available.");
+    };
+    let Login::Callback(c) = &connector.login else {
+        return error_page(StatusCode::BAD_REQUEST, "Sign-in not recognised", "This sign-in method uses a password.");
+    };
+    let ip = client_ip(&state, &peer, &headers).map_or_else(|| "-".to_owned(), |i| i.to_string());
+    let started = std::time::Instant::now();
+    let result = c.handle_callback(&callback_request(&state, &request, &connector.id), &query).await;
+    state.metrics.observe_connector(&connector.id, "login", &result, started.elapsed());
+    match result {
+        Ok(identity) => finish(&state, request, &connector, identity, &ip).await,
+        Err(e) => connector_failure(&state, &request, &connector, e, &ip),
+    }
+}
+
+/// Parses a form posted from the login page and finds its pending login, checking the CSRF binding: the
+/// common start of every action the login page offers.
+pub(super) async fn posted_login_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Form, AuthRequest), Response> {
+    let form = Form::parse(headers, body).map_err(|e| error_page(StatusCode::BAD_REQUEST, "Bad request", e))?;
+    let request = pending_request(state, form.get("req")).await?;
+    if !csrf_ok(headers, &form, &request) {
+        return Err(csrf_failed());
+    }
+    Ok((form, request))
+}
+
+/// `POST /login`: checks the CSRF binding and the throttle, then the password with the chosen password
+/// connector (`connector`; the first usable one when absent), then finishes the login.
+pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap, body: Bytes) -> Response {
+    let (form, request) = match posted_login_form(&state, &headers, &body).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let wanted = form.get("connector");
+    let chosen = usable(&state, &request).into_iter().find_map(|c| match &c.login {
+        Login::Password(p) if wanted.is_none_or(|w| w == c.id) => Some((c.clone(), p.clone())),
+        _ => None,
+    });
+    let Some((connector, passwords)) = chosen else {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "Sign-in method not available",
+            "This application may not use that sign-in method. Go back and choose another.",
+        );
+    };
+    let login = form.get("login").unwrap_or("").trim();
+    let password = form.get("password").unwrap_or("");
+    let only = form.get("only").map(|_| connector.id.as_str());
+    let again = |status: StatusCode, error: String| {
+        login_form(&state, status, &request, only, &connector.id, login, Some(error))
+    };
+    if login.is_empty() || password.is_empty() {
+        return again(StatusCode::BAD_REQUEST, format!("Enter your {} and password.", passwords.prompt().to_lowercase()));
+    }
+
+    let ip = client_ip(&state, &peer, &headers);
+    let ip_text = ip.map_or_else(|| "-".to_owned(), |i| i.to_string());
+    let bf = state.config.brute_force;
+    let user_key = format!("user:{}", login.to_lowercase());
+    let ip_key = format!("ip:{ip_text}");
+    let user_limit = Limit { capacity: bf.max_attempts, refill: bf.refill_interval };
+    let ip_limit = Limit { capacity: bf.per_ip_max_attempts, refill: bf.per_ip_refill_interval };
+    let now = state.clock.now_f64();
+    let store = state.storage.as_ref();
+
+    let throttled = |retry_after: u64| {
+        Metrics::count(&state.metrics.logins, "throttled");
+        tracing::warn!(target: "audit", event = "login", result = "throttled", user = login, connector = %connector.id, client = %request.client_id, ip = %ip_text);
+        let mut r = again(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("Too many sign-in attempts. Try again in {retry_after} seconds."),
+        );
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        r
+    };
+    match ratelimit::reserve(store, &user_key, user_limit, now).await {
+        Ok(()) => {}
+        Err(LimitError::Exhausted { retry_after }) => return throttled(retry_after),
+        Err(LimitError::Storage(e)) => return storage_failure(e),
+    }
+    match ratelimit::reserve(store, &ip_key, ip_limit, now).await {
+        Ok(()) => {}
+        Err(LimitError::Exhausted { retry_after }) => {
+            let _ = ratelimit::refund(store, &user_key, user_limit, now).await;
+            return throttled(retry_after);
+        }
+        Err(LimitError::Storage(e)) => return storage_failure(e),
+    }
+
+    let started = std::time::Instant::now();
+    let result = passwords.login(login, password).await;
+    if connector.kind != "local" {
+        state.metrics.observe_connector(&connector.id, "login", &result, started.elapsed());
+    }
+    let identity = match result {
+        Ok(Some(identity)) => identity,
+        Ok(None) => {
+            Metrics::count(&state.metrics.logins, "failure");
+            tracing::info!(target: "audit", event = "login", result = "failure", user = login, connector = %connector.id, client = %request.client_id, ip = %ip_text);
+            return again(StatusCode::UNAUTHORIZED, format!("Invalid {} or password.", passwords.prompt().to_lowercase()));
+        }
+        Err(e) => {
+            // The directory did not decide: the attempt is not held against the user.
+            let _ = ratelimit::refund(store, &user_key, user_limit, now).await;
+            let _ = ratelimit::refund(store, &ip_key, ip_limit, now).await;
+            return connector_failure(&state, &request, &connector, e, &ip_text);
+        }
+    };
+    // Only failures spend attempts.
+    for (key, limit) in [(&user_key, user_limit), (&ip_key, ip_limit)] {
+        if let Err(e) = ratelimit::refund(store, key, limit, now).await {
+            return storage_failure(e);
+        }
+    }
+    finish(&state, request, &connector, identity, &ip_text).await
+}
+
+/// A connector failure as a page: 503 for an unreachable upstream, 403 for a refusal, 400 otherwise.
+fn connector_failure(
+    state: &AppState,
+    request: &AuthRequest,
+    connector: &Connector,
+    e: ConnectorError,
+    ip: &str,
+) -> Response {
+    let name = &connector.name;
+    match e {
+        ConnectorError::Unavailable(why) => {
+            tracing::warn!(target: "audit", event = "connector_failure", connector = %connector.id, reason = "unavailable", error = %why, client = %request.client_id, ip);
+            let mut r = error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in unavailable",
+                format!("{name} did not answer. Try again in a moment; if this persists, tell the administrator."),
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(crate::oauth::RETRY_AFTER_SECS));
+            r
+        }
+        ConnectorError::Refused { reason } => {
+            Metrics::count(&state.metrics.logins, "refused");
+            tracing::warn!(target: "audit", event = "login", result = "refused", connector = %connector.id, reason = %reason, client = %request.client_id, ip);
+            error_page(
+                StatusCode::FORBIDDEN,
+                "Access denied",
+                format!("{reason}. If you should have access, ask the administrator of {name}."),
+            )
+        }
+        ConnectorError::Upstream(why) => {
+            tracing::warn!(target: "audit", event = "connector_failure", connector = %connector.id, reason = "upstream_error", error = %why, client = %request.client_id, ip);
+            error_page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in failed",
+                format!("{name} did not complete the sign-in ({why}). Go back to the application and try again."),
+            )
+        }
+        ConnectorError::InvalidCallback(why) => error_page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in not recognised",
+            format!("{why}. Go back to the application and start again."),
+        ),
+    }
+}
+
+/// Every successful login ends here: the connector's and the client's policy, then the code (or the
+/// device approval).
+async fn finish(state: &AppState, request: AuthRequest, connector: &Connector, identity: Identity, ip: &str) -> Response {
+    let identity = match crate::connector::policy::admit(connector, state.config.client(&request.client_id), identity) {
+        Ok(i) => i,
+        Err(reason) => return connector_failure(state, &request, connector, ConnectorError::Refused { reason }, ip),
+    };
+    match state.storage.delete_auth_request(&request.id).await {
+        Ok(()) => {}
+        Err(StorageError::NotFound) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "Login expired",
+                "This login was already completed. Go back to the application.",
+            )
+        }
+        Err(e) => return storage_failure(e),
+    }
+    Metrics::count(&state.metrics.logins, "success");
+    tracing::info!(target: "audit", event = "login", result = "success", user = %identity.email, sub = %crate::connector::subject(&identity), connector = %connector.id, client = %request.client_id, ip);
+    if let Some(device) = &request.device {
+        return super::device::approve(state, device, identity, ip).await;
+    }
+    let now = state.clock.now();
+    let code = AuthCode {
+        id: random_b64::<32>(),
+        client_id: request.client_id.clone(),
+        redirect_uri: request.redirect_uri.clone(),
+        scopes: request.scopes.clone(),
+        nonce: request.nonce.clone(),
+        code_challenge: request.code_challenge.clone(),
+        code_challenge_method: request.code_challenge_method.clone(),
+        identity,
+        auth_time: now,
+        expiry: now + state.config.expiry.auth_codes.as_secs() as i64,
+        redeemed_at: None,
+        family_id: None,
+    };
+    let code_id = code.id.clone();
+    if let Err(e) = state.storage.create_auth_code(code).await {
+        return storage_failure(e);
+    }
+    let mut params = vec![("code", code_id.as_str())];
+    if let Some(s) = request.state.as_deref() {
+        params.push(("state", s));
+    }
+    if request.redirect_uri == OOB_REDIRECT_URI {
+        let client = state.config.client(&request.client_id).map_or(request.client_id.clone(), |c| c.name.clone());
+        return page(StatusCode::OK, &OobPage { client, code: code_id.clone() });
+    }
+    // 303: the browser follows with a GET, never re-posting the password.
+    (StatusCode::SEE_OTHER, [(header::LOCATION, redirect_with(&request.redirect_uri, &params))]).into_response()
+}
+
+/// The out-of-band "copy this code" page.
+#[derive(askama::Template)]
+#[template(path = "oob.html")]
+struct OobPage {
+    client: String,
+    code: String,
+}
