@@ -36,12 +36,19 @@ pub struct Issuer {
 
 /// The shipped development configuration, with the issuer URL and database moved for this test.
 pub fn dev_config(url: &str, db: &std::path::Path) -> Config {
+    dev_config_with(url, db, "")
+}
+
+/// The development configuration with `extra` YAML appended at the top level (e.g. a `connectors:` list;
+/// `{issuer}` in it is replaced by the issuer URL).
+pub fn dev_config_with(url: &str, db: &std::path::Path, extra: &str) -> Config {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml");
     let text = std::fs::read_to_string(path).unwrap();
     let text = text
         .replace("issuer: http://127.0.0.1:5556", &format!("issuer: {url}"))
         .replace("file: ./data/issuer.db", &format!("file: {}", db.display()));
-    Config::parse(path, &text, &|_| None).unwrap()
+    let text = format!("{text}\n{}", extra.replace("{issuer}", url));
+    Config::parse(path, &text, &|_| None).unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Issuer {
@@ -54,6 +61,25 @@ impl Issuer {
     pub async fn start_tuned(tune: Tune) -> Self {
         let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
         Self::start_in(dir, tune, Clock::frozen(), None).await
+    }
+
+    /// Starts an issuer with the dev config plus `extra` YAML (see [`dev_config_with`]), then `edit`.
+    pub async fn start_with(extra: &str, edit: impl FnOnce(&mut Config)) -> Self {
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}");
+        let db = dir.path().join("issuer.db");
+        let mut config = dev_config_with(&url, &db, extra);
+        edit(&mut config);
+        let clock = Clock::system();
+        let storage = open_storage(&config).await.unwrap();
+        let state = AppState::new(config, storage, clock.clone()).await.unwrap();
+        let app = issuer::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Issuer { url, tune: |_| {}, state, clock, db, server, _dir: dir }
     }
 
     /// Starts an issuer on the database in `dir`, at `addr` if given (a restart keeps the issuer URL).
