@@ -168,6 +168,15 @@ pub struct AccessTokenClaims {
     pub profile: serde_json::Map<String, Value>,
 }
 
+/// `preferred_username`: what the connector reported, or the display name when it reported none.
+fn preferred_username(id: &Identity) -> String {
+    if id.preferred_username.is_empty() {
+        id.username.clone()
+    } else {
+        id.preferred_username.clone()
+    }
+}
+
 /// Everything needed to mint one pair of tokens.
 pub struct Mint<'a> {
     /// The configuration (issuer, lifetimes).
@@ -199,7 +208,7 @@ impl Mint<'_> {
         }
         if has(self.scopes, "profile") {
             m.insert("name".into(), id.username.clone().into());
-            m.insert("preferred_username".into(), id.username.clone().into());
+            m.insert("preferred_username".into(), preferred_username(id).into());
         }
         if has(self.scopes, "groups") {
             m.insert("groups".into(), id.groups.clone().into());
@@ -224,7 +233,7 @@ impl Mint<'_> {
         let id = self.identity;
         IdTokenClaims {
             iss: self.config.issuer.as_str().trim_end_matches('/').to_owned(),
-            sub: id.user_id.clone(),
+            sub: crate::connector::subject(id),
             aud,
             azp: self.client_id.to_owned(),
             exp: self.iat + self.config.expiry.id_tokens.as_secs() as i64,
@@ -236,7 +245,7 @@ impl Mint<'_> {
             email: has(self.scopes, "email").then(|| id.email.clone()),
             email_verified: has(self.scopes, "email").then_some(id.email_verified),
             name: has(self.scopes, "profile").then(|| id.username.clone()),
-            preferred_username: has(self.scopes, "profile").then(|| id.username.clone()),
+            preferred_username: has(self.scopes, "profile").then(|| preferred_username(id)),
             groups: has(self.scopes, "groups").then(|| id.groups.clone()),
         }
     }
@@ -245,7 +254,7 @@ impl Mint<'_> {
     pub fn access_token(&self, jti: String) -> AccessTokenClaims {
         AccessTokenClaims {
             iss: self.config.issuer.as_str().trim_end_matches('/').to_owned(),
-            sub: self.identity.user_id.clone(),
+            sub: crate::connector::subject(self.identity),
             aud: self.config.endpoint("/userinfo"),
             client_id: self.client_id.to_owned(),
             exp: self.iat + self.config.expiry.id_tokens.as_secs() as i64,

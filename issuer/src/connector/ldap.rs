@@ -41,6 +41,10 @@ const BIND_POOL: usize = 8;
 const GROUP_PAGE: i32 = 500;
 /// Active Directory's `LDAP_MATCHING_RULE_IN_CHAIN`: transitive group membership.
 const IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
+/// How many levels of nested groups are followed.
+const NESTING_DEPTH: usize = 8;
+/// At most this many groups are collected per user.
+const MAX_GROUPS: usize = 1000;
 /// `userAccountControl` bit `ACCOUNTDISABLE`.
 const AD_ACCOUNT_DISABLE: u64 = 0x2;
 
@@ -168,9 +172,26 @@ pub struct GroupSearch {
     pub group_attr: Option<String>,
     /// Attribute holding the group's name.
     pub name_attr: String,
-    /// Active Directory: include groups the user is in through other groups (`LDAP_MATCHING_RULE_IN_CHAIN`).
+    /// Groups the user is in through other groups: `true` follows membership level by level (any server);
+    /// `inChain` asks Active Directory to do it in one search (`LDAP_MATCHING_RULE_IN_CHAIN`).
     #[serde(default)]
-    pub nested_groups: bool,
+    pub nested_groups: NestedGroups,
+}
+
+/// `groupSearch.nestedGroups`: `false` (default), `true`, or `inChain`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum NestedGroups {
+    /// `true` or `false`.
+    Enabled(bool),
+    /// `inChain` (validated).
+    Rule(String),
+}
+
+impl Default for NestedGroups {
+    fn default() -> Self {
+        NestedGroups::Enabled(false)
+    }
 }
 
 /// `groupSearch.userMatchers[]`.
@@ -209,6 +230,11 @@ impl Config {
         }
         if self.username_attrs().is_empty() {
             problem("userSearch.username", "the attribute(s) holding the login name, e.g. uid");
+        }
+        if let Some(GroupSearch { nested_groups: NestedGroups::Rule(r), .. }) = &self.group_search {
+            if r != "inChain" {
+                problem("groupSearch.nestedGroups", "true, false or \"inChain\" (Active Directory)");
+            }
         }
         if let Some(g) = &self.group_search {
             if g.user_matchers.is_empty() && (g.user_attr.is_none() || g.group_attr.is_none()) {
@@ -489,51 +515,78 @@ impl Ldap {
         Ok(ok)
     }
 
+    /// Group entries (DN, names) matching `matcher` (one `(attr=value)` term) under `groupSearch`, paged.
+    async fn search_groups(&self, g: &GroupSearch, matcher: String) -> Result<Vec<(String, Vec<String>)>, ConnectorError> {
+        let filter = match g.filter.trim() {
+            "" => matcher,
+            f => format!("(&{}{matcher})", parenthesize(f)),
+        };
+        let (base, name_attr, scope) = (g.base_dn.clone(), g.name_attr.clone(), scope(&g.scope));
+        self.with_service(|mut l| {
+            let (filter, base, name_attr) = (filter.clone(), base.clone(), name_attr.clone());
+            async move {
+                let opts = SearchOptions::new().timelimit(OPERATION_TIMEOUT.as_secs() as i32);
+                let adapters: Vec<Box<dyn ldap3::adapters::Adapter<_, _>>> =
+                    vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(GROUP_PAGE))];
+                let mut stream = l
+                    .with_search_options(opts)
+                    .with_timeout(OPERATION_TIMEOUT)
+                    .streaming_search_with(adapters, &base, scope, &filter, vec![name_attr.clone()])
+                    .await?;
+                let mut out = Vec::new();
+                while let Some(e) = stream.next().await? {
+                    let e = SearchEntry::construct(e);
+                    let names = attr_values(&e, &name_attr);
+                    out.push((e.dn, names));
+                }
+                let res = stream.finish().await;
+                // 32 noSuchObject: no group base, so no groups.
+                if res.rc != 0 && res.rc != 32 {
+                    return Err(LdapError::from(res));
+                }
+                Ok(out)
+            }
+        })
+        .await
+    }
+
     async fn groups(&self, entry: &SearchEntry) -> Result<Vec<String>, ConnectorError> {
         let Some(g) = &self.config.group_search else { return Ok(vec![]) };
-        let mut names = Vec::new();
+        let in_chain = matches!(g.nested_groups, NestedGroups::Rule(_));
+        let mut found: Vec<(String, Vec<String>)> = Vec::new();
         for m in matchers(g) {
-            let values: Vec<String> = if m.user_attr == "DN" {
-                vec![entry.dn.clone()]
-            } else {
-                attr_values(entry, &m.user_attr)
-            };
+            let values: Vec<String> =
+                if m.user_attr == "DN" { vec![entry.dn.clone()] } else { attr_values(entry, &m.user_attr) };
             for v in values {
-                let rule = if g.nested_groups { format!(":{IN_CHAIN}:") } else { String::new() };
-                let matcher = format!("({}{rule}={})", m.group_attr, ldap_escape(v.as_str()));
-                let filter = match g.filter.trim() {
-                    "" => matcher,
-                    f => format!("(&{}{matcher})", parenthesize(f)),
-                };
-                let (base, name_attr, scope) = (g.base_dn.clone(), g.name_attr.clone(), scope(&g.scope));
-                let found = self
-                    .with_service(|mut l| {
-                        let (filter, base, name_attr) = (filter.clone(), base.clone(), name_attr.clone());
-                        async move {
-                            let opts = SearchOptions::new().timelimit(OPERATION_TIMEOUT.as_secs() as i32);
-                            let adapters: Vec<Box<dyn ldap3::adapters::Adapter<_, _>>> =
-                                vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(GROUP_PAGE))];
-                            let mut stream = l
-                                .with_search_options(opts)
-                                .with_timeout(OPERATION_TIMEOUT)
-                                .streaming_search_with(adapters, &base, scope, &filter, vec![name_attr.clone()])
-                                .await?;
-                            let mut out = Vec::new();
-                            while let Some(e) = stream.next().await? {
-                                out.extend(attr_values(&SearchEntry::construct(e), &name_attr));
-                            }
-                            let res = stream.finish().await;
-                            // 32 noSuchObject: no group base, so no groups.
-                            if res.rc != 0 && res.rc != 32 {
-                                return Err(LdapError::from(res));
-                            }
-                            Ok(out)
-                        }
-                    })
-                    .await?;
-                names.extend(found);
+                let rule = if in_chain && m.user_attr == "DN" { format!(":{IN_CHAIN}:") } else { String::new() };
+                found.extend(self.search_groups(g, format!("({}{rule}={})", m.group_attr, ldap_escape(v.as_str()))).await?);
             }
         }
+        if matches!(g.nested_groups, NestedGroups::Enabled(true)) {
+            // Groups that contain the user's groups, level by level, through the DN matchers.
+            let dn_attrs: Vec<String> =
+                matchers(g).into_iter().filter(|m| m.user_attr == "DN").map(|m| m.group_attr).collect();
+            let mut seen: HashSet<String> = found.iter().map(|(dn, _)| dn.to_lowercase()).collect();
+            let mut frontier: Vec<String> = found.iter().map(|(dn, _)| dn.clone()).collect();
+            for _ in 0..NESTING_DEPTH {
+                let mut next = Vec::new();
+                for dn in &frontier {
+                    for attr in &dn_attrs {
+                        for (parent, names) in self.search_groups(g, format!("({attr}={})", ldap_escape(dn.as_str()))).await? {
+                            if seen.insert(parent.to_lowercase()) && seen.len() <= MAX_GROUPS {
+                                next.push(parent.clone());
+                                found.push((parent, names));
+                            }
+                        }
+                    }
+                }
+                if next.is_empty() {
+                    break;
+                }
+                frontier = next;
+            }
+        }
+        let mut names: Vec<String> = found.into_iter().flat_map(|(_, n)| n).collect();
         let mut seen = HashSet::new();
         names.retain(|n| seen.insert(n.clone()));
         Ok(names)

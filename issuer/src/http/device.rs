@@ -243,7 +243,7 @@ fn gone() -> Response {
 /// Called by the login form once the user signed in for a device login: approves the device request.
 pub(crate) async fn approve(state: &AppState, device: &DeviceLogin, identity: Identity, ip: &str) -> Response {
     let now = state.clock.now();
-    let sub = identity.user_id.clone();
+    let sub = crate::connector::subject(&identity);
     let approved = state
         .storage
         .update_device_request(

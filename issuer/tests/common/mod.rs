@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
 
 pub mod apiserver;
+pub mod slapd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
