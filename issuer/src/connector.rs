@@ -18,6 +18,7 @@ use crate::storage::Identity;
 
 pub mod ldap;
 pub mod local;
+pub mod oidc;
 pub mod policy;
 pub(crate) mod tls;
 
@@ -152,15 +153,28 @@ pub struct ConnectorConfig {
 pub enum ConnectorKind {
     /// `ldap`.
     Ldap(ldap::Config),
+    /// `oidc`.
+    Oidc(oidc::Config),
 }
 
 /// The `type` strings the registry knows, for error messages.
-pub const TYPES: &[&str] = &["ldap"];
+pub const TYPES: &[&str] = &["ldap", "oidc"];
 
 /// Dex connector types this issuer deliberately does not implement (Dex has them; a config naming one
 /// gets this explanation instead of "unknown type").
-const NOT_IMPLEMENTED: &[&str] =
-    &["saml", "keystone", "authproxy", "linkedin", "microsoft", "google", "openshift", "gitea", "oauth", "mockCallback", "mockPassword"];
+const NOT_IMPLEMENTED: &[&str] = &[
+    "saml",
+    "keystone",
+    "authproxy",
+    "linkedin",
+    "microsoft",
+    "google",
+    "openshift",
+    "gitea",
+    "oauth",
+    "mockCallback",
+    "mockPassword",
+];
 
 impl ConnectorConfig {
     /// Validates one entry of `connectors:`. `key` is its path (`connectors[0]`); `value` is the raw `config`
@@ -195,6 +209,7 @@ impl ConnectorConfig {
         let name = if name.is_empty() { id.clone() } else { name };
         let kind = match kind {
             "ldap" => config_values::typed(&config_key, value, problems).map(ConnectorKind::Ldap),
+            "oidc" => config_values::typed(&config_key, value, problems).map(ConnectorKind::Oidc),
             other if NOT_IMPLEMENTED.contains(&other) => {
                 problems.push(Problem {
                     key: format!("{key}.type"),
@@ -222,6 +237,7 @@ impl ConnectorConfig {
         let key = format!("{key}.config");
         match &mut self.kind {
             ConnectorKind::Ldap(c) => c.validate(&key, problems),
+            ConnectorKind::Oidc(c) => c.validate(&key, problems),
         }
     }
 
@@ -404,8 +420,19 @@ impl Connectors {
                     let l = Arc::new(ldap::Ldap::new(&c.id, cfg.clone()).map_err(err)?);
                     ("ldap", Login::Password(l.clone()), l)
                 }
+                ConnectorKind::Oidc(cfg) => {
+                    let o = Arc::new(oidc::Oidc::new(&c.id, cfg.clone()).map_err(err)?);
+                    ("oidc", Login::Callback(o.clone()), o)
+                }
             };
-            list.push(Connector { id: c.id.clone(), name: c.name.clone(), kind, login, refresh, policy: c.policy.clone() });
+            list.push(Connector {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                kind,
+                login,
+                refresh,
+                policy: c.policy.clone(),
+            });
         }
         Ok(Self { list })
     }

@@ -114,7 +114,9 @@ impl Metrics {
             Err(E::InvalidCallback(_)) => "invalid_callback",
         };
         let connector = connector.to_owned();
-        self.connector_requests.get_or_create(&ConnectorLabels { connector: connector.clone(), operation, result }).inc();
+        self.connector_requests
+            .get_or_create(&ConnectorLabels { connector: connector.clone(), operation, result })
+            .inc();
         self.connector_latency.get_or_create(&ConnectorOperation { connector, operation }).observe(took.as_secs_f64());
     }
 

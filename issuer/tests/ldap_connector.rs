@@ -65,7 +65,13 @@ async fn ldap_login(issuer: &Issuer, login: &str, password: &str) -> (u16, Optio
     let r = browser
         .client
         .post(action)
-        .form(&[("req", req.as_str()), ("csrf", &csrf), ("connector", "ldap"), ("login", login), ("password", password)])
+        .form(&[
+            ("req", req.as_str()),
+            ("csrf", &csrf),
+            ("connector", "ldap"),
+            ("login", login),
+            ("password", password),
+        ])
         .send()
         .await
         .unwrap();

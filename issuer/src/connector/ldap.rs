@@ -351,7 +351,8 @@ fn unavailable(e: impl std::fmt::Display) -> ConnectorError {
 impl Ldap {
     /// Prepares the connector (TLS settings); connects lazily.
     pub fn new(id: &str, config: Config) -> Result<Self, String> {
-        let mut settings = LdapConnSettings::new().set_conn_timeout(tls::CONNECT_TIMEOUT).set_starttls(config.start_tls);
+        let mut settings =
+            LdapConnSettings::new().set_conn_timeout(tls::CONNECT_TIMEOUT).set_starttls(config.start_tls);
         if !config.insecure_no_ssl {
             settings = settings.set_config(tls::rustls_config(&config.trust()?)?);
         }
@@ -516,7 +517,11 @@ impl Ldap {
     }
 
     /// Group entries (DN, names) matching `matcher` (one `(attr=value)` term) under `groupSearch`, paged.
-    async fn search_groups(&self, g: &GroupSearch, matcher: String) -> Result<Vec<(String, Vec<String>)>, ConnectorError> {
+    async fn search_groups(
+        &self,
+        g: &GroupSearch,
+        matcher: String,
+    ) -> Result<Vec<(String, Vec<String>)>, ConnectorError> {
         let filter = match g.filter.trim() {
             "" => matcher,
             f => format!("(&{}{matcher})", parenthesize(f)),
@@ -559,7 +564,9 @@ impl Ldap {
                 if m.user_attr == "DN" { vec![entry.dn.clone()] } else { attr_values(entry, &m.user_attr) };
             for v in values {
                 let rule = if in_chain && m.user_attr == "DN" { format!(":{IN_CHAIN}:") } else { String::new() };
-                found.extend(self.search_groups(g, format!("({}{rule}={})", m.group_attr, ldap_escape(v.as_str()))).await?);
+                found.extend(
+                    self.search_groups(g, format!("({}{rule}={})", m.group_attr, ldap_escape(v.as_str()))).await?,
+                );
             }
         }
         if matches!(g.nested_groups, NestedGroups::Enabled(true)) {
@@ -572,7 +579,9 @@ impl Ldap {
                 let mut next = Vec::new();
                 for dn in &frontier {
                     for attr in &dn_attrs {
-                        for (parent, names) in self.search_groups(g, format!("({attr}={})", ldap_escape(dn.as_str()))).await? {
+                        for (parent, names) in
+                            self.search_groups(g, format!("({attr}={})", ldap_escape(dn.as_str()))).await?
+                        {
                             if seen.insert(parent.to_lowercase()) && seen.len() <= MAX_GROUPS {
                                 next.push(parent.clone());
                                 found.push((parent, names));
@@ -607,7 +616,8 @@ impl Ldap {
             (None, Some(suffix)) => format!("{username}@{}", suffix.trim_start_matches('@')),
             (None, None) => String::new(),
         };
-        let data = Data { username: username.to_owned(), dn: entry.dn.clone(), pwd_last_set: first_attr(entry, "pwdLastSet") };
+        let data =
+            Data { username: username.to_owned(), dn: entry.dn.clone(), pwd_last_set: first_attr(entry, "pwdLastSet") };
         Ok(Identity {
             user_id,
             username: first(&u.name_attr).unwrap_or_else(|| username.to_owned()),
@@ -655,7 +665,10 @@ fn is_connection_error(e: &LdapError) -> bool {
 /// Active Directory account states that end access: disabled, locked out, or a password changed since
 /// `pwd_last_set_at_login`. Entries without these attributes (OpenLDAP) pass.
 fn active_directory_refusal(entry: &SearchEntry, pwd_last_set_at_login: Option<&str>) -> Option<&'static str> {
-    if first_attr(entry, "userAccountControl").and_then(|v| v.parse::<u64>().ok()).is_some_and(|v| v & AD_ACCOUNT_DISABLE != 0) {
+    if first_attr(entry, "userAccountControl")
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|v| v & AD_ACCOUNT_DISABLE != 0)
+    {
         return Some("the account is disabled");
     }
     if first_attr(entry, "lockoutTime").and_then(|v| v.parse::<u64>().ok()).is_some_and(|v| v != 0) {
@@ -694,11 +707,10 @@ impl PasswordConnector for Ldap {
 #[async_trait]
 impl RefreshConnector for Ldap {
     async fn refresh(&self, identity: &Identity) -> Result<Option<Identity>, ConnectorError> {
-        let data: Data = identity
-            .connector_data
-            .as_ref()
-            .and_then(|d| serde_json::from_value(d.0.clone()).ok())
-            .ok_or_else(|| ConnectorError::Refused { reason: "LDAP: the session predates this connector".into() })?;
+        let data: Data =
+            identity.connector_data.as_ref().and_then(|d| serde_json::from_value(d.0.clone()).ok()).ok_or_else(
+                || ConnectorError::Refused { reason: "LDAP: the session predates this connector".into() },
+            )?;
         let Some(entry) = self.find_user(&data.username).await? else {
             return Ok(None);
         };
@@ -734,7 +746,10 @@ impl Ldap {
             .with_service(|mut l| {
                 let base = base.clone();
                 async move {
-                    let r = l.with_timeout(OPERATION_TIMEOUT).search(&base, Scope::Base, "(objectClass=*)", vec!["1.1"]).await?;
+                    let r = l
+                        .with_timeout(OPERATION_TIMEOUT)
+                        .search(&base, Scope::Base, "(objectClass=*)", vec!["1.1"])
+                        .await?;
                     Ok(r.0.len())
                 }
             })
@@ -775,9 +790,15 @@ mod tests {
             attrs: attrs.iter().map(|(k, v)| (k.to_string(), vec![v.to_string()])).collect(),
             bin_attrs: Default::default(),
         };
-        assert_eq!(active_directory_refusal(&entry(&[("userAccountControl", "514")]), None), Some("the account is disabled"));
+        assert_eq!(
+            active_directory_refusal(&entry(&[("userAccountControl", "514")]), None),
+            Some("the account is disabled")
+        );
         assert_eq!(active_directory_refusal(&entry(&[("userAccountControl", "512")]), None), None);
-        assert_eq!(active_directory_refusal(&entry(&[("lockoutTime", "133")]), None), Some("the account is locked out"));
+        assert_eq!(
+            active_directory_refusal(&entry(&[("lockoutTime", "133")]), None),
+            Some("the account is locked out")
+        );
         assert_eq!(active_directory_refusal(&entry(&[("lockoutTime", "0")]), None), None);
         assert!(active_directory_refusal(&entry(&[("pwdLastSet", "2")]), Some("1")).is_some());
         assert_eq!(active_directory_refusal(&entry(&[("pwdLastSet", "1")]), Some("1")), None);

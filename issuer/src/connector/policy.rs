@@ -127,7 +127,8 @@ mod tests {
     #[test]
     fn policies_decide_as_the_table_says() {
         // (policy, user email, user groups, Ok(groups) or the error's kind)
-        let cases: &[(Policy, &str, &[&str], Result<&[&str], &str>)] = &[
+        type Case<'a> = (Policy, &'a str, &'a [&'a str], Result<&'a [&'a str], &'a str>);
+        let cases: &[Case] = &[
             (Policy::default(), "a@x.org", &["g"], Ok(&["g"])),
             (policy(&["A@X.org"], &[], &[], ""), "a@x.ORG", &[], Ok(&[])),
             (policy(&["a@x.org"], &[], &[], ""), "b@x.org", &[], Err("email")),

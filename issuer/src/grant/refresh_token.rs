@@ -63,7 +63,7 @@ pub async fn refresh(state: &AppState, client: &Client, form: &Form) -> Result<T
                 rotate(state, client, &token, &presented, now).await?
             }
         }
-        Some(_) => reuse(state, token, &presented, now).await?,
+        Some(_) => reuse(state, client, token, &presented, now).await?,
     };
     issue(
         state,
@@ -160,6 +160,9 @@ async fn rotate(
     presented: &RefreshTokenString,
     now: i64,
 ) -> Result<Successor, TokenError> {
+    if consumes_upstream(state, token) {
+        return rotate_claimed(state, client, token, presented, now, None).await;
+    }
     let identity = reread_identity(state, client, token).await?;
     let next = presented.successor(&state.server_key);
     let expiry = next_expiry(state, token, now);
@@ -182,7 +185,7 @@ async fn rotate(
         // A concurrent request rotated it first: this one is a duplicate within the window.
         Err(StorageError::Conflict | StorageError::AlreadyExists) => {
             let token = load(state, presented).await?;
-            reuse(state, token, presented, now).await
+            reuse(state, client, token, presented, now).await
         }
         Err(StorageError::NotFound) => Err(INVALID),
         Err(e) => Err(e.into()),
@@ -225,6 +228,7 @@ async fn keep(
 /// otherwise revoke the family.
 async fn reuse(
     state: &AppState,
+    client: &Client,
     mut token: RefreshToken,
     presented: &RefreshTokenString,
     now: i64,
@@ -237,19 +241,177 @@ async fn reuse(
             tracing::info!(target: "audit", event = "refresh", result = "reused_within_window", sub = %token.identity.user_id, client = %token.client_id, family = %token.family_id);
             return Ok(Successor { string, record: token });
         };
+        let next = string.successor(&state.server_key);
+        let successor = match state.storage.get_refresh_token(&next.id).await {
+            Ok(t) if t.secret_hash == next.secret_hash() => t,
+            Ok(_) => return Err(INVALID),
+            // Claimed but not stored: a rotation that calls the upstream is in flight.
+            Err(StorageError::NotFound) => match in_flight(state, client, &token, &string, now).await? {
+                InFlight::Stored(t) => t,
+                InFlight::Done(s) => return Ok(s),
+            },
+            Err(e) => return Err(e.into()),
+        };
         // A zero window is strict single use: even a duplicate in the same second revokes.
         if window == 0 || now - rotated_at > window {
             break;
         }
-        string = string.successor(&state.server_key);
-        token = match state.storage.get_refresh_token(&string.id).await {
-            Ok(t) if t.secret_hash == string.secret_hash() => t,
-            Ok(_) | Err(StorageError::NotFound) => return Err(INVALID),
-            Err(e) => return Err(e.into()),
-        };
+        string = next;
+        token = successor;
     }
     Metrics::count(&state.metrics.refreshes, "replay_revoked");
     tracing::warn!(target: "audit", event = "refresh_token_reuse", sub = %token.identity.user_id, client = %token.client_id, family = %token.family_id);
     revoke_family(state, &token.family_id, "refresh_reuse").await?;
     Err(TokenError::InvalidGrant("refresh token was already used; the session has been revoked"))
+}
+
+// === rotations that spend an upstream refresh token ===
+
+/// A claimed rotation whose successor is not stored after this long is taken over (its holder died).
+const CLAIM_TIMEOUT: i64 = 60;
+/// How long a concurrent refresh waits for the claim holder's successor before answering 503.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+fn consumes_upstream(state: &AppState, token: &RefreshToken) -> bool {
+    state
+        .connectors
+        .get(&token.identity.connector_id)
+        .is_some_and(|c| c.refresh.refresh_consumes_upstream_token(&token.identity))
+}
+
+/// Rotation for a connector whose refresh spends an upstream token (a rotating upstream refresh token):
+/// first claim the token (mark it rotated, compare-and-swap on `rotated_at`, which must be `expected`), then
+/// call the upstream once, then store the successor. Concurrent refreshes of the family, on any replica,
+/// find the claim and wait for the successor instead of calling the upstream themselves. If the upstream
+/// cannot be reached the claim is given back, so the same refresh token works later.
+async fn rotate_claimed(
+    state: &AppState,
+    client: &Client,
+    token: &RefreshToken,
+    presented: &RefreshTokenString,
+    now: i64,
+    expected: Option<i64>,
+) -> Result<Successor, TokenError> {
+    let next = presented.successor(&state.server_key);
+    let claim_id = next.id.clone();
+    let claimed = state
+        .storage
+        .update_refresh_token(
+            &token.id,
+            Box::new(move |mut old| {
+                if old.rotated_at != expected {
+                    return Err(StorageError::Conflict);
+                }
+                old.rotated_at = Some(now);
+                old.successor = Some(claim_id);
+                Ok(old)
+            }),
+        )
+        .await;
+    match claimed {
+        Ok(_) => {}
+        Err(StorageError::Conflict) => {
+            let token = load(state, presented).await?;
+            return reuse(state, client, token, presented, now).await;
+        }
+        Err(StorageError::NotFound) => return Err(INVALID),
+        Err(e) => return Err(e.into()),
+    }
+    let identity = match reread_identity(state, client, token).await {
+        Ok(i) => i,
+        Err(e) => {
+            let claim_id = next.id.clone();
+            let _ = state
+                .storage
+                .update_refresh_token(
+                    &token.id,
+                    Box::new(move |mut old| {
+                        if old.rotated_at != Some(now) || old.successor.as_deref() != Some(claim_id.as_str()) {
+                            return Err(StorageError::Conflict);
+                        }
+                        old.rotated_at = None;
+                        old.successor = None;
+                        Ok(old)
+                    }),
+                )
+                .await;
+            return Err(e);
+        }
+    };
+    let record = RefreshToken {
+        id: next.id.clone(),
+        secret_hash: next.secret_hash(),
+        identity,
+        created_at: now,
+        expiry: next_expiry(state, token, now),
+        rotated_at: None,
+        successor: None,
+        ..token.clone()
+    };
+    state.storage.create_refresh_token(record.clone()).await?;
+    // Revoked while the upstream was called (logout, replay): the successor must not outlive its family.
+    if matches!(state.storage.get_refresh_token(&token.id).await, Err(StorageError::NotFound)) {
+        revoke_family(state, &token.family_id, "revoked_during_refresh").await?;
+        return Err(INVALID);
+    }
+    Metrics::count(&state.metrics.refreshes, "rotated");
+    tracing::info!(target: "audit", event = "refresh", result = "rotated", upstream = true, sub = %record.identity.user_id, client = %record.client_id, family = %record.family_id);
+    Ok(Successor { string: next, record })
+}
+
+/// [`rotate_claimed`] behind a box: it can reach itself again through [`reuse`] and [`in_flight`].
+fn claim_boxed<'a>(
+    state: &'a AppState,
+    client: &'a Client,
+    token: &'a RefreshToken,
+    presented: &'a RefreshTokenString,
+    now: i64,
+    expected: Option<i64>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Successor, TokenError>> + Send + 'a>> {
+    Box::pin(rotate_claimed(state, client, token, presented, now, expected))
+}
+
+enum InFlight {
+    /// The claim holder stored the successor.
+    Stored(RefreshToken),
+    /// This request did the rotation itself (the claim was given back or taken over).
+    Done(Successor),
+}
+
+/// `token` (whose string is `string`) is claimed but its successor is not stored: wait for the holder,
+/// rotate ourselves if it gave the claim back, take over if it died ([`CLAIM_TIMEOUT`]), or answer 503.
+async fn in_flight(
+    state: &AppState,
+    client: &Client,
+    token: &RefreshToken,
+    string: &RefreshTokenString,
+    now: i64,
+) -> Result<InFlight, TokenError> {
+    let next = string.successor(&state.server_key);
+    let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+    loop {
+        let current = match state.storage.get_refresh_token(&token.id).await {
+            Ok(t) => t,
+            Err(StorageError::NotFound) => return Err(INVALID),
+            Err(e) => return Err(e.into()),
+        };
+        match current.rotated_at {
+            None => return claim_boxed(state, client, &current, string, now, None).await.map(InFlight::Done),
+            Some(at) => match state.storage.get_refresh_token(&next.id).await {
+                Ok(t) if t.secret_hash == next.secret_hash() => return Ok(InFlight::Stored(t)),
+                Ok(_) => return Err(INVALID),
+                Err(StorageError::NotFound) if state.clock.now() - at > CLAIM_TIMEOUT => {
+                    return claim_boxed(state, client, &current, string, now, Some(at)).await.map(InFlight::Done)
+                }
+                Err(StorageError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            },
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(TokenError::TemporarilyUnavailable(
+                "another refresh of this session is in progress; retry".into(),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -104,9 +104,10 @@ fn login_form(
         login,
         error,
         issuer: state.config.issuer.as_str().trim_end_matches('/'),
-        device: request.device.as_ref().map(|d| {
-            (super::device::display_user_code(&d.user_code), format!("{prefix}/device/deny"))
-        }),
+        device: request
+            .device
+            .as_ref()
+            .map(|d| (super::device::display_user_code(&d.user_code), format!("{prefix}/device/deny"))),
     };
     page(status, &t)
 }
@@ -288,7 +289,10 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
         login_form(&state, status, &request, only, &connector.id, login, Some(error))
     };
     if login.is_empty() || password.is_empty() {
-        return again(StatusCode::BAD_REQUEST, format!("Enter your {} and password.", passwords.prompt().to_lowercase()));
+        return again(
+            StatusCode::BAD_REQUEST,
+            format!("Enter your {} and password.", passwords.prompt().to_lowercase()),
+        );
     }
 
     let ip = client_ip(&state, &peer, &headers);
@@ -335,7 +339,10 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
         Ok(None) => {
             Metrics::count(&state.metrics.logins, "failure");
             tracing::info!(target: "audit", event = "login", result = "failure", user = login, connector = %connector.id, client = %request.client_id, ip = %ip_text);
-            return again(StatusCode::UNAUTHORIZED, format!("Invalid {} or password.", passwords.prompt().to_lowercase()));
+            return again(
+                StatusCode::UNAUTHORIZED,
+                format!("Invalid {} or password.", passwords.prompt().to_lowercase()),
+            );
         }
         Err(e) => {
             // The directory did not decide: the attempt is not held against the user.
@@ -400,7 +407,13 @@ fn connector_failure(
 
 /// Every successful login ends here: the connector's and the client's policy, then the code (or the
 /// device approval).
-async fn finish(state: &AppState, request: AuthRequest, connector: &Connector, identity: Identity, ip: &str) -> Response {
+async fn finish(
+    state: &AppState,
+    request: AuthRequest,
+    connector: &Connector,
+    identity: Identity,
+    ip: &str,
+) -> Response {
     let identity = match crate::connector::policy::admit(connector, state.config.client(&request.client_id), identity) {
         Ok(i) => i,
         Err(reason) => return connector_failure(state, &request, connector, ConnectorError::Refused { reason }, ip),

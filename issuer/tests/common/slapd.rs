@@ -155,11 +155,7 @@ access to * by * read
         self.add(SUFFIX, &[("objectClass", &["dcObject", "organization"]), ("dc", &["example"]), ("o", &["Example"])])
             .await;
         for ou in ["people", "groups", "services"] {
-            self.add(
-                &format!("ou={ou},{SUFFIX}"),
-                &[("objectClass", &["organizationalUnit"]), ("ou", &[ou])],
-            )
-            .await;
+            self.add(&format!("ou={ou},{SUFFIX}"), &[("objectClass", &["organizationalUnit"]), ("ou", &[ou])]).await;
         }
         self.add(
             SERVICE_DN,
@@ -214,7 +210,8 @@ fn write_certs(dir: &Path) -> PathBuf {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.distinguished_name.push(DnType::CommonName, "slapd test CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_key = KeyPair::generate().unwrap();
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
