@@ -238,3 +238,91 @@ async fn an_upstream_error_on_the_callback_is_a_page_not_a_500() {
     let r = common::http().get(format!("{}/callback?code=x&state=nope", downstream.url)).send().await.unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[path = "common/oidc_provider.rs"]
+mod provider;
+
+/// The `oidc` connector in front of panva's `oidc-provider` (OpenID Certified): PKCE required, refresh
+/// tokens rotated with no reuse window (a reused one revokes the grant), `offline_access` only with
+/// `prompt=consent`, and its own login and consent pages.
+#[tokio::test]
+#[ignore = "needs panva oidc-provider: `make test` installs it and runs ignored tests"]
+async fn panva_oidc_provider_as_the_upstream_signs_in_refreshes_and_revokes() {
+    let port = provider::free_port();
+    let yaml = format!(
+        r#"connectors:
+  - type: oidc
+    id: acme
+    name: ACME realm
+    config:
+      issuer: http://127.0.0.1:{port}/realms/acme
+      clientID: tokengate
+      clientSecret: tokengate-secret
+      redirectURI: "{{issuer}}/callback"
+      scopes: [profile, email, groups]
+      insecureEnableGroups: true
+"#
+    );
+    let downstream = Issuer::start_with(&yaml, |_| {}).await;
+    let client = serde_json::json!([{
+        "client_id": "tokengate",
+        "client_secret": "tokengate-secret",
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "redirect_uris": [format!("{}/callback", downstream.url)],
+        "token_endpoint_auth_method": "client_secret_basic",
+    }]);
+    let p = provider::start_on(port, client).await;
+
+    let browser = Browser::new();
+    let r = browser.client.get(downstream.auth_url(SCOPES, "st")).send().await.unwrap();
+    let req = query_param(&format!("http://x{}", r.headers()["location"].to_str().unwrap()), "req").unwrap();
+    let r = browser.client.get(format!("{}/auth/acme?req={req}", downstream.url)).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let auth = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(auth.starts_with(&p.issuer), "{auth}");
+    let callback =
+        provider::through_the_providers_pages(&p.base, &auth, "alice", &format!("{}/callback", downstream.url)).await;
+    let r = browser.client.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), 303, "{:?}", r.text().await);
+    let code = query_param(r.headers()["location"].to_str().unwrap(), "code").unwrap();
+    let (status, body) = downstream.exchange(&code).await;
+    assert_eq!(status, 200, "{body}");
+    let c = claims(body["id_token"].as_str().unwrap());
+    assert_eq!(c["email"], "alice@example.com");
+    assert_eq!(c["preferred_username"], "alice");
+    assert_eq!(c["groups"], serde_json::json!(["developers"]));
+    assert_eq!(c["sub"], issuer::connector::dex_subject("alice", "acme"));
+
+    // Refreshes keep the provider's rotated refresh token (a reused one would revoke the grant there),
+    // and concurrent refreshes reach the provider once.
+    let mut rt = body["refresh_token"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let (status, body) = downstream.refresh(&rt).await;
+        assert_eq!(status, 200, "{body}");
+        rt = body["refresh_token"].as_str().unwrap().to_owned();
+    }
+    let (a, b) = tokio::join!(downstream.refresh(&rt), downstream.refresh(&rt));
+    assert_eq!((a.0, b.0), (200, 200), "{} / {}", a.1, b.1);
+    rt = a.1["refresh_token"].as_str().unwrap().to_owned();
+    let (status, body) = downstream.refresh(&rt).await;
+    assert_eq!(status, 200, "the provider's grant survived the concurrent refreshes: {body}");
+    rt = body["refresh_token"].as_str().unwrap().to_owned();
+
+    // The provider revokes the grant (RFC 7009): the downstream family ends at its next refresh.
+    let id = issuer::token::RefreshTokenString::parse(&rt).unwrap().id;
+    let record = downstream.state.storage.get_refresh_token(&id).await.unwrap();
+    let upstream_rt = record.identity.connector_data.as_ref().unwrap().0["refresh_token"].as_str().unwrap().to_owned();
+    let discovery: serde_json::Value =
+        reqwest::get(format!("{}/.well-known/openid-configuration", p.issuer)).await.unwrap().json().await.unwrap();
+    let r = common::http()
+        .post(discovery["revocation_endpoint"].as_str().unwrap())
+        .basic_auth("tokengate", Some("tokengate-secret"))
+        .form(&[("token", upstream_rt.as_str()), ("token_type_hint", "refresh_token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, body) = downstream.refresh(&rt).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+}

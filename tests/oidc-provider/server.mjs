@@ -5,6 +5,8 @@
 // (devInteractions: any login and password are accepted). Started by the tests:
 //   node server.mjs PORT
 // The client is the filter's: `gateway`, client_secret_basic, redirect http://127.0.0.1:8080/oauth2/callback.
+// More clients (oidc-provider client metadata, a JSON array) may come in OIDC_PROVIDER_EXTRA_CLIENTS: the
+// issuer's tests register the issuer's `oidc` connector that way.
 // `POST /test-clock?advance=SECONDS` moves the provider's clock forward, as the tests move the filter's
 // (token lifetimes pass without waiting for them).
 import http from 'node:http';
@@ -27,7 +29,7 @@ const provider = new Provider(issuer, {
     redirect_uris: ['http://127.0.0.1:8080/oauth2/callback'],
     post_logout_redirect_uris: ['http://127.0.0.1:8080/'],
     token_endpoint_auth_method: 'client_secret_basic',
-  }],
+  }, ...JSON.parse(process.env.OIDC_PROVIDER_EXTRA_CLIENTS || '[]')],
   pkce: { required: () => true },
   scopes: ['openid', 'offline_access', 'email', 'profile', 'groups'],
   claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['preferred_username'], groups: ['groups'] },

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,49 +18,13 @@ use tests::{FilterClock, Logs, Request, Worker, WorkerOptions};
 
 const CALLBACK: &str = "http://127.0.0.1:8080/oauth2/callback";
 
-/// Where `scripts/oidc-provider.sh` installed the provider.
-fn node_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("TOKENGATE_NODE_DIR") {
-        return PathBuf::from(d);
-    }
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
-        .join("node")
-}
+#[path = "../../issuer/tests/common/oidc_provider.rs"]
+mod provider;
 
-struct OidcProvider {
-    _process: Process,
-    /// `http://127.0.0.1:PORT`: where the cluster points.
-    base: String,
-    /// The issuer, under `/realms/acme`.
-    issuer: String,
-}
+use provider::{through_the_providers_pages, OidcProvider};
 
 async fn start_provider() -> OidcProvider {
-    let dir = node_dir();
-    assert!(
-        dir.join("node_modules/oidc-provider/package.json").exists(),
-        "oidc-provider is not installed in {} (run `scripts/oidc-provider.sh {}`)",
-        dir.display(),
-        dir.display()
-    );
-    let script = dir.join("tokengate-tests-server.mjs");
-    std::fs::write(&script, include_str!("../oidc-provider/server.mjs")).unwrap();
-    let port = free_port();
-    let process = Process(
-        std::process::Command::new("node")
-            .arg(&script)
-            .arg(port.to_string())
-            .current_dir(&dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let issuer = format!("{base}/realms/acme");
-    wait_until_up(&format!("{issuer}/.well-known/openid-configuration")).await;
-    OidcProvider { _process: process, base, issuer }
+    provider::start_on(free_port(), json!([])).await
 }
 
 impl OidcProvider {
@@ -98,52 +61,6 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-/// Follows the provider's interaction pages as a browser: each redirect, then each form (login: any login
-/// and password; consent: continue), until the provider sends the browser back to the filter.
-async fn through_the_providers_pages(base: &str, auth: &str, login: &str) -> String {
-    let browser =
-        reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let absolute = |l: &str| if l.starts_with("http") { l.to_owned() } else { format!("{base}{l}") };
-    let mut r = browser.get(auth).send().await.unwrap();
-    for _ in 0..12 {
-        if r.status().is_redirection() {
-            let location = absolute(r.headers()["location"].to_str().unwrap());
-            if location.starts_with(CALLBACK) {
-                return location;
-            }
-            r = browser.get(&location).send().await.unwrap();
-            continue;
-        }
-        let status = r.status();
-        let html = r.text().await.unwrap();
-        assert_eq!(status, 200, "{html}");
-        let action =
-            attr(&html, "<form", "action").unwrap_or_else(|| panic!("no form in the provider's page:\n{html}"));
-        let mut form: Vec<(String, String)> = Vec::new();
-        for input in html.split("<input").skip(1) {
-            let Some(name) = attr(input, "", "name") else { continue };
-            let value = match name.as_str() {
-                "login" => login.to_owned(),
-                "password" => "any password".to_owned(),
-                _ => attr(input, "", "value").unwrap_or_default(),
-            };
-            form.push((name, value));
-        }
-        r = browser.post(absolute(&action)).form(&form).send().await.unwrap();
-    }
-    panic!("the provider never sent the browser back");
-}
-
-/// The value of `name="…"` in the first tag starting with `tag` (or in `html` itself when `tag` is empty).
-fn attr(html: &str, tag: &str, name: &str) -> Option<String> {
-    let start = if tag.is_empty() { 0 } else { html.find(tag)? };
-    let rest = &html[start..];
-    let rest = &rest[..rest.find('>').unwrap_or(rest.len())];
-    let marker = format!("{name}=\"");
-    let from = rest.find(&marker)? + marker.len();
-    Some(rest[from..].split('"').next()?.replace("&amp;", "&"))
-}
-
 /// A browser login through the filter and the provider's pages: the jar with the session.
 async fn login(w: &Worker, p: &OidcProvider) -> (Jar, String) {
     let mut jar = Jar::default();
@@ -152,7 +69,7 @@ async fn login(w: &Worker, p: &OidcProvider) -> (Jar, String) {
     jar.store(&r);
     let auth = r.header("location").unwrap().to_owned();
     assert!(auth.starts_with(&format!("{}/auth?", p.issuer)), "the issuer's path is kept: {auth}");
-    let back = through_the_providers_pages(&p.base, &auth, "alice").await;
+    let back = through_the_providers_pages(&p.base, &auth, "alice", CALLBACK).await;
     let callback = back.strip_prefix(&format!("http://{HOST}")).unwrap();
     let (r, _) = send(w, jar.apply(Request::get(HOST, callback).navigation())).await;
     assert_eq!(r.status, 302, "the code exchange starts a session: {}", r.text());
