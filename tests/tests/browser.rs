@@ -2,6 +2,8 @@
 //! serving `envoy/envoy.yaml` with the compiled filter, the whoami upstream, and the issuer. It logs in
 //! through the issuer's form, reloads, opens a second tab, signs out, then gets a kubeconfig from the
 //! issuer's page, and saves a screenshot of every page under `target/screenshots/` for a person to look at.
+//! A second journey signs in through the issuer's connectors: an LDAP directory (a real slapd) and an
+//! upstream OpenID Provider's own login and consent pages (panva oidc-provider).
 
 mod common;
 
@@ -40,26 +42,11 @@ async fn wait_for_text(c: &Client, css: &str, text: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_logs_in_reloads_opens_a_tab_and_signs_out() {
-    // Two TLS backends are linked (aws-lc-rs for the issuer, ring for the WebDriver client): pick one.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let gateway_port = free_port();
-    let gateway = format!("http://127.0.0.1:{gateway_port}");
-    let (callback, home) = (format!("{gateway}/oauth2/callback"), format!("{gateway}/"));
-    let issuer = Issuer::start_live(move |c| {
-        let client = c.static_clients.iter_mut().find(|c| c.id == "gateway").unwrap();
-        client.redirect_uris.push(callback);
-        client.post_logout_redirect_uris.push(home);
-    })
-    .await;
-
-    let (_whoami, whoami_port) = start_whoami().await;
-    let logout = format!("post_logout_redirect_uri={}", json!(format!("{gateway}/")));
-    let _gateway = start_gateway(gateway_port, &issuer, whoami_port, &[logout]).await;
-
+/// chromedriver and a headless Chromium session (the driver process and the profile live as long as the
+/// returned guards).
+async fn chromium() -> (Process, tempfile::TempDir, Client) {
     let driver_port = free_port();
-    let _driver = Process(
+    let driver = Process(
         Command::new("chromedriver")
             .arg(format!("--port={driver_port}"))
             .stdout(Stdio::null())
@@ -87,6 +74,29 @@ async fn a_browser_logs_in_reloads_opens_a_tab_and_signs_out() {
         .connect(&format!("http://127.0.0.1:{driver_port}"))
         .await
         .unwrap();
+
+    (driver, profile, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_logs_in_reloads_opens_a_tab_and_signs_out() {
+    // Two TLS backends are linked (aws-lc-rs for the issuer, ring for the WebDriver client): pick one.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let gateway_port = free_port();
+    let gateway = format!("http://127.0.0.1:{gateway_port}");
+    let (callback, home) = (format!("{gateway}/oauth2/callback"), format!("{gateway}/"));
+    let issuer = Issuer::start_live(move |c| {
+        let client = c.static_clients.iter_mut().find(|c| c.id == "gateway").unwrap();
+        client.redirect_uris.push(callback);
+        client.post_logout_redirect_uris.push(home);
+    })
+    .await;
+
+    let (_whoami, whoami_port) = start_whoami().await;
+    let logout = format!("post_logout_redirect_uri={}", json!(format!("{gateway}/")));
+    let _gateway = start_gateway(gateway_port, &issuer, whoami_port, &[logout]).await;
+
+    let (_driver, _profile, c) = chromium().await;
 
     // 1. Open the dashboard: the filter sends the browser to the issuer's login form.
     c.goto(&format!("{gateway}/dashboard")).await.unwrap();
@@ -130,5 +140,132 @@ async fn a_browser_logs_in_reloads_opens_a_tab_and_signs_out() {
     wait_for_text(&c, "#groups", "oidc:developers").await;
     wait_for_text(&c, "#exec-local", "kubectl-oidc_login").await;
     screenshot(&c, "05-kubeconfig.png").await;
+    c.close().await.unwrap();
+}
+
+#[path = "../../issuer/tests/common/slapd.rs"]
+mod slapd;
+
+#[path = "../../issuer/tests/common/oidc_provider.rs"]
+mod provider;
+
+/// The `connectors:` of a configuration: an LDAP directory and an upstream OpenID Provider.
+fn connectors(ldap: &str, provider_port: u16, issuer: &str) -> Vec<issuer::connector::ConnectorConfig> {
+    let yaml = format!(
+        r#"issuer: http://127.0.0.1:1
+web: {{http: "127.0.0.1:1"}}
+storage: {{type: memory}}
+connectors:
+  - type: ldap
+    id: ldap
+    name: Corporate directory
+    config:
+      host: {ldap}
+      insecureNoSSL: true
+      bindDN: {service}
+      bindPW: {service_pw}
+      usernamePrompt: Corporate username
+      userSearch: {{baseDN: "ou=people,{suffix}", username: uid, idAttr: uid, emailAttr: mail, nameAttr: cn}}
+      groupSearch:
+        baseDN: ou=groups,{suffix}
+        userMatchers: [{{userAttr: DN, groupAttr: member}}]
+        nameAttr: cn
+  - type: oidc
+    id: acme
+    name: ACME SSO
+    config:
+      issuer: http://127.0.0.1:{provider_port}/realms/acme
+      clientID: tokengate
+      clientSecret: tokengate-secret
+      redirectURI: {issuer}/callback
+      scopes: [profile, email, groups]
+      insecureEnableGroups: true
+"#,
+        service = slapd::SERVICE_DN,
+        service_pw = slapd::SERVICE_PW,
+        suffix = slapd::SUFFIX,
+    );
+    issuer::config::Config::parse("connectors.yaml", &yaml, &|_| None).unwrap().connectors
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs panva oidc-provider: `make test` installs it and runs ignored tests"]
+async fn a_browser_signs_in_through_ldap_and_through_an_upstream_providers_own_pages() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let directory = slapd::Slapd::start().await;
+    let jane = directory.add_user("jane", "jane@corp.example", "Jane Doe", "jane-password").await;
+    directory.add_group("platform", &[&jane]).await;
+
+    let gateway_port = free_port();
+    let gateway = format!("http://127.0.0.1:{gateway_port}");
+    let provider_port = provider::free_port();
+    let ldap = directory.ldap.clone();
+    let home = format!("{gateway}/");
+    let issuer = Issuer::start_for_gateway(gateway_port, move |c| {
+        c.static_clients.iter_mut().find(|c| c.id == "gateway").unwrap().post_logout_redirect_uris.push(home);
+        c.connectors = connectors(&ldap, provider_port, c.issuer.as_str().trim_end_matches('/'));
+    })
+    .await;
+    // The connector's redirect URI is the issuer's own /callback, known once the issuer listens.
+    let issuer_callback = format!("{}/callback", issuer.url);
+    let p = provider::start_on(
+        provider_port,
+        json!([{
+            "client_id": "tokengate",
+            "client_secret": "tokengate-secret",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "redirect_uris": [issuer_callback],
+            "token_endpoint_auth_method": "client_secret_basic",
+        }]),
+    )
+    .await;
+    let (_whoami, whoami_port) = start_whoami().await;
+    let logout = format!("post_logout_redirect_uri={}", json!(format!("{gateway}/")));
+    let _gateway = start_gateway(gateway_port, &issuer, whoami_port, &[logout]).await;
+    let (_driver, _profile, c) = chromium().await;
+
+    // The login page offers the password database, the directory (its own prompt) and the provider.
+    c.goto(&format!("{gateway}/dashboard")).await.unwrap();
+    let login = c.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css("#login-ldap")).await.unwrap();
+    wait_for_text(&c, "label[for=login-ldap]", "Corporate username").await;
+    wait_for_text(&c, "a.button", "Continue with ACME SSO").await;
+    screenshot(&c, "06-login-connectors.png").await;
+
+    // LDAP: the whoami page shows the directory's email and groups.
+    login.send_keys("jane").await.unwrap();
+    c.find(Locator::Css("#password-ldap")).await.unwrap().send_keys("jane-password").await.unwrap();
+    c.find(Locator::Css("form:has(#login-ldap) button[type=submit]")).await.unwrap().click().await.unwrap();
+    wait_for_text(&c, "#email", "jane@corp.example").await;
+    wait_for_text(&c, "#groups", "platform").await;
+    screenshot(&c, "07-ldap-whoami.png").await;
+
+    // Sign out, then through the provider's own login and consent pages.
+    c.find(Locator::Css("a.button")).await.unwrap().click().await.unwrap();
+    c.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css("#login-ldap")).await.unwrap();
+    c.find(Locator::Css("a.button")).await.unwrap().click().await.unwrap();
+    let provider_login =
+        c.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css("input[name=login]")).await.unwrap();
+    assert!(c.current_url().await.unwrap().as_str().starts_with(&p.base), "on the provider's own page");
+    screenshot(&c, "08-provider-login.png").await;
+    provider_login.send_keys("alice").await.unwrap();
+    c.find(Locator::Css("input[name=password]")).await.unwrap().send_keys("any password").await.unwrap();
+    c.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+    // The consent page (offline_access is asked for with prompt=consent).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let url = c.current_url().await.unwrap();
+        if url.as_str().starts_with(&gateway) {
+            break;
+        }
+        if let Ok(b) = c.find(Locator::Css("button[type=submit]")).await {
+            let _ = b.click().await;
+        }
+        assert!(Instant::now() < deadline, "the provider never sent the browser back ({url})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_text(&c, "#email", "alice@example.com").await;
+    wait_for_text(&c, "#groups", "developers").await;
+    screenshot(&c, "09-provider-whoami.png").await;
     c.close().await.unwrap();
 }

@@ -1,6 +1,7 @@
 //! A real OpenLDAP `slapd` (Debian's package, installed by `make setup`) on loopback ports chosen at run
 //! time: plain LDAP (with StartTLS) and LDAPS, with a development CA, an `mdb` database in a temporary
 //! directory, and the directory's administrator for seeding and changing entries. Stopped on drop.
+#![allow(dead_code, unreachable_pub)] // shared through `#[path]`: each test binary uses a different part
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
