@@ -38,7 +38,17 @@ connectors:
 async fn setup() -> (Bitbucket, Issuer) {
     let bb = Bitbucket::start(vec![
         // Five workspaces over three pages (two per page); acme and widgets are required ones.
-        BbUser::new("jane", JANE_UUID, &[("personal", "owner"), ("acme", "owner"), ("other", "member"), ("zeta", "member"), ("widgets", "collaborator")]),
+        BbUser::new(
+            "jane",
+            JANE_UUID,
+            &[
+                ("personal", "owner"),
+                ("acme", "owner"),
+                ("other", "member"),
+                ("zeta", "member"),
+                ("widgets", "collaborator"),
+            ],
+        ),
         BbUser::new("bob", "{bob}", &[("personal-bob", "owner"), ("other", "member")]),
     ])
     .await;

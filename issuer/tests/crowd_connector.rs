@@ -110,7 +110,9 @@ async fn login_gives_crowd_claims_and_refresh_follows_group_changes() {
     assert_eq!(crowd.with(|s| s.max_results_seen), 2, "groupsPageSize is max-results");
 
     // Leaves ops, joins admins (on a later page): the refreshed token says so.
-    crowd.with(|s| s.user("jane").unwrap().groups = ["all", "staff", "devs", "x", "y", "z", "admins"].map(String::from).to_vec());
+    crowd.with(|s| {
+        s.user("jane").unwrap().groups = ["all", "staff", "devs", "x", "y", "z", "admins"].map(String::from).to_vec()
+    });
     let (status, body) = issuer.refresh(&refresh_token(&body)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(id_claims(&body)["groups"], json!(["devs", "admins"]));

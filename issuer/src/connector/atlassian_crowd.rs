@@ -78,7 +78,10 @@ impl Config {
     pub fn validate(&mut self, key: &str, problems: &mut Vec<Problem>) {
         let mut problem = |k: &str, e: String| problems.push(Problem { key: format!("{key}.{k}"), expected: e });
         let url_ok = url::Url::parse(&self.base_url).is_ok_and(|u| {
-            matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none() && u.fragment().is_none()
+            matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.query().is_none()
+                && u.fragment().is_none()
         });
         if !url_ok {
             problem("baseURL", format!("Crowd's http(s) URL with its context path, got {:?}", self.base_url));
@@ -325,7 +328,11 @@ impl AtlassianCrowd {
             groups.retain(|g| required.contains(g));
             if groups.is_empty() {
                 return Err(ConnectorError::Refused {
-                    reason: format!("Crowd: {} is not a member of any of the groups {}", user.name, required.join(", ")),
+                    reason: format!(
+                        "Crowd: {} is not a member of any of the groups {}",
+                        user.name,
+                        required.join(", ")
+                    ),
                 });
             }
         }
@@ -372,11 +379,10 @@ impl PasswordConnector for AtlassianCrowd {
 #[async_trait]
 impl RefreshConnector for AtlassianCrowd {
     async fn refresh(&self, identity: &Identity) -> Result<Option<Identity>, ConnectorError> {
-        let data: Data = identity
-            .connector_data
-            .as_ref()
-            .and_then(|d| serde_json::from_value(d.0.clone()).ok())
-            .ok_or_else(|| ConnectorError::Refused { reason: "Crowd: the session predates this connector".into() })?;
+        let data: Data =
+            identity.connector_data.as_ref().and_then(|d| serde_json::from_value(d.0.clone()).ok()).ok_or_else(
+                || ConnectorError::Refused { reason: "Crowd: the session predates this connector".into() },
+            )?;
         let Some(user) = self.user(&data.username).await? else {
             return Ok(None);
         };

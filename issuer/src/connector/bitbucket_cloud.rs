@@ -281,7 +281,9 @@ impl BitbucketCloud {
             return Err(unavailable(format!("{what} answered {status}")));
         }
         if matches!(status.as_u16(), 401 | 403) {
-            return Err(ConnectorError::Refused { reason: format!("Bitbucket: access to {what} was refused ({status})") });
+            return Err(ConnectorError::Refused {
+                reason: format!("Bitbucket: access to {what} was refused ({status})"),
+            });
         }
         if !status.is_success() {
             return Err(ConnectorError::Upstream(format!("Bitbucket: {what} answered {status}")));
@@ -358,7 +360,9 @@ impl BitbucketCloud {
         let mut groups: Vec<String> = kept.iter().map(|m| m.workspace.slug.clone()).collect();
         if self.config.get_workspace_permissions {
             groups.extend(
-                kept.iter().filter(|m| !m.permission.is_empty()).map(|m| format!("{}:{}", m.workspace.slug, m.permission)),
+                kept.iter()
+                    .filter(|m| !m.permission.is_empty())
+                    .map(|m| format!("{}:{}", m.workspace.slug, m.permission)),
             );
         }
         Ok(groups)
@@ -400,7 +404,8 @@ impl CallbackConnector for BitbucketCloud {
         let Some(code) = query.get("code").filter(|c| !c.is_empty()) else {
             return Err(ConnectorError::Upstream("Bitbucket: the answer has no authorization code".into()));
         };
-        let form = [("grant_type", "authorization_code"), ("code", code.as_str()), ("redirect_uri", &self.redirect_uri)];
+        let form =
+            [("grant_type", "authorization_code"), ("code", code.as_str()), ("redirect_uri", &self.redirect_uri)];
         let token = match self.token(&form).await? {
             Ok(t) => t,
             Err(e) if e.error == "invalid_client" => {
@@ -416,12 +421,12 @@ impl CallbackConnector for BitbucketCloud {
 #[async_trait]
 impl RefreshConnector for BitbucketCloud {
     async fn refresh(&self, identity: &Identity) -> Result<Option<Identity>, ConnectorError> {
-        let data: Data = identity
-            .connector_data
-            .as_ref()
-            .and_then(|d| serde_json::from_value(d.0.clone()).ok())
-            .ok_or_else(|| ConnectorError::Refused { reason: "Bitbucket: the session holds no Bitbucket refresh token".into() })?;
-        let token = match self.token(&[("grant_type", "refresh_token"), ("refresh_token", &data.refresh_token)]).await? {
+        let data: Data =
+            identity.connector_data.as_ref().and_then(|d| serde_json::from_value(d.0.clone()).ok()).ok_or_else(
+                || ConnectorError::Refused { reason: "Bitbucket: the session holds no Bitbucket refresh token".into() },
+            )?;
+        let token = match self.token(&[("grant_type", "refresh_token"), ("refresh_token", &data.refresh_token)]).await?
+        {
             Ok(t) => t,
             Err(e) if e.error == "invalid_grant" => {
                 return Err(ConnectorError::Refused {
@@ -437,7 +442,9 @@ impl RefreshConnector for BitbucketCloud {
         let refresh_token = token.refresh_token.clone().filter(|t| !t.is_empty()).unwrap_or(data.refresh_token);
         let fresh = self.identity(&token.access_token, Some(refresh_token)).await?;
         if fresh.user_id != identity.user_id {
-            return Err(ConnectorError::Refused { reason: "Bitbucket: the token now belongs to another account".into() });
+            return Err(ConnectorError::Refused {
+                reason: "Bitbucket: the token now belongs to another account".into(),
+            });
         }
         Ok(Some(fresh))
     }

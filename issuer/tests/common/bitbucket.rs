@@ -161,7 +161,9 @@ async fn authorize(State(state): Shared, Query(q): Query<HashMap<String, String>
     if s.down {
         return down();
     }
-    if q.get("client_id").map(String::as_str) != Some(CLIENT_ID) || q.get("response_type").map(String::as_str) != Some("code") {
+    if q.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+        || q.get("response_type").map(String::as_str) != Some("code")
+    {
         return (StatusCode::BAD_REQUEST, "Invalid client_id or response_type").into_response();
     }
     let Some(redirect_uri) = q.get("redirect_uri").cloned() else {
@@ -195,7 +197,11 @@ async fn access_token(State(state): Shared, headers: HeaderMap, Form(form): Form
     let username = match form.get("grant_type").map(String::as_str) {
         Some("authorization_code") => {
             let Some((user, redirect_uri)) = form.get("code").and_then(|c| s.codes.remove(c)) else {
-                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "The authorization code is invalid or expired.");
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "The authorization code is invalid or expired.",
+                );
             };
             if form.get("redirect_uri").is_some_and(|r| *r != redirect_uri) {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "redirect_uri does not match");
@@ -238,7 +244,10 @@ fn authenticated(s: &mut BitbucketState, headers: &HeaderMap) -> Result<BbUser, 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let unauthorized = || (StatusCode::UNAUTHORIZED, Json(json!({"type": "error", "error": {"message": "Access token expired."}}))).into_response();
+    let unauthorized = || {
+        (StatusCode::UNAUTHORIZED, Json(json!({"type": "error", "error": {"message": "Access token expired."}})))
+            .into_response()
+    };
     let Some(username) = s.access_tokens.get(token).cloned() else { return Err(unauthorized()) };
     s.user(&username).cloned().ok_or_else(unauthorized)
 }

@@ -119,14 +119,13 @@ fn gate(state: &mut CrowdState, headers: &HeaderMap) -> Result<(), Response> {
     if state.down {
         return Err((StatusCode::SERVICE_UNAVAILABLE, "Crowd is down").into_response());
     }
-    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{APP}:{APP_PASSWORD}")));
+    let expected =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{APP}:{APP_PASSWORD}")));
     if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
         return Err((StatusCode::UNAUTHORIZED, "Application failed to authenticate").into_response());
     }
-    let accepts_json = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/json"));
+    let accepts_json =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
     if !accepts_json {
         return Err((StatusCode::NOT_ACCEPTABLE, "this stand-in only speaks JSON").into_response());
     }
@@ -175,7 +174,11 @@ async fn authentication(
         return error(StatusCode::BAD_REQUEST, "USER_NOT_FOUND", &format!("User <{name}> does not exist"));
     };
     if u.password != password {
-        return error(StatusCode::BAD_REQUEST, "INVALID_USER_AUTHENTICATION", "Failed to authenticate principal, password was invalid");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_USER_AUTHENTICATION",
+            "Failed to authenticate principal, password was invalid",
+        );
     }
     if !u.active {
         return error(StatusCode::BAD_REQUEST, "INACTIVE_ACCOUNT", &format!("Account with name <{name}> is inactive"));
@@ -203,11 +206,7 @@ async fn user(State(state): Shared, Query(q): Query<HashMap<String, String>>, he
 /// `GET /rest/usermanagement/1/user/group/nested?username=…&start-index=…&max-results=…`: one page of the
 /// user's direct and nested groups (`max-results` defaults to 1000), or 404 `USER_NOT_FOUND`.
 /// https://docs.atlassian.com/atlassian-crowd/5.1.0/REST/#usermanagement/1/user/group/nested-getNestedGroups
-async fn nested_groups(
-    State(state): Shared,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
+async fn nested_groups(State(state): Shared, Query(q): Query<HashMap<String, String>>, headers: HeaderMap) -> Response {
     let mut s = state.lock().unwrap();
     if let Err(r) = gate(&mut s, &headers) {
         return r;
