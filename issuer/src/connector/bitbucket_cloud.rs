@@ -344,7 +344,7 @@ impl BitbucketCloud {
     fn groups(&self, name: &str, memberships: Vec<Membership>) -> Result<Vec<String>, ConnectorError> {
         let mut kept: Vec<Membership> = Vec::new();
         for m in memberships {
-            let wanted = self.config.teams.is_empty() || self.config.teams.iter().any(|t| *t == m.workspace.slug);
+            let wanted = self.config.teams.is_empty() || self.config.teams.contains(&m.workspace.slug);
             if wanted && !kept.iter().any(|k| k.workspace.slug == m.workspace.slug) {
                 kept.push(m);
             }

@@ -8,6 +8,7 @@
 //! live in [`BitbucketState`], which a test changes under the lock. Listings are paged small (emails one
 //! per page, workspaces two) through the `next` URL.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
+#![allow(clippy::result_large_err)] // handlers return an early axum Response as the error
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
