@@ -188,6 +188,26 @@ async fn an_outage_is_503_and_the_same_refresh_token_works_afterwards() {
 }
 
 #[tokio::test]
+async fn a_refresh_grant_spent_before_the_api_failed_does_not_end_the_session() {
+    let (bb, issuer) = setup().await;
+    let body = tokens(&issuer, &bb, "jane").await;
+    let token = refresh_token(&body);
+
+    // The token endpoint rotates Bitbucket's refresh token, then the API does not answer.
+    bb.with(|s| s.api_down = true);
+    let grants = bb.with(|s| s.refresh_grants);
+    let (status, err) = issuer.refresh(&token).await;
+    assert_eq!((status, err["error"].as_str()), (503, Some("temporarily_unavailable")), "{err}");
+    assert_eq!(bb.with(|s| s.refresh_grants), grants + 1, "the upstream refresh token was spent");
+
+    bb.with(|s| s.api_down = false);
+    let (status, body) = issuer.refresh(&token).await;
+    assert_eq!(status, 200, "the same token works with the successor Bitbucket gave: {body}");
+    let (status, body) = issuer.refresh(&refresh_token(&body)).await;
+    assert_eq!(status, 200, "and the session goes on: {body}");
+}
+
+#[tokio::test]
 async fn an_error_from_bitbucket_at_the_callback_is_a_400_page() {
     let (_bb, issuer) = setup().await;
     let browser = Browser::new();

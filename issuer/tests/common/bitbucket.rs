@@ -70,6 +70,8 @@ pub struct BitbucketState {
     pub login_as: String,
     /// Every request answers 503.
     pub down: bool,
+    /// Only the REST API answers 503 (the OAuth endpoints work): a partial outage.
+    pub api_down: bool,
     /// Authorization codes: code → (username, redirect_uri).
     pub codes: HashMap<String, (String, String)>,
     /// Live access tokens → username.
@@ -237,7 +239,7 @@ async fn access_token(State(state): Shared, headers: HeaderMap, Form(form): Form
 
 /// The user behind the request's bearer token, or the error answer.
 fn authenticated(s: &mut BitbucketState, headers: &HeaderMap) -> Result<BbUser, Response> {
-    if s.down {
+    if s.down || s.api_down {
         return Err(down());
     }
     let token = headers
