@@ -16,6 +16,8 @@ use async_trait::async_trait;
 use crate::config::{Client, Config, Problem};
 use crate::storage::Identity;
 
+pub mod atlassian_crowd;
+pub mod bitbucket_cloud;
 pub mod ldap;
 pub mod local;
 pub mod oidc;
@@ -150,15 +152,20 @@ pub struct ConnectorConfig {
 
 /// Each connector type's configuration (Dex's `type` strings).
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up; boxing buys nothing
 pub enum ConnectorKind {
     /// `ldap`.
     Ldap(ldap::Config),
     /// `oidc`.
     Oidc(oidc::Config),
+    /// `bitbucket-cloud`.
+    BitbucketCloud(bitbucket_cloud::Config),
+    /// `atlassian-crowd`.
+    AtlassianCrowd(atlassian_crowd::Config),
 }
 
 /// The `type` strings the registry knows, for error messages.
-pub const TYPES: &[&str] = &["ldap", "oidc"];
+pub const TYPES: &[&str] = &["ldap", "oidc", "bitbucket-cloud", "atlassian-crowd"];
 
 /// Dex connector types this issuer deliberately does not implement (Dex has them; a config naming one
 /// gets this explanation instead of "unknown type").
@@ -210,6 +217,8 @@ impl ConnectorConfig {
         let kind = match kind {
             "ldap" => config_values::typed(&config_key, value, problems).map(ConnectorKind::Ldap),
             "oidc" => config_values::typed(&config_key, value, problems).map(ConnectorKind::Oidc),
+            "bitbucket-cloud" => config_values::typed(&config_key, value, problems).map(ConnectorKind::BitbucketCloud),
+            "atlassian-crowd" => config_values::typed(&config_key, value, problems).map(ConnectorKind::AtlassianCrowd),
             other if NOT_IMPLEMENTED.contains(&other) => {
                 problems.push(Problem {
                     key: format!("{key}.type"),
@@ -238,12 +247,14 @@ impl ConnectorConfig {
         match &mut self.kind {
             ConnectorKind::Ldap(c) => c.validate(&key, problems),
             ConnectorKind::Oidc(c) => c.validate(&key, problems),
+            ConnectorKind::BitbucketCloud(c) => c.validate(&key, problems),
+            ConnectorKind::AtlassianCrowd(c) => c.validate(&key, problems),
         }
     }
 
     /// Whether the connector signs people in with a password form (as opposed to a redirect).
     pub fn is_password(&self) -> bool {
-        matches!(self.kind, ConnectorKind::Ldap(_))
+        matches!(self.kind, ConnectorKind::Ldap(_) | ConnectorKind::AtlassianCrowd(_))
     }
 }
 
@@ -423,6 +434,15 @@ impl Connectors {
                 ConnectorKind::Oidc(cfg) => {
                     let o = Arc::new(oidc::Oidc::new(&c.id, cfg.clone()).map_err(err)?);
                     ("oidc", Login::Callback(o.clone()), o)
+                }
+                ConnectorKind::BitbucketCloud(cfg) => {
+                    let callback = format!("{}/callback", config.issuer.as_str().trim_end_matches('/'));
+                    let b = Arc::new(bitbucket_cloud::BitbucketCloud::new(&c.id, cfg.clone(), &callback).map_err(err)?);
+                    ("bitbucket-cloud", Login::Callback(b.clone()), b)
+                }
+                ConnectorKind::AtlassianCrowd(cfg) => {
+                    let a = Arc::new(atlassian_crowd::AtlassianCrowd::new(&c.id, cfg.clone()).map_err(err)?);
+                    ("atlassian-crowd", Login::Password(a.clone()), a)
                 }
             };
             list.push(Connector {

@@ -2,6 +2,8 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
 
 pub mod apiserver;
+pub mod bitbucket;
+pub mod crowd;
 pub mod slapd;
 
 use std::net::SocketAddr;
