@@ -16,6 +16,9 @@ use async_trait::async_trait;
 use crate::config::{Client, Config, Problem};
 use crate::storage::Identity;
 
+pub(crate) mod code_flow;
+pub mod github;
+pub mod gitlab;
 pub mod ldap;
 pub mod local;
 pub mod oidc;
@@ -155,10 +158,14 @@ pub enum ConnectorKind {
     Ldap(ldap::Config),
     /// `oidc`.
     Oidc(oidc::Config),
+    /// `github`.
+    GitHub(github::Config),
+    /// `gitlab`.
+    GitLab(gitlab::Config),
 }
 
 /// The `type` strings the registry knows, for error messages.
-pub const TYPES: &[&str] = &["ldap", "oidc"];
+pub const TYPES: &[&str] = &["ldap", "oidc", "github", "gitlab"];
 
 /// Dex connector types this issuer deliberately does not implement (Dex has them; a config naming one
 /// gets this explanation instead of "unknown type").
@@ -210,6 +217,8 @@ impl ConnectorConfig {
         let kind = match kind {
             "ldap" => config_values::typed(&config_key, value, problems).map(ConnectorKind::Ldap),
             "oidc" => config_values::typed(&config_key, value, problems).map(ConnectorKind::Oidc),
+            "github" => config_values::typed(&config_key, value, problems).map(ConnectorKind::GitHub),
+            "gitlab" => config_values::typed(&config_key, value, problems).map(ConnectorKind::GitLab),
             other if NOT_IMPLEMENTED.contains(&other) => {
                 problems.push(Problem {
                     key: format!("{key}.type"),
@@ -238,6 +247,8 @@ impl ConnectorConfig {
         match &mut self.kind {
             ConnectorKind::Ldap(c) => c.validate(&key, problems),
             ConnectorKind::Oidc(c) => c.validate(&key, problems),
+            ConnectorKind::GitHub(c) => c.validate(&key, problems),
+            ConnectorKind::GitLab(c) => c.validate(&key, problems),
         }
     }
 
@@ -423,6 +434,14 @@ impl Connectors {
                 ConnectorKind::Oidc(cfg) => {
                     let o = Arc::new(oidc::Oidc::new(&c.id, cfg.clone()).map_err(err)?);
                     ("oidc", Login::Callback(o.clone()), o)
+                }
+                ConnectorKind::GitHub(cfg) => {
+                    let g = Arc::new(github::GitHub::new(&c.id, cfg.clone()).map_err(err)?);
+                    ("github", Login::Callback(g.clone()), g)
+                }
+                ConnectorKind::GitLab(cfg) => {
+                    let g = Arc::new(gitlab::GitLab::new(&c.id, cfg.clone()).map_err(err)?);
+                    ("gitlab", Login::Callback(g.clone()), g)
                 }
             };
             list.push(Connector {
