@@ -2,7 +2,10 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
 
 pub mod apiserver;
+pub mod github;
+pub mod gitlab;
 pub mod slapd;
+pub mod upstream_login;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
