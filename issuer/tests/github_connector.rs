@@ -155,7 +155,10 @@ async fn refresh_shows_team_changes_and_leaving_every_org_ends_the_session() {
     });
     let (status, refreshed) = issuer.refresh(body["refresh_token"].as_str().unwrap()).await;
     assert_eq!(status, 200, "{refreshed}");
-    assert_eq!(groups(&refreshed["id_token"]), json!(["acme:dev", "acme:sre", "acme:security", "widgets:Platform Team"]));
+    assert_eq!(
+        groups(&refreshed["id_token"]),
+        json!(["acme:dev", "acme:sre", "acme:security", "widgets:Platform Team"])
+    );
     assert_eq!(claims(refreshed["id_token"].as_str().unwrap())["sub"], dex_subject("1001", "github"));
 
     gh.with(|s| {
@@ -224,9 +227,16 @@ async fn load_all_groups_lists_every_org_and_team_by_slug_and_login_as_id() {
     assert_eq!(
         c["groups"],
         json!([
-            "acme", "acme:dev", "acme:qa", "acme:sre",
-            "widgets", "widgets:ops", "widgets:platform-team", "widgets:misc",
-            "zeta", "zeta:x"
+            "acme",
+            "acme:dev",
+            "acme:qa",
+            "acme:sre",
+            "widgets",
+            "widgets:ops",
+            "widgets:platform-team",
+            "widgets:misc",
+            "zeta",
+            "zeta:x"
         ])
     );
     assert_eq!(gh.calls("/user/orgs"), 2, "three orgs at two a page");
@@ -235,7 +245,9 @@ async fn load_all_groups_lists_every_org_and_team_by_slug_and_login_as_id() {
 #[tokio::test]
 async fn the_legacy_org_key_gives_bare_team_names_and_requires_membership() {
     let gh = GitHub::start(world()).await;
-    let issuer = Issuer::start_with(&connector_yaml("github", &gh.url, "    org: widgets\n    teamNameField: both\n"), |_| {}).await;
+    let issuer =
+        Issuer::start_with(&connector_yaml("github", &gh.url, "    org: widgets\n    teamNameField: both\n"), |_| {})
+            .await;
     let c = claims(tokens(&issuer).await["id_token"].as_str().unwrap());
     assert_eq!(c["groups"], json!(["ops", "Platform Team", "platform-team", "misc"]), "no org prefix; each name once");
     gh.with(|s| s.consenting = "mallory".into());

@@ -132,10 +132,7 @@ pub(crate) async fn token_grant(
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         return Err(GrantError::Failed(unavailable(provider, format!("token endpoint answered HTTP {status}"))));
     }
-    let body = r
-        .bytes()
-        .await
-        .map_err(|e| GrantError::Failed(send_error(provider, endpoint, &e)))?;
+    let body = r.bytes().await.map_err(|e| GrantError::Failed(send_error(provider, endpoint, &e)))?;
     // GitHub answers errors with 200 and an `error` member; GitLab with 400/401 (RFC 6749 §5.2).
     if let Ok(e) = serde_json::from_slice::<OAuthError>(&body) {
         let detail = e.error_description.as_deref().map(|d| format!(": {}", quote(d))).unwrap_or_default();
@@ -216,8 +213,9 @@ pub(crate) async fn get_json<T: DeserializeOwned>(
         },
     };
     let body = r.bytes().await.map_err(|e| ApiError::Failed(send_error(provider, url, &e)))?;
-    let value = serde_json::from_slice(&body)
-        .map_err(|_| ApiError::Failed(unavailable(provider, format!("{} answered something unexpected", url.path()))))?;
+    let value = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::Failed(unavailable(provider, format!("{} answered something unexpected", url.path())))
+    })?;
     Ok((value, next))
 }
 
@@ -286,10 +284,7 @@ impl Rotations {
     /// The successor `old` was already exchanged for, if that happened recently.
     pub(crate) fn recall(&self, old: &str) -> Option<Tokens> {
         let spent = self.spent.lock().ok()?;
-        spent
-            .get(&Self::key(old))
-            .filter(|(at, _)| at.elapsed() < ROTATION_MEMORY)
-            .map(|(_, t)| t.clone())
+        spent.get(&Self::key(old)).filter(|(at, _)| at.elapsed() < ROTATION_MEMORY).map(|(_, t)| t.clone())
     }
 
     /// Forgets `old` once its successor is safely stored with the issuer's refresh token.

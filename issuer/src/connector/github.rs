@@ -550,13 +550,7 @@ fn domain_matches(pattern: &str, domain: &str) -> bool {
 fn refusal(login: &str, orgs: &[Org]) -> String {
     let parts: Vec<String> = orgs
         .iter()
-        .map(|o| {
-            if o.teams.is_empty() {
-                o.name.clone()
-            } else {
-                format!("{} (teams {})", o.name, o.teams.join(", "))
-            }
-        })
+        .map(|o| if o.teams.is_empty() { o.name.clone() } else { format!("{} (teams {})", o.name, o.teams.join(", ")) })
         .collect();
     format!("GitHub: {login} is not a member of any of the required organizations and teams: {}", parts.join(", "))
 }
@@ -612,13 +606,12 @@ impl CallbackConnector for GitHub {
 #[async_trait]
 impl RefreshConnector for GitHub {
     async fn refresh(&self, identity: &Identity) -> Result<Option<Identity>, ConnectorError> {
-        let mut data: Data = identity
-            .connector_data
-            .as_ref()
-            .and_then(|d| serde_json::from_value(d.0.clone()).ok())
-            .ok_or_else(|| ConnectorError::Refused {
-                reason: "GitHub: this session keeps no GitHub token; sign in again".into(),
-            })?;
+        let mut data: Data =
+            identity.connector_data.as_ref().and_then(|d| serde_json::from_value(d.0.clone()).ok()).ok_or_else(
+                || ConnectorError::Refused {
+                    reason: "GitHub: this session keeps no GitHub token; sign in again".into(),
+                },
+            )?;
         let spent = match (&data.refresh_token, data.expires_at) {
             (Some(r), Some(at)) if at <= code_flow::unix_now() + EXPIRY_MARGIN => {
                 let old = r.clone();
@@ -677,7 +670,10 @@ mod tests {
         assert_eq!(t.as_str(), "http://127.0.0.1:9000/login/oauth/access_token");
         assert_eq!(api.as_str(), "http://127.0.0.1:9000/api/v3/");
         let g = GitHub::new("github", config(&format!("{BASE}hostName: ghe.example.com"))).unwrap();
-        assert_eq!(g.api_url(&["orgs", "a b", "members", "x/y"]).as_str(), "https://ghe.example.com/api/v3/orgs/a%20b/members/x%2Fy");
+        assert_eq!(
+            g.api_url(&["orgs", "a b", "members", "x/y"]).as_str(),
+            "https://ghe.example.com/api/v3/orgs/a%20b/members/x%2Fy"
+        );
         assert_eq!(g.list_url(&["user", "teams"]).as_str(), "https://ghe.example.com/api/v3/user/teams?per_page=100");
     }
 
@@ -722,7 +718,10 @@ mod tests {
 
     #[test]
     fn refusals_name_the_orgs_and_teams() {
-        let orgs = [Org { name: "acme".into(), teams: vec![] }, Org { name: "widgets".into(), teams: vec!["ops".into(), "dev".into()] }];
+        let orgs = [
+            Org { name: "acme".into(), teams: vec![] },
+            Org { name: "widgets".into(), teams: vec!["ops".into(), "dev".into()] },
+        ];
         assert_eq!(
             refusal("jane", &orgs),
             "GitHub: jane is not a member of any of the required organizations and teams: acme, widgets (teams ops, dev)"
@@ -733,7 +732,11 @@ mod tests {
     fn connector_data_keeps_an_expiry_only_for_expiring_tokens() {
         let d = Data::from_tokens(&Tokens { access_token: "a".into(), refresh_token: None, expires_in: None });
         assert_eq!(json!(d), json!({"access_token": "a"}));
-        let d = Data::from_tokens(&Tokens { access_token: "a".into(), refresh_token: Some("r".into()), expires_in: Some(10) });
+        let d = Data::from_tokens(&Tokens {
+            access_token: "a".into(),
+            refresh_token: Some("r".into()),
+            expires_in: Some(10),
+        });
         assert!(d.expires_at.is_some_and(|at| at >= code_flow::unix_now()));
     }
 }

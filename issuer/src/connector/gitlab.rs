@@ -259,7 +259,9 @@ impl GitLab {
             .await
             .map_err(|e| self.api_error("/api/v4/user", e, refreshing))?;
         if let Some(state) = user.state.as_deref().filter(|s| REFUSED_STATES.contains(s)) {
-            return Err(ConnectorError::Refused { reason: format!("GitLab: the account {} is {state}", user.username) });
+            return Err(ConnectorError::Refused {
+                reason: format!("GitLab: the account {} is {state}", user.username),
+            });
         }
         let (info, _): (UserInfo, _) =
             code_flow::get_json(&self.http, PROVIDER, &self.url("oauth/userinfo"), token, &[])
@@ -332,7 +334,9 @@ fn with_roles(info: &UserInfo) -> Vec<String> {
         .filter_map(|g| {
             roles
                 .iter()
-                .find(|(paths, _)| paths.iter().any(|p| g == p || g.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('/'))))
+                .find(|(paths, _)| {
+                    paths.iter().any(|p| g == p || g.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('/')))
+                })
                 .map(|(_, suffix)| format!("{g}:{suffix}"))
         })
         .collect()

@@ -4,6 +4,7 @@
 //! page with GitHub's `Link` header. The test changes users, memberships, revocations and the `down`
 //! switch through [`GitHub::with`]; every request is counted by path.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
+#![allow(clippy::result_large_err)] // handlers return their early answers (503, 401) as the error
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -195,7 +196,7 @@ async fn authorize(Shared(state): Shared<Db>, Query(q): Query<HashMap<String, St
             .append_pair("state", &state_param);
         return (StatusCode::FOUND, [(header::LOCATION, back.to_string())]).into_response();
     }
-    if q.get("code_challenge").is_some() {
+    if q.contains_key("code_challenge") {
         assert_eq!(q.get("code_challenge_method").map(String::as_str), Some("S256"));
     }
     let code = format!("code-{}", s.codes.len() + s.tokens.len() + 1);
@@ -260,11 +261,7 @@ async fn user(Shared(state): Shared<Db>, headers: HeaderMap) -> Response {
 }
 
 /// https://docs.github.com/en/rest/users/emails#list-email-addresses-for-the-authenticated-user
-async fn emails(
-    Shared(state): Shared<Db>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
+async fn emails(Shared(state): Shared<Db>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
     let s = match enter(&state, "/user/emails") {
         Ok(s) => s,
         Err(r) => return r,
@@ -283,11 +280,7 @@ async fn emails(
 }
 
 /// https://docs.github.com/en/rest/teams/teams#list-teams-for-the-authenticated-user
-async fn teams(
-    Shared(state): Shared<Db>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
+async fn teams(Shared(state): Shared<Db>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
     let s = match enter(&state, "/user/teams") {
         Ok(s) => s,
         Err(r) => return r,
@@ -306,11 +299,7 @@ async fn teams(
 }
 
 /// https://docs.github.com/en/rest/orgs/orgs#list-organizations-for-the-authenticated-user
-async fn orgs(
-    Shared(state): Shared<Db>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
+async fn orgs(Shared(state): Shared<Db>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
     let s = match enter(&state, "/user/orgs") {
         Ok(s) => s,
         Err(r) => return r,

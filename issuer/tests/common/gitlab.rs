@@ -5,6 +5,7 @@
 //! authorize endpoint consents at once as [`State::consenting`]. The test changes users, groups, roles,
 //! revocations and the `down` switches through [`GitLab::with`]; every request is counted by path.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
+#![allow(clippy::result_large_err)] // handlers return their early answers (503, 401) as the error
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -161,8 +162,7 @@ async fn authorize(Shared(state): Shared<Db>, Query(q): Query<HashMap<String, St
     } else {
         s.issued += 1;
         let code = format!("glcode-{}", s.issued);
-        let grant =
-            Grant { username: s.consenting.clone(), redirect_uri, challenge: q.get("code_challenge").cloned() };
+        let grant = Grant { username: s.consenting.clone(), redirect_uri, challenge: q.get("code_challenge").cloned() };
         s.codes.insert(code.clone(), grant);
         back.query_pairs_mut().append_pair("code", &code).append_pair("state", &state_param);
     }

@@ -23,7 +23,12 @@ impl Landing {
 }
 
 fn location(r: &reqwest::Response) -> String {
-    r.headers().get("location").unwrap_or_else(|| panic!("{} without Location", r.status())).to_str().unwrap().to_owned()
+    r.headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("{} without Location", r.status()))
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// Opens the example app's authorization URL for `scope`, clicks the button of `connector_id` on the login
@@ -47,7 +52,8 @@ pub async fn sign_in_via_then(
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     let marker = format!("href=\"/auth/{connector_id}?req=");
-    let start = html.find(&marker).unwrap_or_else(|| panic!("no button for {connector_id} in {html}")) + "href=\"".len();
+    let start =
+        html.find(&marker).unwrap_or_else(|| panic!("no button for {connector_id} in {html}")) + "href=\"".len();
     let href = html[start..].split('"').next().unwrap().replace("&amp;", "&");
     let r = browser.client.get(issuer.endpoint(&href)).send().await.unwrap();
     assert!(r.status().is_redirection(), "the button leads upstream: {}", r.status());
