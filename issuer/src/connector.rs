@@ -18,6 +18,9 @@ use crate::storage::Identity;
 
 pub mod atlassian_crowd;
 pub mod bitbucket_cloud;
+pub(crate) mod code_flow;
+pub mod github;
+pub mod gitlab;
 pub mod ldap;
 pub mod local;
 pub mod oidc;
@@ -162,10 +165,14 @@ pub enum ConnectorKind {
     BitbucketCloud(bitbucket_cloud::Config),
     /// `atlassian-crowd`.
     AtlassianCrowd(atlassian_crowd::Config),
+    /// `github`.
+    GitHub(github::Config),
+    /// `gitlab`.
+    GitLab(gitlab::Config),
 }
 
 /// The `type` strings the registry knows, for error messages.
-pub const TYPES: &[&str] = &["ldap", "oidc", "bitbucket-cloud", "atlassian-crowd"];
+pub const TYPES: &[&str] = &["ldap", "oidc", "github", "gitlab", "bitbucket-cloud", "atlassian-crowd"];
 
 /// Dex connector types this issuer deliberately does not implement (Dex has them; a config naming one
 /// gets this explanation instead of "unknown type").
@@ -219,6 +226,8 @@ impl ConnectorConfig {
             "oidc" => config_values::typed(&config_key, value, problems).map(ConnectorKind::Oidc),
             "bitbucket-cloud" => config_values::typed(&config_key, value, problems).map(ConnectorKind::BitbucketCloud),
             "atlassian-crowd" => config_values::typed(&config_key, value, problems).map(ConnectorKind::AtlassianCrowd),
+            "github" => config_values::typed(&config_key, value, problems).map(ConnectorKind::GitHub),
+            "gitlab" => config_values::typed(&config_key, value, problems).map(ConnectorKind::GitLab),
             other if NOT_IMPLEMENTED.contains(&other) => {
                 problems.push(Problem {
                     key: format!("{key}.type"),
@@ -249,6 +258,8 @@ impl ConnectorConfig {
             ConnectorKind::Oidc(c) => c.validate(&key, problems),
             ConnectorKind::BitbucketCloud(c) => c.validate(&key, problems),
             ConnectorKind::AtlassianCrowd(c) => c.validate(&key, problems),
+            ConnectorKind::GitHub(c) => c.validate(&key, problems),
+            ConnectorKind::GitLab(c) => c.validate(&key, problems),
         }
     }
 
@@ -443,6 +454,14 @@ impl Connectors {
                 ConnectorKind::AtlassianCrowd(cfg) => {
                     let a = Arc::new(atlassian_crowd::AtlassianCrowd::new(&c.id, cfg.clone()).map_err(err)?);
                     ("atlassian-crowd", Login::Password(a.clone()), a)
+                }
+                ConnectorKind::GitHub(cfg) => {
+                    let g = Arc::new(github::GitHub::new(&c.id, cfg.clone()).map_err(err)?);
+                    ("github", Login::Callback(g.clone()), g)
+                }
+                ConnectorKind::GitLab(cfg) => {
+                    let g = Arc::new(gitlab::GitLab::new(&c.id, cfg.clone()).map_err(err)?);
+                    ("gitlab", Login::Callback(g.clone()), g)
                 }
             };
             list.push(Connector {

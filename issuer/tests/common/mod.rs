@@ -4,7 +4,10 @@
 pub mod apiserver;
 pub mod bitbucket;
 pub mod crowd;
+pub mod github;
+pub mod gitlab;
 pub mod slapd;
+pub mod upstream_login;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
