@@ -25,7 +25,7 @@ pub mod ldap;
 pub mod local;
 pub mod oidc;
 pub mod policy;
-pub(crate) mod tls;
+pub mod tls;
 
 pub use policy::Policy;
 
@@ -104,6 +104,25 @@ pub trait RefreshConnector: Send + Sync {
     }
 }
 
+/// What `check-config --probe` learned about one connector's upstream.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeReport {
+    /// What was checked, e.g. "bound as cn=dex and read ou=people,dc=example,dc=org".
+    pub detail: String,
+    /// The upstream's TLS certificate (DER), when the connection used TLS.
+    pub peer_certificate: Option<Vec<u8>>,
+    /// Why TLS does not protect this connector, when it does not (`insecureSkipVerify`, plain LDAP).
+    pub tls_warning: Option<String>,
+}
+
+/// Connects to the upstream the way a login would, without a user (`issuer check-config --probe`, what
+/// Deckhouse's `DexProviderCheck` does in a cluster).
+#[async_trait]
+pub trait Probe: Send + Sync {
+    /// Reachable (and what was checked), or why not.
+    async fn probe(&self) -> Result<ProbeReport, ConnectorError>;
+}
+
 /// How a connector signs people in.
 #[derive(Clone)]
 pub enum Login {
@@ -126,6 +145,8 @@ pub struct Connector {
     pub login: Login,
     /// How it re-checks users at refresh.
     pub refresh: Arc<dyn RefreshConnector>,
+    /// How `check-config --probe` reaches its upstream (`None` for the password database).
+    pub probe: Option<Arc<dyn Probe>>,
     /// Who it lets in.
     pub policy: Policy,
 }
@@ -432,44 +453,48 @@ impl Connectors {
                 kind: "local",
                 login: Login::Password(local.clone()),
                 refresh: local,
+                probe: None,
                 policy: Policy::default(),
             });
         }
         for c in &config.connectors {
             let err = |message: String| BuildError { id: c.id.clone(), message };
-            let (kind, login, refresh): (&'static str, Login, Arc<dyn RefreshConnector>) = match &c.kind {
-                ConnectorKind::Ldap(cfg) => {
-                    let l = Arc::new(ldap::Ldap::new(&c.id, cfg.clone()).map_err(err)?);
-                    ("ldap", Login::Password(l.clone()), l)
-                }
-                ConnectorKind::Oidc(cfg) => {
-                    let o = Arc::new(oidc::Oidc::new(&c.id, cfg.clone()).map_err(err)?);
-                    ("oidc", Login::Callback(o.clone()), o)
-                }
-                ConnectorKind::BitbucketCloud(cfg) => {
-                    let callback = format!("{}/callback", config.issuer.as_str().trim_end_matches('/'));
-                    let b = Arc::new(bitbucket_cloud::BitbucketCloud::new(&c.id, cfg.clone(), &callback).map_err(err)?);
-                    ("bitbucket-cloud", Login::Callback(b.clone()), b)
-                }
-                ConnectorKind::AtlassianCrowd(cfg) => {
-                    let a = Arc::new(atlassian_crowd::AtlassianCrowd::new(&c.id, cfg.clone()).map_err(err)?);
-                    ("atlassian-crowd", Login::Password(a.clone()), a)
-                }
-                ConnectorKind::GitHub(cfg) => {
-                    let g = Arc::new(github::GitHub::new(&c.id, cfg.clone()).map_err(err)?);
-                    ("github", Login::Callback(g.clone()), g)
-                }
-                ConnectorKind::GitLab(cfg) => {
-                    let g = Arc::new(gitlab::GitLab::new(&c.id, cfg.clone()).map_err(err)?);
-                    ("gitlab", Login::Callback(g.clone()), g)
-                }
-            };
+            let (kind, login, refresh, probe): (&'static str, Login, Arc<dyn RefreshConnector>, Arc<dyn Probe>) =
+                match &c.kind {
+                    ConnectorKind::Ldap(cfg) => {
+                        let l = Arc::new(ldap::Ldap::new(&c.id, cfg.clone()).map_err(err)?);
+                        ("ldap", Login::Password(l.clone()), l.clone(), l)
+                    }
+                    ConnectorKind::Oidc(cfg) => {
+                        let o = Arc::new(oidc::Oidc::new(&c.id, cfg.clone()).map_err(err)?);
+                        ("oidc", Login::Callback(o.clone()), o.clone(), o)
+                    }
+                    ConnectorKind::BitbucketCloud(cfg) => {
+                        let callback = format!("{}/callback", config.issuer.as_str().trim_end_matches('/'));
+                        let b =
+                            Arc::new(bitbucket_cloud::BitbucketCloud::new(&c.id, cfg.clone(), &callback).map_err(err)?);
+                        ("bitbucket-cloud", Login::Callback(b.clone()), b.clone(), b)
+                    }
+                    ConnectorKind::AtlassianCrowd(cfg) => {
+                        let a = Arc::new(atlassian_crowd::AtlassianCrowd::new(&c.id, cfg.clone()).map_err(err)?);
+                        ("atlassian-crowd", Login::Password(a.clone()), a.clone(), a)
+                    }
+                    ConnectorKind::GitHub(cfg) => {
+                        let g = Arc::new(github::GitHub::new(&c.id, cfg.clone()).map_err(err)?);
+                        ("github", Login::Callback(g.clone()), g.clone(), g)
+                    }
+                    ConnectorKind::GitLab(cfg) => {
+                        let g = Arc::new(gitlab::GitLab::new(&c.id, cfg.clone()).map_err(err)?);
+                        ("gitlab", Login::Callback(g.clone()), g.clone(), g)
+                    }
+                };
             list.push(Connector {
                 id: c.id.clone(),
                 name: c.name.clone(),
                 kind,
                 login,
                 refresh,
+                probe: Some(probe),
                 policy: c.policy.clone(),
             });
         }

@@ -30,6 +30,11 @@ enum Command {
     CheckConfig {
         /// YAML configuration file.
         file: PathBuf,
+        /// Also connect to each connector's upstream the way a login would (LDAP bind and base search,
+        /// OIDC discovery and JWKS, API reachability) and report TLS that is off and certificates that
+        /// expire within 30 days. Exits non-zero when an upstream cannot be reached.
+        #[arg(long)]
+        probe: bool,
     },
     /// Read a password from standard input and print its bcrypt hash.
     HashPassword {
@@ -80,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(&config),
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file, probe } => check_config(&file, probe),
         Command::HashPassword { cost } => hash_password(cost),
         Command::DevCerts { out, hosts } => dev_certs(&out, &hosts),
         Command::KubeApiserverConfig { config, client_id, groups_prefix, api_version, ca_file, flags } => {
@@ -133,14 +138,15 @@ fn kube_apiserver_config(
 }
 
 #[allow(clippy::print_stdout)] // the command's output is its result
-fn check_config(file: &Path) -> anyhow::Result<()> {
+fn check_config(file: &Path, probe: bool) -> anyhow::Result<()> {
     let c = Config::load(file)?;
     println!(
-        "{}: ok (issuer {}, {} client(s), {} user(s), {} storage, {} signing)",
+        "{}: ok (issuer {}, {} client(s), {} user(s), {} connector(s), {} storage, {} signing)",
         file.display(),
         c.issuer,
         c.static_clients.len(),
         c.static_passwords.len(),
+        c.connectors.len(),
         match c.storage {
             issuer::config::StorageConfig::Memory => "memory",
             issuer::config::StorageConfig::Sqlite { .. } => "sqlite3",
@@ -148,7 +154,57 @@ fn check_config(file: &Path) -> anyhow::Result<()> {
         },
         c.signing.algorithm.as_str()
     );
+    if probe {
+        let connectors = issuer::connector::Connectors::new(&c)?;
+        let failed =
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(probe_connectors(&connectors));
+        if failed > 0 {
+            bail!("{failed} connector(s) cannot be reached");
+        }
+    }
     Ok(())
+}
+
+/// Certificates expiring sooner than this are reported.
+const CERTIFICATE_WARNING_DAYS: i64 = 30;
+
+/// Probes every connector (they run concurrently) and prints one line each, then its warnings. Returns how
+/// many could not be reached.
+#[allow(clippy::print_stdout)] // the command's output is its result
+async fn probe_connectors(connectors: &issuer::connector::Connectors) -> usize {
+    let probes = connectors.iter().filter_map(|c| c.probe.clone().map(|p| (c.id.clone(), c.kind, p)));
+    let handles: Vec<_> =
+        probes.map(|(id, kind, p)| (id, kind, tokio::spawn(async move { p.probe().await }))).collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let mut failed = 0;
+    for (id, kind, handle) in handles {
+        match handle.await {
+            Ok(Ok(report)) => {
+                println!("connector {id} ({kind}): reachable: {}", report.detail);
+                if let Some(w) = report.tls_warning {
+                    println!("  warning: {w}");
+                }
+                let expiry = report.peer_certificate.as_deref().and_then(issuer::connector::tls::certificate_not_after);
+                if let Some(not_after) = expiry {
+                    let days = (not_after - now).div_euclid(86_400);
+                    if days < CERTIFICATE_WARNING_DAYS {
+                        println!("  warning: the upstream's TLS certificate expires in {days} day(s)");
+                    } else {
+                        println!("  certificate valid for {days} more days");
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                failed += 1;
+                println!("connector {id} ({kind}): NOT reachable: {e}");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("connector {id} ({kind}): probe failed: {e}");
+            }
+        }
+    }
+    failed
 }
 
 #[allow(clippy::print_stdout)] // the command's output is its result

@@ -217,3 +217,43 @@ async fn unknown_ldap_keys_are_errors_naming_the_key_path() {
     assert!(err.contains("dex.yaml"), "{err}");
     assert!(err.contains("connectors[0].config.userSearch.bogus"), "{err}");
 }
+
+#[tokio::test]
+async fn check_config_probe_binds_reads_the_base_and_reports_tls_and_certificate_expiry() {
+    let mut slapd = Slapd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dev = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml")).unwrap();
+    let ldaps = format!("host: {}\n      rootCA: {}", slapd.ldaps, slapd.ca_path().display());
+    let yaml = format!(
+        "{dev}\n{}\n{}",
+        connector_yaml(&ldaps),
+        connector_yaml(&plain(&slapd)).replace("connectors:\n", "").replace("id: ldap", "id: plain")
+    )
+    .replace("./data/issuer.db", &dir.path().join("db").display().to_string());
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let probe = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_issuer"))
+            .args(["check-config", "--probe"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = probe();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains(&format!("connector ldap (ldap): reachable: bound and read ou=people,{SUFFIX}")),
+        "{stdout}"
+    );
+    // The test certificate (rcgen's default validity runs to the year 4096) is far from expiry.
+    assert!(stdout.contains("more days"), "the LDAPS certificate's expiry is reported: {stdout}");
+    assert!(stdout.contains("connector plain (ldap): reachable"), "{stdout}");
+    assert!(stdout.contains("warning: plain LDAP without TLS (insecureNoSSL)"), "{stdout}");
+
+    slapd.stop();
+    let out = probe();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(stdout.contains("connector ldap (ldap): NOT reachable"), "{stdout}");
+}

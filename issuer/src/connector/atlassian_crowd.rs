@@ -396,6 +396,20 @@ impl RefreshConnector for AtlassianCrowd {
     }
 }
 
+#[async_trait]
+impl super::Probe for AtlassianCrowd {
+    /// The API answers (any status below 500).
+    async fn probe(&self) -> Result<super::ProbeReport, ConnectorError> {
+        tls::probe_http(
+            &self.http,
+            &format!("{}/config/cookie", self.api),
+            Some((&self.config.client_id, &self.config.client_secret)),
+            false,
+        )
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

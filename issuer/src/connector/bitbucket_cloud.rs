@@ -500,6 +500,14 @@ impl RefreshConnector for BitbucketCloud {
     }
 }
 
+#[async_trait]
+impl super::Probe for BitbucketCloud {
+    /// The API answers (any status below 500).
+    async fn probe(&self) -> Result<super::ProbeReport, ConnectorError> {
+        tls::probe_http(&self.http, &self.api_url, None, false).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -640,6 +640,14 @@ impl RefreshConnector for GitHub {
     }
 }
 
+#[async_trait]
+impl super::Probe for GitHub {
+    /// The API answers (any status below 500).
+    async fn probe(&self) -> Result<super::ProbeReport, ConnectorError> {
+        tls::probe_http(&self.http, self.api.as_str(), None, false).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

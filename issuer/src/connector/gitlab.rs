@@ -411,6 +411,14 @@ impl RefreshConnector for GitLab {
     }
 }
 
+#[async_trait]
+impl super::Probe for GitLab {
+    /// The API answers (any status below 500).
+    async fn probe(&self) -> Result<super::ProbeReport, ConnectorError> {
+        tls::probe_http(&self.http, self.base.as_str(), None, false).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

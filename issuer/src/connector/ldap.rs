@@ -737,10 +737,9 @@ impl std::fmt::Debug for Ldap {
     }
 }
 
-/// Used by the probe: dial, bind as the service account and read the user base.
 impl Ldap {
-    /// Connects the way a login would and searches the user base (`check-config --probe`).
-    pub async fn probe(&self) -> Result<String, ConnectorError> {
+    /// Connects the way a login would (dial, bind as the service account) and reads the user base.
+    async fn probe_directory(&self) -> Result<String, ConnectorError> {
         let base = self.config.user_search.base_dn.clone();
         let n = self
             .with_service(|mut l| {
@@ -755,6 +754,25 @@ impl Ldap {
             })
             .await?;
         Ok(if n == 1 { format!("bound and read {base}") } else { format!("bound, but {base} was not found") })
+    }
+}
+
+#[async_trait]
+impl super::Probe for Ldap {
+    async fn probe(&self) -> Result<super::ProbeReport, ConnectorError> {
+        let detail = self.probe_directory().await?;
+        let peer_certificate = match self.service().await {
+            Ok(mut l) => l.get_peer_certificate().await.ok().flatten(),
+            Err(_) => None,
+        };
+        let tls_warning = if self.config.insecure_no_ssl {
+            Some("plain LDAP without TLS (insecureNoSSL): passwords cross the network in clear".to_owned())
+        } else if self.config.insecure_skip_verify {
+            Some("certificate verification is off (insecureSkipVerify)".to_owned())
+        } else {
+            None
+        };
+        Ok(super::ProbeReport { detail, peer_certificate, tls_warning })
     }
 }
 

@@ -649,14 +649,6 @@ impl Oidc {
             None => d.code_challenge_methods_supported.iter().any(|m| m == "S256").then_some("S256"),
         }
     }
-
-    /// Connects the way a login would (`check-config --probe`): discovery and the JWKS.
-    pub async fn probe(&self) -> Result<String, ConnectorError> {
-        let d = self.discovery().await?;
-        let set: Value = self.get_json(&d.jwks_uri, None).await?;
-        let n = set.get("keys").and_then(Value::as_array).map_or(0, Vec::len);
-        Ok(format!("discovery read; {n} signing keys published"))
-    }
 }
 
 /// A request that got no answer: unreachable (retry later) or refused by our own client.
@@ -706,6 +698,20 @@ fn verify_signature(alg: &str, jwk: &Value, signed: &[u8], sig: &[u8]) -> bool {
             UnparsedPublicKey::new(&signature::ED25519, x).verify(signed, sig).is_ok()
         }
         _ => false,
+    }
+}
+
+#[async_trait]
+impl super::Probe for Oidc {
+    /// Discovery and the JWKS, as a login reads them.
+    async fn probe(&self) -> Result<super::ProbeReport, ConnectorError> {
+        let d = self.discovery().await?;
+        let set: Value = self.get_json(&d.jwks_uri, None).await?;
+        let n = set.get("keys").and_then(Value::as_array).map_or(0, Vec::len);
+        let url = format!("{}/.well-known/openid-configuration", self.config.issuer.trim_end_matches('/'));
+        let mut report = tls::probe_http(&self.http, &url, None, self.config.insecure_skip_verify).await?;
+        report.detail = format!("discovery read, {n} signing key(s) published at {}", d.jwks_uri);
+        Ok(report)
     }
 }
 

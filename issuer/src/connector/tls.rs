@@ -78,6 +78,8 @@ pub(crate) fn http_client(trust: &Trust) -> Result<reqwest::Client, String> {
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
         .user_agent(concat!("tokengate-issuer/", env!("CARGO_PKG_VERSION")))
+        // The peer certificate, for `check-config --probe` (its expiry).
+        .tls_info(true)
         .danger_accept_invalid_certs(trust.insecure_skip_verify);
     if !trust.root_cas.is_empty() {
         b = b.tls_built_in_root_certs(false);
@@ -134,4 +136,36 @@ impl ServerCertVerifier for NoVerification {
 /// answered.
 pub(crate) fn unreachable(e: &reqwest::Error) -> bool {
     e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+}
+
+/// `check-config --probe` for an HTTP upstream: GET `url` (with HTTP Basic `basic`, if given). Any HTTP
+/// answer below 500 means the upstream is reachable; the report says which status came back and carries
+/// the TLS peer certificate.
+pub(crate) async fn probe_http(
+    client: &reqwest::Client,
+    url: &str,
+    basic: Option<(&str, &str)>,
+    insecure_skip_verify: bool,
+) -> Result<super::ProbeReport, super::ConnectorError> {
+    let mut req = client.get(url).header("accept", "application/json");
+    if let Some((user, password)) = basic {
+        req = req.basic_auth(user, Some(password));
+    }
+    let r = req.send().await.map_err(|e| super::ConnectorError::Unavailable(format!("{url}: {e}")))?;
+    let status = r.status();
+    if status.is_server_error() {
+        return Err(super::ConnectorError::Unavailable(format!("{url} answered {status}")));
+    }
+    let peer_certificate =
+        r.extensions().get::<reqwest::tls::TlsInfo>().and_then(|t| t.peer_certificate()).map(<[u8]>::to_vec);
+    Ok(super::ProbeReport {
+        detail: format!("{url} answered {status}"),
+        peer_certificate,
+        tls_warning: insecure_skip_verify.then(|| "certificate verification is off (insecureSkipVerify)".to_owned()),
+    })
+}
+
+/// The `notAfter` of a DER certificate, as Unix time.
+pub fn certificate_not_after(der: &[u8]) -> Option<i64> {
+    x509_parser::parse_x509_certificate(der).ok().map(|(_, c)| c.validity().not_after.timestamp())
 }
