@@ -9,6 +9,7 @@
 
 mod filter;
 mod issuer;
+mod ldap;
 mod load;
 mod machine;
 mod native;
@@ -100,6 +101,16 @@ enum Command {
         /// `perf record --control` FIFO to enable and disable recording around the loop.
         #[arg(long)]
         perf_control: Option<PathBuf>,
+    },
+    /// The `ldap` connector against a real slapd: logins/s next to the bare bind rate, refresh latency
+    /// (JSON on standard output; also part of `run`).
+    Ldap {
+        /// Short windows.
+        #[arg(long)]
+        quick: bool,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
     },
     /// Many sessions and bearer tokens through the compiled filter, as JSON in `--out` (started by `run`).
     Sessions {
@@ -229,6 +240,9 @@ pub(crate) struct Results {
     /// Many sessions and bearer tokens (`bench sessions`).
     #[serde(default)]
     pub(crate) sessions: Vec<sessions::Row>,
+    /// The `ldap` connector against slapd.
+    #[serde(default)]
+    pub(crate) ldap: Option<ldap::LdapResult>,
     pub(crate) build_commands: Vec<String>,
     pub(crate) bench_commands: Vec<String>,
     pub(crate) errors: Vec<String>,
@@ -257,6 +271,14 @@ fn main() -> anyhow::Result<()> {
                 filter::run_filter(&wasm, &paths.issuer_bin(), &paths.work_dir(), plan.sizes()).await?
             };
             std::fs::write(&out, serde_json::to_vec_pretty(&result)?)?;
+            Ok(())
+        }),
+        Command::Ldap { quick, concurrency } => rt.block_on(async move {
+            let result = ldap::measure(quick, concurrency).await?;
+            #[allow(clippy::print_stdout)] // the figures are this command's output
+            {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            }
             Ok(())
         }),
         Command::Sessions { paths, counts, out } => rt.block_on(async move {
@@ -424,6 +446,7 @@ async fn run(paths: Paths, out: &Path, commands_file: Option<&Path>, quick: bool
             .unwrap_or_default(),
         profiles: vec![],
         sessions: vec![],
+        ldap: None,
         bench_commands: vec![],
         errors: vec![],
     };
@@ -446,6 +469,11 @@ async fn run(paths: Paths, out: &Path, commands_file: Option<&Path>, quick: bool
     step("many sessions and bearer tokens (wasmtime host)");
     if let Err(e) = sessions_part(&paths, quick, &mut results).await {
         results.errors.push(format!("sessions: {e:#}"));
+    }
+    step("ldap connector against slapd");
+    match ldap::measure(quick, plan.login_concurrency.max(4)).await {
+        Ok(l) => results.ldap = Some(l),
+        Err(e) => results.errors.push(format!("ldap: {e:#}")),
     }
     step("native reference rates");
     match native::measure(&paths.work_dir(), quick) {
