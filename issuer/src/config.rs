@@ -909,7 +909,7 @@ impl Validator<'_> {
         })
     }
 
-    fn connectors(&mut self, raw: Vec<RawConnector>, _issuer: Option<&Url>) -> Vec<crate::connector::ConnectorConfig> {
+    fn connectors(&mut self, raw: Vec<RawConnector>, issuer: Option<&Url>) -> Vec<crate::connector::ConnectorConfig> {
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(raw.len());
         for (i, c) in raw.into_iter().enumerate() {
@@ -926,6 +926,17 @@ impl Validator<'_> {
                 self.env,
                 &mut self.problems,
             ) {
+                // The upstream sends the browser back to the redirect URI: anything but this issuer's
+                // `/callback` loses the login (or hands the code to someone else).
+                if let (Some(uri), Some(issuer)) = (parsed.redirect_uri(), issuer) {
+                    let expected = format!("{}/callback", issuer.as_str().trim_end_matches('/'));
+                    if uri.trim_end_matches('/') != expected {
+                        self.problem(
+                            format!("{key}.config.redirectURI"),
+                            format!("this issuer's callback {expected}, got {uri:?}"),
+                        );
+                    }
+                }
                 out.push(parsed);
             }
         }

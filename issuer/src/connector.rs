@@ -224,8 +224,8 @@ impl ConnectorConfig {
         problems: &mut Vec<Problem>,
     ) -> Option<Self> {
         let mut problem = |k: String, e: String| problems.push(Problem { key: k, expected: e });
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            problem(format!("{key}.id"), format!("a non-empty id of letters, digits, '-' and '_', got {id:?}"));
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            problem(format!("{key}.id"), format!("a non-empty id of letters, digits, '-', '_' and '.', got {id:?}"));
         }
         if id == local::CONNECTOR_ID {
             problem(format!("{key}.id"), "an id other than \"local\" (the password database's)".into());
@@ -284,6 +284,17 @@ impl ConnectorConfig {
         }
     }
 
+    /// The `redirectURI` a callback connector sends upstream (it must be this issuer's `/callback`).
+    pub fn redirect_uri(&self) -> Option<&str> {
+        match &self.kind {
+            ConnectorKind::Oidc(c) => Some(&c.redirect_uri),
+            ConnectorKind::GitHub(c) => Some(&c.redirect_uri),
+            ConnectorKind::GitLab(c) => Some(&c.redirect_uri),
+            ConnectorKind::BitbucketCloud(c) => c.redirect_uri.as_deref(),
+            ConnectorKind::Ldap(_) | ConnectorKind::AtlassianCrowd(_) => None,
+        }
+    }
+
     /// Whether the connector signs people in with a password form (as opposed to a redirect).
     pub fn is_password(&self) -> bool {
         matches!(self.kind, ConnectorKind::Ldap(_) | ConnectorKind::AtlassianCrowd(_))
@@ -311,18 +322,13 @@ pub(crate) mod config_values {
         problems: &mut Vec<Problem>,
     ) {
         match value {
-            Value::String(s) => {
-                let var = s.strip_prefix("${").and_then(|v| v.strip_suffix('}')).or_else(|| s.strip_prefix('$'));
-                if let Some(name) = var.filter(|n| is_env_name(n)) {
-                    match env(name) {
-                        Some(v) if !v.is_empty() => *s = v,
-                        _ => problems.push(Problem {
-                            key: key.to_owned(),
-                            expected: format!("environment variable {name} to be set and non-empty"),
-                        }),
-                    }
-                }
-            }
+            Value::String(s) => match expand_string(s, env) {
+                Ok(expanded) => *s = expanded,
+                Err(name) => problems.push(Problem {
+                    key: key.to_owned(),
+                    expected: format!("environment variable {name} to be set and non-empty"),
+                }),
+            },
             Value::Sequence(items) => {
                 for (i, v) in items.iter_mut().enumerate() {
                     expand(&format!("{key}[{i}]"), v, env, problems);
@@ -360,6 +366,42 @@ pub(crate) mod config_values {
             }
             _ => {}
         }
+    }
+
+    /// `$NAME` and `${NAME}` anywhere in `s` replaced from the environment, as Dex (Go's `os.ExpandEnv`)
+    /// does — except that an unset or empty variable is an error (its name), not a silent empty string. A
+    /// `$` not followed by a name stays as it is.
+    pub(crate) fn expand_string(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            let (name, len) = if let Some(braced) = after.strip_prefix('{') {
+                match braced.find('}') {
+                    Some(end) if is_env_name(&braced[..end]) => (&braced[..end], end + 2),
+                    _ => ("", 0),
+                }
+            } else {
+                let end = after
+                    .char_indices()
+                    .find(|(j, c)| !(c.is_ascii_alphanumeric() || *c == '_') || (*j == 0 && c.is_ascii_digit()))
+                    .map_or(after.len(), |(j, _)| j);
+                (&after[..end], end)
+            };
+            if name.is_empty() {
+                out.push('$');
+                rest = after;
+                continue;
+            }
+            match env(name) {
+                Some(v) if !v.is_empty() => out.push_str(&v),
+                _ => return Err(name.to_owned()),
+            }
+            rest = &after[len..];
+        }
+        out.push_str(rest);
+        Ok(out)
     }
 
     fn is_env_name(name: &str) -> bool {
@@ -414,12 +456,20 @@ pub(crate) mod config_values {
     }
 
     /// Turns serde's messages into "what was expected" phrases.
-    fn describe(message: &str) -> String {
+    pub(crate) fn describe(message: &str) -> String {
         if let Some(rest) = message.strip_prefix("unknown field ") {
-            return format!("a known key; {rest} is not one");
+            return match rest.split_once(", expected ") {
+                Some((key, known)) => format!("{known} ({key} is not a key here)"),
+                None => format!("no key named {}", rest.split(',').next().unwrap_or(rest)),
+            };
         }
         if let Some(rest) = message.strip_prefix("missing field ") {
             return format!("the required key {rest}");
+        }
+        for prefix in ["invalid type: ", "invalid value: "] {
+            if let Some((got, expected)) = message.strip_prefix(prefix).and_then(|r| r.split_once(", expected ")) {
+                return format!("{expected}, got {got}");
+            }
         }
         message.to_owned()
     }
@@ -552,6 +602,34 @@ pub fn subject(identity: &Identity) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_variables_expand_anywhere_in_a_value_and_unset_ones_are_named() {
+        let env = |n: &str| match n {
+            "HOST" => Some("id.example.com".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let x = |s: &str| config_values::expand_string(s, &env);
+        assert_eq!(x("https://$HOST/callback").unwrap(), "https://id.example.com/callback");
+        assert_eq!(x("https://${HOST}/callback").unwrap(), "https://id.example.com/callback");
+        assert_eq!(x("$HOST").unwrap(), "id.example.com");
+        assert_eq!(x("no variables").unwrap(), "no variables");
+        assert_eq!(x("costs $5 or $ or ${not a name}").unwrap(), "costs $5 or $ or ${not a name}");
+        assert_eq!(x("${MISSING}x"), Err("MISSING".to_owned()));
+        assert_eq!(x("a$EMPTY"), Err("EMPTY".to_owned()));
+    }
+
+    #[test]
+    fn serde_messages_become_what_was_expected() {
+        let d = config_values::describe;
+        assert_eq!(d("invalid type: integer `12345`, expected a string"), "a string, got integer `12345`");
+        assert_eq!(
+            d("unknown field `nmae`, expected one of `name`, `id`"),
+            "one of `name`, `id` (`nmae` is not a key here)"
+        );
+        assert_eq!(d("missing field `host`"), "the required key `host`");
+    }
 
     #[test]
     fn dex_subjects_match_what_dex_mints() {

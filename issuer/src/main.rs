@@ -22,9 +22,12 @@ struct Cli {
 enum Command {
     /// Serve the issuer.
     Serve {
-        /// YAML configuration file.
-        #[arg(long, short, env = "ISSUER_CONFIG")]
-        config: PathBuf,
+        /// YAML configuration file (`--config FILE`, `ISSUER_CONFIG`, or Dex's `serve FILE`).
+        #[arg(long, short, env = "ISSUER_CONFIG", required_unless_present = "file")]
+        config: Option<PathBuf>,
+        /// The configuration file as Dex takes it: `issuer serve config.yaml`.
+        #[arg(conflicts_with = "config")]
+        file: Option<PathBuf>,
     },
     /// Validate a configuration file and list every problem.
     CheckConfig {
@@ -84,7 +87,10 @@ enum ApiVersionArg {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(&config),
+        Command::Serve { config, file } => match config.or(file) {
+            Some(path) => serve(&path),
+            None => bail!("serve: expected a configuration file (--config FILE or serve FILE)"),
+        },
         Command::CheckConfig { file, probe } => check_config(&file, probe),
         Command::HashPassword { cost } => hash_password(cost),
         Command::DevCerts { out, hosts } => dev_certs(&out, &hosts),

@@ -63,8 +63,9 @@ pub enum TokenError {
     /// Storage or signing failed.
     #[error("internal: {0}")]
     Internal(String),
-    /// The storage cannot be reached right now: 503 with `Retry-After`, and the client may simply retry
-    /// (a gateway keeps its session meanwhile).
+    /// Something the issuer depends on (its storage, an upstream identity provider) cannot be reached
+    /// right now: 503 with `Retry-After`, and the client may simply retry (a gateway keeps its session
+    /// meanwhile). The text is the public `error_description`: it says what is away, never why.
     #[error("temporarily_unavailable: {0}")]
     TemporarilyUnavailable(String),
 }
@@ -84,7 +85,10 @@ pub const RETRY_AFTER_SECS: u64 = 2;
 impl From<StorageError> for TokenError {
     fn from(e: StorageError) -> Self {
         match e {
-            StorageError::Unavailable(why) => TokenError::TemporarilyUnavailable(why),
+            StorageError::Unavailable(why) => {
+                tracing::warn!(error = %why, "storage unavailable: answering 503");
+                TokenError::TemporarilyUnavailable("the issuer's storage cannot be reached; retry shortly".into())
+            }
             other => TokenError::Internal(other.to_string()),
         }
     }
@@ -131,12 +135,8 @@ impl IntoResponse for TokenError {
         if let TokenError::Internal(e) = self {
             return internal(e);
         }
-        if let TokenError::TemporarilyUnavailable(e) = &self {
-            tracing::warn!(error = %e, "storage unavailable: answering 503");
-            let body = json!({
-                "error": "temporarily_unavailable",
-                "error_description": "the issuer's storage cannot be reached; retry shortly",
-            });
+        if let TokenError::TemporarilyUnavailable(description) = &self {
+            let body = json!({ "error": "temporarily_unavailable", "error_description": description });
             let retry = RETRY_AFTER_SECS.to_string();
             return (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -142,16 +142,48 @@ async fn wrong_passwords_and_filter_metacharacters_never_sign_in_and_a_strange_u
 }
 
 #[tokio::test]
-async fn two_entries_matching_one_login_are_refused_with_a_reason() {
+async fn two_entries_for_one_login_and_account_problems_never_sign_in_or_tell_strangers_anything() {
     let slapd = Slapd::start().await;
     slapd.add_user("twin1", "twins@example.org", "Twin One", "pw").await;
     slapd.add_user("twin2", "twins@example.org", "Twin Two", "pw").await;
+    // An entry without the emailAttr Dex requires.
+    slapd
+        .add(
+            &format!("uid=nomail,ou=people,{SUFFIX}"),
+            &[
+                ("objectClass", &["inetOrgPerson"]),
+                ("uid", &["nomail"]),
+                ("cn", &["No Mail"]),
+                ("sn", &["M"]),
+                ("userPassword", &["pw"]),
+            ],
+        )
+        .await;
     let issuer = Issuer::start_with(&connector_yaml(&plain(&slapd)), |_| {}).await;
+    // Ambiguous: answered like a wrong password (the administrator finds it in the log), never a login.
     let (status, _, body) = ldap_login(&issuer, "twins@example.org", "pw").await;
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("more than one directory entry"), "{body}");
+    assert_eq!(status, 401, "{body}");
     // Each twin can still sign in by its unique uid.
     tokens(&issuer, "twin1", "pw").await;
+    // The missing attribute is told only to someone who knows the password.
+    let (status, _, _) = ldap_login(&issuer, "nomail", "wrong").await;
+    assert_eq!(status, 401);
+    let (status, _, body) = ldap_login(&issuer, "nomail", "pw").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("no mail attribute (emailAttr)"), "{body}");
+}
+
+#[tokio::test]
+async fn email_suffix_uses_the_directory_spelling_of_the_name_not_what_was_typed() {
+    let slapd = Slapd::start().await;
+    seed(&slapd).await;
+    let yaml =
+        connector_yaml(&plain(&slapd)).replace("        emailAttr: mail\n", "        emailSuffix: corp.example\n");
+    let issuer = Issuer::start_with(&yaml, |_| {}).await;
+    for typed in ["JANE", "jane@example.org"] {
+        let c = claims(tokens(&issuer, typed, "jane-password").await["id_token"].as_str().unwrap());
+        assert_eq!(c["email"], "jane@corp.example", "typed {typed:?}");
+    }
 }
 
 #[tokio::test]
@@ -195,6 +227,7 @@ async fn refresh_rereads_the_directory_survives_an_outage_and_ends_for_a_deleted
     assert!(r.headers().contains_key("retry-after"));
     let err: serde_json::Value = r.json().await.unwrap();
     assert_eq!(err["error"], "temporarily_unavailable", "{err}");
+    assert_eq!(err["error_description"], "Corporate LDAP cannot be reached; retry later", "says what is away");
     slapd.restart().await;
     let (status, body) = issuer.refresh(&rt).await;
     assert_eq!(status, 200, "the same refresh token works once the directory is back: {body}");

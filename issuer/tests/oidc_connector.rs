@@ -326,3 +326,27 @@ async fn panva_oidc_provider_as_the_upstream_signs_in_refreshes_and_revokes() {
     let (status, body) = downstream.refresh(&rt).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
 }
+
+#[test]
+fn a_redirect_uri_that_is_not_this_issuers_callback_is_a_configuration_error() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml");
+    let dev = std::fs::read_to_string(path).unwrap();
+    let config = |redirect: &str| {
+        format!(
+            "{dev}\nconnectors:\n  - type: oidc\n    id: sso\n    config:\n      issuer: https://sso.example.com\n      clientID: c\n      clientSecret: s\n      redirectURI: {redirect}\n"
+        )
+    };
+    let env = |name: &str| (name == "ISSUER_URL").then(|| "http://127.0.0.1:5556".to_owned());
+    assert!(Config::parse("dex.yaml", &config("http://127.0.0.1:5556/callback"), &env).is_ok());
+    // Dex expands variables anywhere in a value.
+    assert!(Config::parse("dex.yaml", &config("$ISSUER_URL/callback"), &env).is_ok());
+    for wrong in ["https://evil.example.com/callback", "http://127.0.0.1:5556/dex/callback"] {
+        let err = Config::parse("dex.yaml", &config(wrong), &env).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "connectors[0].config.redirectURI: expected this issuer's callback http://127.0.0.1:5556/callback"
+            ),
+            "{err}"
+        );
+    }
+}

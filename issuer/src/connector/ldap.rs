@@ -202,6 +202,10 @@ pub struct UserMatcher {
     pub user_attr: String,
     /// Attribute of the group entry.
     pub group_attr: String,
+    /// Dex's switch for nested groups on this matcher: when set, groups that contain the user's groups
+    /// count too, followed as `nestedGroups: true` does (matching each group's DN in `groupAttr`).
+    #[serde(default)]
+    pub recursion_group_attr: Option<String>,
 }
 
 impl Config {
@@ -227,6 +231,9 @@ impl Config {
         }
         if self.user_search.base_dn.is_empty() {
             problem("userSearch.baseDN", "the DN under which users are searched");
+        }
+        if self.user_search.email_attr.is_none() && self.user_search.email_suffix.is_none() {
+            problem("userSearch.emailAttr", "the attribute holding the email address (or userSearch.emailSuffix)");
         }
         if self.username_attrs().is_empty() {
             problem("userSearch.username", "the attribute(s) holding the login name, e.g. uid");
@@ -317,6 +324,14 @@ fn scope(s: &Option<String>) -> Scope {
         Some("one") => Scope::OneLevel,
         _ => Scope::Subtree,
     }
+}
+
+/// What a user search found.
+enum Lookup {
+    None,
+    One(Box<SearchEntry>),
+    /// Two or more entries: never a login (which one would the password be checked against?).
+    Several,
 }
 
 /// What the connector keeps about a login, for refresh.
@@ -421,7 +436,9 @@ impl Ldap {
             let l = self.service().await?;
             match op(l).await {
                 Ok(t) => return Ok(t),
-                Err(e) if attempt == 0 && is_connection_error(&e) => {
+                // A broken connection is dialled again once; a timeout is not retried (the time limits
+                // would add up while the person waits).
+                Err(e) if attempt == 0 && is_connection_error(&e) && !matches!(e, LdapError::Timeout { .. }) => {
                     *self.service.lock().await = None;
                 }
                 Err(e) => {
@@ -463,8 +480,8 @@ impl Ldap {
         }
     }
 
-    /// The one entry for `username`: `None` when there is none, an error when two match.
-    async fn find_user(&self, username: &str) -> Result<Option<SearchEntry>, ConnectorError> {
+    /// The entry for `username`: one, none, or more than one (the size limit is 2).
+    async fn find_user(&self, username: &str) -> Result<Lookup, ConnectorError> {
         let filter = self.user_filter(username);
         let attrs = self.attributes();
         let base = self.config.user_search.base_dn.clone();
@@ -485,11 +502,12 @@ impl Ldap {
             .await?;
         // rc 4 (sizeLimitExceeded): more than two entries; rc 32 (noSuchObject): the base DN is missing.
         match (entries.len(), rc) {
-            (0, 0 | 32) => Ok(None),
-            (1, 0) => Ok(entries.into_iter().next().map(SearchEntry::construct)),
-            (n, 0 | 4) if n >= 2 || rc == 4 => Err(ConnectorError::Refused {
-                reason: format!("LDAP: more than one directory entry matches {username:?}; ask an administrator"),
-            }),
+            (0, 0 | 32) => Ok(Lookup::None),
+            (1, 0) => Ok(entries
+                .into_iter()
+                .next()
+                .map_or(Lookup::None, |e| Lookup::One(Box::new(SearchEntry::construct(e))))),
+            (n, 0 | 4) if n >= 2 || rc == 4 => Ok(Lookup::Several),
             (_, rc) => Err(unavailable(format!("user search failed with result code {rc}"))),
         }
     }
@@ -569,7 +587,8 @@ impl Ldap {
                 );
             }
         }
-        if matches!(g.nested_groups, NestedGroups::Enabled(true)) {
+        let recursive = matchers(g).iter().any(|m| m.recursion_group_attr.as_deref().is_some_and(|a| !a.is_empty()));
+        if matches!(g.nested_groups, NestedGroups::Enabled(true)) || recursive {
             // Groups that contain the user's groups, level by level, through the DN matchers.
             let dn_attrs: Vec<String> =
                 matchers(g).into_iter().filter(|m| m.user_attr == "DN").map(|m| m.group_attr).collect();
@@ -601,9 +620,18 @@ impl Ldap {
         Ok(names)
     }
 
-    fn identity(&self, username: &str, entry: &SearchEntry, groups: Vec<String>) -> Result<Identity, ConnectorError> {
+    fn identity(&self, typed: &str, entry: &SearchEntry, groups: Vec<String>) -> Result<Identity, ConnectorError> {
         let u = &self.config.user_search;
         let first = |a: &Option<String>| a.as_ref().and_then(|a| attr_values(entry, a).into_iter().next());
+        // The directory's spelling of the name (the first username attribute the entry has), not what was
+        // typed (another case, or another of the username attributes).
+        let username = self
+            .config
+            .username_attrs()
+            .iter()
+            .find_map(|a| attr_values(entry, a).into_iter().next())
+            .unwrap_or_else(|| typed.to_owned());
+        let username = username.as_str();
         let user_id = if u.id_attr == "DN" {
             entry.dn.clone()
         } else {
@@ -611,17 +639,25 @@ impl Ldap {
                 reason: format!("LDAP: the directory entry has no {} attribute (idAttr)", u.id_attr),
             })?
         };
-        let email = match (first(&u.email_attr), &u.email_suffix) {
-            (Some(e), _) => e,
-            (None, Some(suffix)) => format!("{username}@{}", suffix.trim_start_matches('@')),
-            (None, None) => String::new(),
+        // Dex: `emailSuffix` wins; otherwise the entry must have `emailAttr`.
+        let email = match (&u.email_suffix, first(&u.email_attr)) {
+            (Some(suffix), _) => format!("{username}@{}", suffix.trim_start_matches('@')),
+            (None, Some(e)) => e,
+            (None, None) => {
+                return Err(ConnectorError::Refused {
+                    reason: format!(
+                        "LDAP: the directory entry has no {} attribute (emailAttr)",
+                        u.email_attr.as_deref().unwrap_or("email")
+                    ),
+                })
+            }
         };
         let data =
             Data { username: username.to_owned(), dn: entry.dn.clone(), pwd_last_set: first_attr(entry, "pwdLastSet") };
         Ok(Identity {
             user_id,
             username: first(&u.name_attr).unwrap_or_else(|| username.to_owned()),
-            email_verified: !email.is_empty(),
+            email_verified: true,
             email,
             groups,
             connector_id: self.id.clone(),
@@ -636,7 +672,9 @@ fn matchers(g: &GroupSearch) -> Vec<UserMatcher> {
         return g.user_matchers.clone();
     }
     match (&g.user_attr, &g.group_attr) {
-        (Some(u), Some(gr)) => vec![UserMatcher { user_attr: u.clone(), group_attr: gr.clone() }],
+        (Some(u), Some(gr)) => {
+            vec![UserMatcher { user_attr: u.clone(), group_attr: gr.clone(), recursion_group_attr: None }]
+        }
         _ => vec![],
     }
 }
@@ -686,14 +724,22 @@ impl PasswordConnector for Ldap {
         if login.is_empty() || password.is_empty() {
             return Ok(None);
         }
-        let Some(entry) = self.find_user(login).await? else {
-            return Ok(None);
+        let entry = match self.find_user(login).await? {
+            Lookup::One(entry) => entry,
+            Lookup::None => return Ok(None),
+            // Answered like a wrong password, so nobody learns from it which names are ambiguous; the
+            // administrator learns it from the log.
+            Lookup::Several => {
+                tracing::warn!(connector = %self.id, login, "LDAP: more than one directory entry matches this login; refusing it (make userSearch match one entry)");
+                return Ok(None);
+            }
         };
-        if let Some(why) = active_directory_refusal(&entry, None) {
-            return Err(ConnectorError::Refused { reason: format!("LDAP: {why}") });
-        }
         if !self.check_password(&entry.dn, password).await? {
             return Ok(None);
+        }
+        // Only after the password: the account's state is not told to someone who does not know it.
+        if let Some(why) = active_directory_refusal(&entry, None) {
+            return Err(ConnectorError::Refused { reason: format!("LDAP: {why}") });
         }
         let groups = self.groups(&entry).await?;
         self.identity(login, &entry, groups).map(Some)
@@ -711,8 +757,14 @@ impl RefreshConnector for Ldap {
             identity.connector_data.as_ref().and_then(|d| serde_json::from_value(d.0.clone()).ok()).ok_or_else(
                 || ConnectorError::Refused { reason: "LDAP: the session predates this connector".into() },
             )?;
-        let Some(entry) = self.find_user(&data.username).await? else {
-            return Ok(None);
+        let entry = match self.find_user(&data.username).await? {
+            Lookup::One(entry) => entry,
+            Lookup::None => return Ok(None),
+            Lookup::Several => {
+                return Err(ConnectorError::Refused {
+                    reason: format!("LDAP: more than one directory entry now matches {:?}", data.username),
+                })
+            }
         };
         if entry.dn != data.dn {
             return Err(ConnectorError::Refused {

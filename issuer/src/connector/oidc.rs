@@ -100,6 +100,9 @@ pub struct Config {
     /// Accepted for Dex compatibility (Google Workspace domains); ignored with a warning by `check-config`.
     #[serde(default)]
     pub hosted_domains: Vec<String>,
+    /// Authentication Context Class References to ask for (`acr_values`, OIDC Core §3.1.2.1).
+    #[serde(default)]
+    pub acr_values: Vec<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -740,6 +743,9 @@ impl CallbackConnector for Oidc {
                         .append_pair("code_challenge_method", "plain");
                 }
                 None => {}
+            }
+            if !self.config.acr_values.is_empty() {
+                q.append_pair("acr_values", &self.config.acr_values.join(" "));
             }
             match self.config.prompt_type.as_deref() {
                 None => {

@@ -29,6 +29,9 @@ use crate::state::AppState;
 use crate::storage::{AuthCode, AuthRequest, Identity, StorageError};
 use crate::token::random_b64;
 
+/// Longer login names are refused before any lookup (no directory has them; they only fill logs).
+const MAX_LOGIN_CHARS: usize = 256;
+
 /// A password connector's form on the login page.
 struct PasswordForm<'a> {
     id: &'a str,
@@ -294,11 +297,19 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
             format!("Enter your {} and password.", passwords.prompt().to_lowercase()),
         );
     }
+    if login.chars().count() > MAX_LOGIN_CHARS {
+        return again(StatusCode::BAD_REQUEST, format!("That {} is too long.", passwords.prompt().to_lowercase()));
+    }
 
     let ip = client_ip(&state, &peer, &headers);
     let ip_text = ip.map_or_else(|| "-".to_owned(), |i| i.to_string());
     let bf = state.config.brute_force;
-    let user_key = format!("user:{}", login.to_lowercase());
+    // Per connector: failures at one directory do not lock the same name out of another.
+    let user_key = if connector.kind == "local" {
+        format!("user:{}", login.to_lowercase())
+    } else {
+        format!("user:{}:{}", connector.id, login.to_lowercase())
+    };
     let ip_key = format!("ip:{ip_text}");
     let user_limit = Limit { capacity: bf.max_attempts, refill: bf.refill_interval };
     let ip_limit = Limit { capacity: bf.per_ip_max_attempts, refill: bf.per_ip_refill_interval };
@@ -345,9 +356,12 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
             );
         }
         Err(e) => {
-            // The directory did not decide: the attempt is not held against the user.
-            let _ = ratelimit::refund(store, &user_key, user_limit, now).await;
-            let _ = ratelimit::refund(store, &ip_key, ip_limit, now).await;
+            // An upstream that did not answer decided nothing: the attempt is not held against the user.
+            // A refusal (a disabled account…) did decide, and spends the attempt like a wrong password.
+            if matches!(e, ConnectorError::Unavailable(_)) {
+                let _ = ratelimit::refund(store, &user_key, user_limit, now).await;
+                let _ = ratelimit::refund(store, &ip_key, ip_limit, now).await;
+            }
             return connector_failure(&state, &request, &connector, e, &ip_text);
         }
     };
