@@ -152,7 +152,7 @@ mod provider;
 /// The `connectors:` of a configuration: an LDAP directory and an upstream OpenID Provider.
 fn connectors(ldap: &str, provider_port: u16, issuer: &str) -> Vec<issuer::connector::ConnectorConfig> {
     let yaml = format!(
-        r#"issuer: http://127.0.0.1:1
+        r#"issuer: {issuer}
 web: {{http: "127.0.0.1:1"}}
 storage: {{type: memory}}
 connectors:
