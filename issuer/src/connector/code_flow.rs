@@ -65,6 +65,64 @@ pub(crate) fn callback_code<'a>(provider: &str, query: &'a HashMap<String, Strin
     }
 }
 
+/// This issuer as an OAuth 2.0 client of one upstream: what the authorization request and the code
+/// redemption of every code-flow connector send.
+pub(crate) struct OAuthClient<'a> {
+    /// The upstream's name, for messages ("GitHub").
+    pub(crate) provider: &'a str,
+    /// `client_id`.
+    pub(crate) client_id: &'a str,
+    /// `client_secret` (sent in the form, as GitHub and GitLab accept it; RFC 6749 §2.3.1).
+    pub(crate) client_secret: &'a str,
+    /// The issuer's `/callback`.
+    pub(crate) redirect_uri: &'a str,
+}
+
+impl OAuthClient<'_> {
+    /// The authorization request (RFC 6749 §4.1.1) at `authorize`: the client, the callback, `scope`,
+    /// the login's `state` and a PKCE S256 challenge of its verifier (RFC 7636 §4.3), then `extra`.
+    pub(crate) fn authorization_url(
+        &self,
+        authorize: &Url,
+        scope: &str,
+        request: &super::CallbackRequest,
+        extra: &[(&str, &str)],
+    ) -> String {
+        let challenge = pkce_challenge(&request.pkce_verifier);
+        let mut params = vec![
+            ("client_id", self.client_id),
+            ("redirect_uri", self.redirect_uri),
+            ("scope", scope),
+            ("state", request.state.as_str()),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ];
+        params.extend_from_slice(extra);
+        with_query(authorize, &params)
+    }
+
+    /// Redeems the callback's code at `token` (RFC 6749 §4.1.3) with the PKCE verifier (RFC 7636 §4.5);
+    /// an OAuth error on the callback (the person declined) is `Failed(Upstream)`.
+    pub(crate) async fn redeem_code(
+        &self,
+        http: &reqwest::Client,
+        token: &Url,
+        request: &super::CallbackRequest,
+        query: &HashMap<String, String>,
+    ) -> Result<Tokens, GrantError> {
+        let code = callback_code(self.provider, query).map_err(GrantError::Failed)?;
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", self.redirect_uri),
+            ("client_id", self.client_id),
+            ("client_secret", self.client_secret),
+            ("code_verifier", request.pkce_verifier.as_str()),
+        ];
+        token_grant(http, self.provider, token, &form).await
+    }
+}
+
 /// A token endpoint's answer (RFC 6749 §5.1). `Debug` hides the tokens.
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct Tokens {

@@ -309,6 +309,16 @@ fn endpoints(host: Option<&str>) -> Result<(Url, Url, Url), String> {
 }
 
 impl GitHub {
+    /// This issuer as GitHub's OAuth client.
+    fn oauth_client(&self) -> code_flow::OAuthClient<'_> {
+        code_flow::OAuthClient {
+            provider: PROVIDER,
+            client_id: &self.config.client_id,
+            client_secret: &self.config.client_secret,
+            redirect_uri: &self.config.redirect_uri,
+        }
+    }
+
     /// Prepares the connector (endpoints and HTTP client); talks to GitHub only when someone signs in.
     pub fn new(id: &str, config: Config) -> Result<Self, String> {
         let (authorize, token, api) = endpoints(config.host_name.as_deref())?;
@@ -564,18 +574,7 @@ fn dedup(mut v: Vec<String>) -> Vec<String> {
 #[async_trait]
 impl CallbackConnector for GitHub {
     async fn login_url(&self, request: &CallbackRequest) -> Result<String, ConnectorError> {
-        let challenge = code_flow::pkce_challenge(&request.pkce_verifier);
-        Ok(code_flow::with_query(
-            &self.authorize,
-            &[
-                ("client_id", self.config.client_id.as_str()),
-                ("redirect_uri", self.config.redirect_uri.as_str()),
-                ("scope", self.scopes()),
-                ("state", request.state.as_str()),
-                ("code_challenge", challenge.as_str()),
-                ("code_challenge_method", "S256"),
-            ],
-        ))
+        Ok(self.oauth_client().authorization_url(&self.authorize, self.scopes(), request, &[]))
     }
 
     async fn handle_callback(
@@ -583,16 +582,9 @@ impl CallbackConnector for GitHub {
         request: &CallbackRequest,
         query: &HashMap<String, String>,
     ) -> Result<Identity, ConnectorError> {
-        let code = code_flow::callback_code(PROVIDER, query)?;
-        let form = [
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", self.config.redirect_uri.as_str()),
-            ("client_id", self.config.client_id.as_str()),
-            ("client_secret", self.config.client_secret.as_str()),
-            ("code_verifier", request.pkce_verifier.as_str()),
-        ];
-        let tokens = code_flow::token_grant(&self.http, PROVIDER, &self.token, &form)
+        let tokens = self
+            .oauth_client()
+            .redeem_code(&self.http, &self.token, request, query)
             .await
             .map_err(|e| self.grant_error(e, false))?;
         let mut identity = self.identity(&tokens.access_token, false).await?;

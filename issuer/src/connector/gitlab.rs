@@ -212,6 +212,16 @@ impl std::fmt::Debug for GitLab {
 }
 
 impl GitLab {
+    /// This issuer as GitLab's OAuth client.
+    fn oauth_client(&self) -> code_flow::OAuthClient<'_> {
+        code_flow::OAuthClient {
+            provider: PROVIDER,
+            client_id: &self.config.client_id,
+            client_secret: &self.config.client_secret,
+            redirect_uri: &self.config.redirect_uri,
+        }
+    }
+
     /// Prepares the connector (base URL and HTTP client); talks to GitLab only when someone signs in.
     pub fn new(id: &str, config: Config) -> Result<Self, String> {
         let base = config.base().map_err(|e| format!("baseURL: expected {e}"))?;
@@ -345,18 +355,11 @@ fn with_roles(info: &UserInfo) -> Vec<String> {
 #[async_trait]
 impl CallbackConnector for GitLab {
     async fn login_url(&self, request: &CallbackRequest) -> Result<String, ConnectorError> {
-        let challenge = code_flow::pkce_challenge(&request.pkce_verifier);
-        Ok(code_flow::with_query(
+        Ok(self.oauth_client().authorization_url(
             &self.url("oauth/authorize"),
-            &[
-                ("client_id", self.config.client_id.as_str()),
-                ("redirect_uri", self.config.redirect_uri.as_str()),
-                ("response_type", "code"),
-                ("scope", SCOPES),
-                ("state", request.state.as_str()),
-                ("code_challenge", challenge.as_str()),
-                ("code_challenge_method", "S256"),
-            ],
+            SCOPES,
+            request,
+            &[("response_type", "code")],
         ))
     }
 
@@ -365,16 +368,9 @@ impl CallbackConnector for GitLab {
         request: &CallbackRequest,
         query: &HashMap<String, String>,
     ) -> Result<Identity, ConnectorError> {
-        let code = code_flow::callback_code(PROVIDER, query)?;
-        let form = [
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", self.config.redirect_uri.as_str()),
-            ("client_id", self.config.client_id.as_str()),
-            ("client_secret", self.config.client_secret.as_str()),
-            ("code_verifier", request.pkce_verifier.as_str()),
-        ];
-        let tokens = code_flow::token_grant(&self.http, PROVIDER, &self.url("oauth/token"), &form)
+        let tokens = self
+            .oauth_client()
+            .redeem_code(&self.http, &self.url("oauth/token"), request, query)
             .await
             .map_err(|e| self.grant_error(e, false))?;
         let mut identity = self.identity(&tokens.access_token, false).await?;
