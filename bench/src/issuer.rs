@@ -19,7 +19,7 @@ pub(crate) const PASSWORD: &str = "password";
 /// "password" at bcrypt cost 10, as in `issuer/examples/dev.yaml`.
 pub(crate) const PASSWORD_HASH: &str = "$2a$10$2b2cU8CPhOTaGrs1HRQuAueS7JTT5ZHsHSzYiFPm1leZck7Mc8T4W";
 pub(crate) const SCOPE: &str = "openid email profile groups offline_access";
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+pub(crate) const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
 /// The issuer's configuration for a benchmark: like `dev.yaml`, with the database at `db`.

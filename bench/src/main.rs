@@ -7,6 +7,7 @@
 //!   ([`load`], [`wrk`]), beside oidc-provider configured the same way ([`oidc_provider`]);
 //! - reference rates that bound them: bcrypt, signatures, fdatasync ([`native`]).
 
+mod federation;
 mod filter;
 mod issuer;
 mod ldap;
@@ -102,8 +103,8 @@ enum Command {
         #[arg(long)]
         perf_control: Option<PathBuf>,
     },
-    /// The `ldap` connector against a real slapd: logins/s next to the bare bind rate, refresh latency
-    /// (JSON on standard output; also part of `run`).
+    /// The connectors: `ldap` against a real slapd (logins/s next to the bare bind rate, refresh latency)
+    /// and refresh latency through the `oidc` connector (JSON on standard output; also part of `run`).
     Ldap {
         /// Short windows.
         #[arg(long)]
@@ -243,6 +244,9 @@ pub(crate) struct Results {
     /// The `ldap` connector against slapd.
     #[serde(default)]
     pub(crate) ldap: Option<ldap::LdapResult>,
+    /// Refresh latency through the `oidc` connector.
+    #[serde(default)]
+    pub(crate) federation: Option<federation::FederationResult>,
     pub(crate) build_commands: Vec<String>,
     pub(crate) bench_commands: Vec<String>,
     pub(crate) errors: Vec<String>,
@@ -274,7 +278,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Ldap { quick, concurrency } => rt.block_on(async move {
-            let result = ldap::measure(quick, concurrency).await?;
+            let mut result = serde_json::to_value(ldap::measure(quick, concurrency).await?)?;
+            let work = std::env::temp_dir().join("tokengate-bench-federation");
+            result["federation"] = serde_json::to_value(federation::measure(&work, quick).await?)?;
             #[allow(clippy::print_stdout)] // the figures are this command's output
             {
                 println!("{}", serde_json::to_string_pretty(&result)?);
@@ -447,6 +453,7 @@ async fn run(paths: Paths, out: &Path, commands_file: Option<&Path>, quick: bool
         profiles: vec![],
         sessions: vec![],
         ldap: None,
+        federation: None,
         bench_commands: vec![],
         errors: vec![],
     };
@@ -474,6 +481,11 @@ async fn run(paths: Paths, out: &Path, commands_file: Option<&Path>, quick: bool
     match ldap::measure(quick, plan.login_concurrency.max(4)).await {
         Ok(l) => results.ldap = Some(l),
         Err(e) => results.errors.push(format!("ldap: {e:#}")),
+    }
+    step("refresh through the oidc connector");
+    match federation::measure(&paths.work_dir(), quick).await {
+        Ok(f) => results.federation = Some(f),
+        Err(e) => results.errors.push(format!("federation: {e:#}")),
     }
     step("native reference rates");
     match native::measure(&paths.work_dir(), quick) {

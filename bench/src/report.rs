@@ -93,6 +93,7 @@ pub(crate) fn markdown(r: &Results, quick: bool) -> String {
     filter_section(&mut s, r);
     sessions_section(&mut s, r);
     ldap_section(&mut s, r);
+    federation_section(&mut s, r);
     profiles(&mut s, r);
     issuer_section(&mut s, r);
     bounds(&mut s, r);
@@ -287,6 +288,24 @@ fn ldap_section(s: &mut String, r: &Results) {
         us(l.refresh.median_us),
         us(l.refresh.p99_us),
         l.refresh.n,
+    );
+}
+
+fn federation_section(s: &mut String, r: &Results) {
+    let Some(f) = &r.federation else { return };
+    let _ = writeln!(
+        s,
+        "## Refresh through an upstream provider\n\nTwo issuers in one process (SQLite, RS256): a refresh at an \
+         issuer whose user came from the other through the `oidc` connector (its refresh grant calls the \
+         upstream's, verifies the upstream ID token, and rotates both refresh tokens), next to a refresh at the \
+         upstream itself. Sequential refreshes.\n\n| | median | p99 | refreshes |\n| --- | --- | --- | --- |\n\
+         | at the upstream | {} | {} | {} |\n| through the `oidc` connector | {} | {} | {} |\n",
+        us(f.direct.median_us),
+        us(f.direct.p99_us),
+        f.direct.n,
+        us(f.federated.median_us),
+        us(f.federated.p99_us),
+        f.federated.n,
     );
 }
 
