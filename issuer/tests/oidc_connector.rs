@@ -350,3 +350,45 @@ fn a_redirect_uri_that_is_not_this_issuers_callback_is_a_configuration_error() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_device_login_can_go_through_the_upstream_provider() {
+    let upstream = Issuer::start_tuned(upstream_tune).await;
+    let downstream = Issuer::start_with(&connector_yaml(&upstream, ""), |_| {}).await;
+    let r = common::http()
+        .post(downstream.endpoint("/device/code"))
+        .basic_auth(CLIENT, Some(SECRET))
+        .form(&[("scope", SCOPES)])
+        .send()
+        .await
+        .unwrap();
+    let d: serde_json::Value = r.json().await.unwrap();
+    let browser = Browser::new();
+    let r = browser
+        .client
+        .post(downstream.endpoint("/device"))
+        .form(&[("user_code", d["user_code"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let req = query_param(&format!("http://x{}", r.headers()["location"].to_str().unwrap()), "req").unwrap();
+    let r = browser.client.get(format!("{}/auth/upstream?req={req}", downstream.url)).send().await.unwrap();
+    let (status, callback) =
+        browser.sign_in(r.headers()["location"].to_str().unwrap(), "admin@example.com", "password").await;
+    assert_eq!(status, 303);
+    let r = browser.client.get(callback.unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 303, "{:?}", r.text().await);
+    assert_eq!(r.headers()["location"], "/device/approved");
+    let (status, body) = downstream
+        .token(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("device_code", d["device_code"].as_str().unwrap()),
+        ])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        claims(body["id_token"].as_str().unwrap())["sub"],
+        issuer::connector::dex_subject(UPSTREAM_SUB, "upstream")
+    );
+}
