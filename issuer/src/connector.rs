@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::{Client, Config, Problem};
-use crate::storage::Identity;
+use crate::storage::{ConnectorData, Identity};
 
 pub mod atlassian_crowd;
 pub mod bitbucket_cloud;
@@ -51,6 +51,17 @@ pub enum ConnectorError {
     /// The callback does not belong to a login this issuer started (missing or foreign `state`).
     #[error("invalid callback: {0}")]
     InvalidCallback(String),
+    /// A refresh spent the upstream's refresh token (the upstream rotated it), then could not finish:
+    /// like `Unavailable` (503, retry later), but the old upstream token no longer works, so `data` — the
+    /// connector data with the new upstream tokens — must be kept for the next attempt. The issuer stores
+    /// it with the downstream refresh token, so the retry works on any replica.
+    #[error("upstream unavailable after a rotation: {why}")]
+    Interrupted {
+        /// What failed after the rotation.
+        why: String,
+        /// The connector data to keep.
+        data: ConnectorData,
+    },
 }
 
 /// Checks a login name and password (LDAP, Atlassian Crowd, the password database).

@@ -108,7 +108,7 @@ impl Metrics {
         use crate::connector::ConnectorError as E;
         let result = match result {
             Ok(_) => "ok",
-            Err(E::Unavailable(_)) => "unavailable",
+            Err(E::Unavailable(_) | E::Interrupted { .. }) => "unavailable",
             Err(E::Refused { .. }) => "refused",
             Err(E::Upstream(_)) => "upstream_error",
             Err(E::InvalidCallback(_)) => "invalid_callback",

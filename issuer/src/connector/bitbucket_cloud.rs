@@ -17,14 +17,14 @@
 //! longer has access to any of `teams` is refused (`invalid_grant`), and workspace changes reach the new
 //! tokens. Bitbucket unreachable or answering 5xx/429 → `Unavailable` (503); the refresh token stays valid
 //! (when the refresh grant went through but the API then did not answer, the new Bitbucket refresh token is
-//! remembered in memory for the next attempt, since the spent one no longer works).
+//! returned with the error — [`ConnectorError::Interrupted`] — and the issuer stores it with the downstream
+//! refresh token, so the next attempt, on any replica, starts from it).
 //! Logins without `offline_access` keep no Bitbucket token.
 //!
 //! Not Dex keys: `authURL` (default `https://bitbucket.org`; the OAuth endpoints are under it) and `apiURL`
 //! (default `https://api.bitbucket.org/2.0`) exist for tests against a local stand-in.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
@@ -195,10 +195,6 @@ pub struct BitbucketCloud {
     token_url: String,
     api_url: String,
     http: reqwest::Client,
-    /// Bitbucket refresh tokens spent by a refresh that then failed as `Unavailable` (the API did not answer
-    /// after the refresh grant did): spent token → the one Bitbucket gave in exchange, with when. The next
-    /// refresh of that session uses the new one, so a partial outage does not end the session.
-    spent: std::sync::Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl std::fmt::Debug for BitbucketCloud {
@@ -241,7 +237,6 @@ impl BitbucketCloud {
             token_url: format!("{auth}/site/oauth2/access_token"),
             api_url,
             http: tls::http_client(&Trust::default())?,
-            spent: std::sync::Mutex::new(HashMap::new()),
             config,
         })
     }
@@ -426,30 +421,6 @@ impl CallbackConnector for BitbucketCloud {
     }
 }
 
-/// How long a spent refresh token's successor is remembered.
-const SPENT_TTL: Duration = Duration::from_secs(24 * 3600);
-/// At most this many are remembered.
-const SPENT_MAX: usize = 10_000;
-
-impl BitbucketCloud {
-    fn spent_successor(&self, presented: &str) -> Option<String> {
-        let spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
-        spent.get(presented).filter(|(_, at)| at.elapsed() < SPENT_TTL).map(|(t, _)| t.clone())
-    }
-
-    fn remember_spent(&self, presented: String, successor: String) {
-        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
-        spent.retain(|_, (_, at)| at.elapsed() < SPENT_TTL);
-        if spent.len() < SPENT_MAX || spent.contains_key(&presented) {
-            spent.insert(presented, (successor, Instant::now()));
-        }
-    }
-
-    fn forget_spent(&self, presented: &str) {
-        self.spent.lock().unwrap_or_else(|p| p.into_inner()).remove(presented);
-    }
-}
-
 #[async_trait]
 impl RefreshConnector for BitbucketCloud {
     async fn refresh(&self, identity: &Identity) -> Result<Option<Identity>, ConnectorError> {
@@ -457,8 +428,7 @@ impl RefreshConnector for BitbucketCloud {
             identity.connector_data.as_ref().and_then(|d| serde_json::from_value(d.0.clone()).ok()).ok_or_else(
                 || ConnectorError::Refused { reason: "Bitbucket: the session holds no Bitbucket refresh token".into() },
             )?;
-        let presented = data.refresh_token;
-        let current = self.spent_successor(&presented).unwrap_or_else(|| presented.clone());
+        let current = data.refresh_token;
         let token = match self.token(&[("grant_type", "refresh_token"), ("refresh_token", &current)]).await? {
             Ok(t) => t,
             Err(e) if e.error == "invalid_grant" => {
@@ -474,18 +444,12 @@ impl RefreshConnector for BitbucketCloud {
         };
         let refresh_token = token.refresh_token.clone().filter(|t| !t.is_empty()).unwrap_or(current);
         let fresh = match self.identity(&token.access_token, Some(refresh_token.clone())).await {
-            Ok(f) => {
-                self.forget_spent(&presented);
-                f
+            Ok(f) => f,
+            // The refresh grant spent the old refresh token: the next attempt starts from the new one.
+            Err(ConnectorError::Unavailable(why)) => {
+                return Err(ConnectorError::Interrupted { why, data: ConnectorData(json!(Data { refresh_token })) })
             }
-            Err(e @ ConnectorError::Unavailable(_)) => {
-                self.remember_spent(presented, refresh_token);
-                return Err(e);
-            }
-            Err(e) => {
-                self.forget_spent(&presented);
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
         if fresh.user_id != identity.user_id {
             return Err(ConnectorError::Refused {

@@ -1,7 +1,7 @@
 //! What the OAuth 2.0 authorization-code connectors (`github`, `gitlab`) share: the authorization URL with
 //! PKCE (RFC 7636), the callback's `code` or `error` (RFC 6749 §4.1.2), the token endpoint for the code and
 //! refresh grants (RFC 6749 §4.1.3, §6), JSON API reads that follow `Link: <…>; rel="next"` pagination
-//! (RFC 8288) without ever leaving the API's origin, and a short memory of rotated upstream refresh tokens.
+//! (RFC 8288) without ever leaving the API's origin.
 //!
 //! Errors are classified once here: an unreachable upstream, a 5xx, a 429 or a rate-limited 403 is
 //! [`ConnectorError::Unavailable`]; what else an API answers is left to the connector ([`ApiError::Status`]),
@@ -9,8 +9,6 @@
 //! token) ever appears in an error or a log line.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -26,8 +24,6 @@ use super::ConnectorError;
 
 /// How many pages one list read may follow (a loop guard; 100 pages of 100 items on GitHub).
 pub(crate) const MAX_PAGES: usize = 100;
-/// How long a rotated upstream refresh token's successor is remembered for a retry (see [`Rotations`]).
-const ROTATION_MEMORY: Duration = Duration::from_secs(600);
 /// Longest upstream error text quoted in a message (it is shown to the person).
 const MAX_QUOTE: usize = 200;
 
@@ -317,42 +313,6 @@ pub(crate) fn next_link(header: &str) -> Option<String> {
     })
 }
 
-/// Successors of spent upstream refresh tokens, kept for [`ROTATION_MEMORY`]: when a refresh rotates the
-/// upstream token and then fails (the API is down), the issuer keeps the old token, and its retry must not
-/// spend the old upstream token again (the upstream revoked it). Keyed by a SHA-256 of the old token, so
-/// this memory holds no token that is still valid upstream other than the successor itself.
-#[derive(Default)]
-pub(crate) struct Rotations {
-    spent: Mutex<HashMap<Vec<u8>, (Instant, Tokens)>>,
-}
-
-impl Rotations {
-    fn key(old: &str) -> Vec<u8> {
-        digest::digest(&digest::SHA256, old.as_bytes()).as_ref().to_vec()
-    }
-
-    /// Records that `old` was exchanged for `new`.
-    pub(crate) fn remember(&self, old: &str, new: &Tokens) {
-        let Ok(mut spent) = self.spent.lock() else { return };
-        let now = Instant::now();
-        spent.retain(|_, (at, _)| now.duration_since(*at) < ROTATION_MEMORY);
-        spent.insert(Self::key(old), (now, new.clone()));
-    }
-
-    /// The successor `old` was already exchanged for, if that happened recently.
-    pub(crate) fn recall(&self, old: &str) -> Option<Tokens> {
-        let spent = self.spent.lock().ok()?;
-        spent.get(&Self::key(old)).filter(|(at, _)| at.elapsed() < ROTATION_MEMORY).map(|(_, t)| t.clone())
-    }
-
-    /// Forgets `old` once its successor is safely stored with the issuer's refresh token.
-    pub(crate) fn forget(&self, old: &str) {
-        if let Ok(mut spent) = self.spent.lock() {
-            spent.remove(&Self::key(old));
-        }
-    }
-}
-
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -404,14 +364,8 @@ mod tests {
     }
 
     #[test]
-    fn rotations_recall_the_successor_until_forgotten() {
-        let r = Rotations::default();
+    fn tokens_debug_hides_the_tokens() {
         let t = Tokens { access_token: "a2".into(), refresh_token: Some("r2".into()), expires_in: None };
-        r.remember("r1", &t);
-        assert_eq!(r.recall("r1").unwrap().access_token, "a2");
-        assert!(r.recall("r2").is_none());
-        r.forget("r1");
-        assert!(r.recall("r1").is_none());
-        assert!(!format!("{t:?}").contains("a2"), "Debug hides tokens");
+        assert!(!format!("{t:?}").contains("a2") && !format!("{t:?}").contains("r2"));
     }
 }

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use url::Url;
 
-use super::code_flow::{self, ApiError, GrantError, Rotations, Tokens};
+use super::code_flow::{self, ApiError, GrantError, Tokens};
 use super::tls::{self, Trust};
 use super::{CallbackConnector, CallbackRequest, ConnectorError, RefreshConnector};
 use crate::config::Problem;
@@ -282,7 +282,6 @@ pub struct GitHub {
     api: Url,
     enterprise: bool,
     team_name: TeamName,
-    rotations: Rotations,
 }
 
 impl std::fmt::Debug for GitHub {
@@ -336,7 +335,6 @@ impl GitHub {
             enterprise: config.host_name.is_some(),
             team_name,
             config,
-            rotations: Rotations::default(),
         })
     }
 
@@ -515,9 +513,6 @@ impl GitHub {
     /// Renews an expiring GitHub App token with its refresh token (or reuses the successor of a renewal
     /// whose refresh then failed).
     async fn renew(&self, refresh_token: &str) -> Result<Tokens, ConnectorError> {
-        if let Some(t) = self.rotations.recall(refresh_token) {
-            return Ok(t);
-        }
         let form = [
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token),
@@ -527,7 +522,6 @@ impl GitHub {
         let t = code_flow::token_grant(&self.http, PROVIDER, &self.token, &form)
             .await
             .map_err(|e| self.grant_error(e, true))?;
-        self.rotations.remember(refresh_token, &t);
         Ok(t)
     }
 }
@@ -604,22 +598,25 @@ impl RefreshConnector for GitHub {
                     reason: "GitHub: this session keeps no GitHub token; sign in again".into(),
                 },
             )?;
-        let spent = match (&data.refresh_token, data.expires_at) {
+        let rotated = match (&data.refresh_token, data.expires_at) {
             (Some(r), Some(at)) if at <= code_flow::unix_now() + EXPIRY_MARGIN => {
-                let old = r.clone();
-                data = Data::from_tokens(&self.renew(&old).await?);
-                Some(old)
+                data = Data::from_tokens(&self.renew(r).await?);
+                true
             }
-            _ => None,
+            _ => false,
         };
-        let mut fresh = self.identity(&data.access_token, true).await?;
+        let mut fresh = match self.identity(&data.access_token, true).await {
+            Ok(f) => f,
+            // GitHub spent the old refresh token when it renewed: the next attempt starts from the new.
+            Err(ConnectorError::Unavailable(why)) if rotated => {
+                return Err(ConnectorError::Interrupted { why, data: ConnectorData(json!(data)) })
+            }
+            Err(e) => return Err(e),
+        };
         if fresh.user_id != identity.user_id {
             return Err(ConnectorError::Refused { reason: "GitHub: the token now belongs to another user".into() });
         }
         fresh.connector_data = Some(ConnectorData(json!(data)));
-        if let Some(old) = spent {
-            self.rotations.forget(&old);
-        }
         Ok(Some(fresh))
     }
 

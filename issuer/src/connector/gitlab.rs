@@ -19,8 +19,9 @@
 //! (`invalid_grant`: revoked, or the application's authorization was removed) or the API refusing the new
 //! token (401) → refused (`invalid_grant`); another user → refused; no longer in any of `groups` → refused;
 //! GitLab unreachable, a 5xx or a rate limit → `Unavailable` (503), and the refresh token stays valid. When
-//! the refresh grant succeeded but reading the user then failed, the new upstream tokens are remembered
-//! (in this process, for ten minutes) so the retry does not spend the old, now revoked, refresh token.
+//! the refresh grant succeeded but reading the user then failed, the new upstream tokens come back with the
+//! error ([`ConnectorError::Interrupted`]) and the issuer stores them with its refresh token, so the retry
+//! (on any replica) does not present the old, now revoked, refresh token.
 
 use std::collections::{HashMap, HashSet};
 
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use url::Url;
 
-use super::code_flow::{self, ApiError, GrantError, Rotations, Tokens};
+use super::code_flow::{self, ApiError, GrantError, Tokens};
 use super::tls::{self, Trust};
 use super::{CallbackConnector, CallbackRequest, ConnectorError, RefreshConnector};
 use crate::config::Problem;
@@ -202,7 +203,6 @@ pub struct GitLab {
     config: Config,
     http: reqwest::Client,
     base: Url,
-    rotations: Rotations,
 }
 
 impl std::fmt::Debug for GitLab {
@@ -229,7 +229,7 @@ impl GitLab {
         if let Some(pem) = config.root_ca().map_err(|e| format!("rootCAData: expected {e}"))? {
             trust.root_cas.push(pem);
         }
-        Ok(Self { id: id.to_owned(), http: tls::http_client(&trust)?, base, config, rotations: Rotations::default() })
+        Ok(Self { id: id.to_owned(), http: tls::http_client(&trust)?, base, config })
     }
 
     fn url(&self, path: &str) -> Url {
@@ -316,9 +316,6 @@ impl GitLab {
     /// The tokens to refresh with: the successor of `refresh_token` (a refresh grant, or the one a
     /// failed refresh already obtained).
     async fn renew(&self, refresh_token: &str) -> Result<Tokens, ConnectorError> {
-        if let Some(t) = self.rotations.recall(refresh_token) {
-            return Ok(t);
-        }
         let form = [
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token),
@@ -329,7 +326,6 @@ impl GitLab {
         let t = code_flow::token_grant(&self.http, PROVIDER, &self.url("oauth/token"), &form)
             .await
             .map_err(|e| self.grant_error(e, true))?;
-        self.rotations.remember(refresh_token, &t);
         Ok(t)
     }
 }
@@ -387,18 +383,22 @@ impl RefreshConnector for GitLab {
         let data = Data::of(identity).ok_or_else(|| ConnectorError::Refused {
             reason: "GitLab: this session keeps no GitLab token; sign in again".into(),
         })?;
-        let (data, spent) = match &data.refresh_token {
-            Some(old) => (Data::from_tokens(&self.renew(old).await?), Some(old.clone())),
-            None => (data, None),
+        let (data, rotated) = match &data.refresh_token {
+            Some(old) => (Data::from_tokens(&self.renew(old).await?), true),
+            None => (data, false),
         };
-        let mut fresh = self.identity(&data.access_token, true).await?;
+        let mut fresh = match self.identity(&data.access_token, true).await {
+            Ok(f) => f,
+            // GitLab revoked the old refresh token when it rotated: the next attempt starts from the new.
+            Err(ConnectorError::Unavailable(why)) if rotated => {
+                return Err(ConnectorError::Interrupted { why, data: ConnectorData(json!(data)) })
+            }
+            Err(e) => return Err(e),
+        };
         if fresh.user_id != identity.user_id {
             return Err(ConnectorError::Refused { reason: "GitLab: the token now belongs to another user".into() });
         }
         fresh.connector_data = Some(ConnectorData(json!(data)));
-        if let Some(old) = spent {
-            self.rotations.forget(&old);
-        }
         Ok(Some(fresh))
     }
 

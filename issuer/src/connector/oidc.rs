@@ -654,6 +654,35 @@ impl Oidc {
     }
 }
 
+impl Oidc {
+    /// The identity after an upstream refresh grant (`answer`; `None` without an upstream refresh token):
+    /// the refreshed ID token or userinfo, which must keep the login's `iss` and `sub` (OIDC Core §12.2).
+    async fn refreshed_identity(
+        &self,
+        identity: &Identity,
+        answer: Option<TokenAnswer>,
+        kept: Data,
+    ) -> Result<Option<Identity>, ConnectorError> {
+        let id_claims = match answer.as_ref().and_then(|a| a.id_token.as_deref()) {
+            Some(t) => Some(self.verify_id_token(t, None).await?),
+            None => None,
+        };
+        let claims = self.claims(id_claims, kept.access_token.as_deref()).await?;
+        let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
+        let iss = claims.get("iss").and_then(Value::as_str).unwrap_or(&kept.iss);
+        if sub != kept.sub || iss != kept.iss {
+            return Err(ConnectorError::Refused {
+                reason: "the provider answered for another user (iss/sub changed)".into(),
+            });
+        }
+        let fresh = self.identity(&claims, kept)?;
+        if fresh.user_id != identity.user_id {
+            return Err(ConnectorError::Refused { reason: "the user id claim changed".into() });
+        }
+        Ok(Some(fresh))
+    }
+}
+
 /// A request that got no answer: unreachable (retry later) or refused by our own client.
 fn send_error(what: &str, e: &reqwest::Error) -> ConnectorError {
     if tls::unreachable(e) {
@@ -805,38 +834,26 @@ impl RefreshConnector for Oidc {
             .as_ref()
             .and_then(|d| serde_json::from_value(d.0.clone()).ok())
             .ok_or_else(|| ConnectorError::Refused { reason: "the session predates this connector".into() })?;
-        let (id_claims, access_token, refresh_token) = match &data.refresh_token {
+        let (answer, rotated) = match &data.refresh_token {
             Some(rt) => {
                 let answer = self
                     .token_request(vec![("grant_type", "refresh_token".to_owned()), ("refresh_token", rt.clone())])
                     .await?;
-                let id_claims = match answer.id_token.as_deref() {
-                    Some(t) => Some(self.verify_id_token(t, None).await?),
-                    None => None,
-                };
-                // A provider that rotates refresh tokens sends a new one; keep the old one otherwise.
-                (
-                    id_claims,
-                    answer.access_token.or(data.access_token.clone()),
-                    answer.refresh_token.or(Some(rt.clone())),
-                )
+                let rotated = answer.refresh_token.as_ref().is_some_and(|new| new != rt);
+                (Some(answer), rotated)
             }
-            None => (None, data.access_token.clone(), None),
+            None => (None, false),
         };
-        let claims = self.claims(id_claims, access_token.as_deref()).await?;
-        // OIDC Core §12.2: the refreshed identity must be the same user at the same provider.
-        let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
-        let iss = claims.get("iss").and_then(Value::as_str).unwrap_or(&data.iss);
-        if sub != data.sub || iss != data.iss {
-            return Err(ConnectorError::Refused {
-                reason: "the provider answered for another user (iss/sub changed)".into(),
-            });
+        // A provider that rotates refresh tokens sent a new one; keep the old one otherwise.
+        let refresh_token = answer.as_ref().and_then(|a| a.refresh_token.clone()).or(data.refresh_token.clone());
+        let access_token = answer.as_ref().and_then(|a| a.access_token.clone()).or(data.access_token.clone());
+        let kept = Data { iss: data.iss.clone(), sub: data.sub.clone(), refresh_token, access_token };
+        let keep = ConnectorData(json!(kept));
+        match self.refreshed_identity(identity, answer, kept).await {
+            // The old upstream token is spent: the next attempt must start from the new one.
+            Err(ConnectorError::Unavailable(why)) if rotated => Err(ConnectorError::Interrupted { why, data: keep }),
+            other => other,
         }
-        let fresh = self.identity(&claims, Data { iss: data.iss, sub: data.sub, refresh_token, access_token })?;
-        if fresh.user_id != identity.user_id {
-            return Err(ConnectorError::Refused { reason: "the user id claim changed".into() });
-        }
-        Ok(Some(fresh))
     }
 
     fn refresh_consumes_upstream_token(&self, identity: &Identity) -> bool {

@@ -16,6 +16,7 @@ use crate::http::Form;
 use crate::metrics::Metrics;
 use crate::oauth::TokenError;
 use crate::state::AppState;
+use crate::storage::ConnectorData;
 use crate::storage::{RefreshToken, StorageError};
 use crate::token::{parse_scopes, RefreshTokenString};
 
@@ -107,15 +108,15 @@ async fn reread_identity(
     state: &AppState,
     client: &Client,
     token: &RefreshToken,
-) -> Result<crate::storage::Identity, TokenError> {
+) -> Result<crate::storage::Identity, RereadError> {
     let connector_id = &token.identity.connector_id;
     let Some(connector) = state.connectors.get(connector_id) else {
         revoke_family(state, &token.family_id, "connector_removed").await?;
-        return Err(TokenError::InvalidGrant("the connector that signed this user in is no longer configured"));
+        return Err(TokenError::InvalidGrant("the connector that signed this user in is no longer configured").into());
     };
     if !client.allows_connector(connector_id) {
         revoke_family(state, &token.family_id, "connector_not_allowed").await?;
-        return Err(TokenError::InvalidGrant("this client may not use the connector that signed this user in"));
+        return Err(TokenError::InvalidGrant("this client may not use the connector that signed this user in").into());
     }
     let started = std::time::Instant::now();
     let result = connector.refresh.refresh(&token.identity).await;
@@ -125,8 +126,10 @@ async fn reread_identity(
     let refused = |reason: String| async move {
         tracing::warn!(target: "audit", event = "refresh", result = "refused", connector = %connector_id, reason = %reason, sub = %crate::connector::subject(&token.identity), client = %client.id, family = %token.family_id);
         revoke_family(state, &token.family_id, "refused_upstream").await?;
-        Err(TokenError::InvalidGrant("the user is no longer allowed to sign in"))
+        Err(TokenError::InvalidGrant("the user is no longer allowed to sign in").into())
     };
+    let unavailable =
+        || TokenError::TemporarilyUnavailable(format!("{} cannot be reached; retry later", connector.name));
     match result {
         Ok(Some(i)) => match crate::connector::policy::admit(connector, Some(client), i) {
             Ok(i) => Ok(i),
@@ -134,15 +137,58 @@ async fn reread_identity(
         },
         Ok(None) => {
             revoke_family(state, &token.family_id, "user_removed").await?;
-            Err(TokenError::InvalidGrant("the user no longer exists"))
+            Err(TokenError::InvalidGrant("the user no longer exists").into())
         }
         Err(ConnectorError::Unavailable(why)) => {
             tracing::warn!(target: "audit", event = "connector_failure", connector = %connector_id, operation = "refresh", error = %why);
-            Err(TokenError::TemporarilyUnavailable(format!("{} cannot be reached; retry later", connector.name)))
+            Err(unavailable().into())
+        }
+        Err(ConnectorError::Interrupted { why, data }) => {
+            tracing::warn!(target: "audit", event = "connector_failure", connector = %connector_id, operation = "refresh", error = %why, rotated = true);
+            Err(RereadError { error: unavailable(), keep: Some(data) })
         }
         Err(ConnectorError::Refused { reason }) => refused(reason).await,
         Err(ConnectorError::Upstream(why) | ConnectorError::InvalidCallback(why)) => refused(why).await,
     }
+}
+
+/// Why [`reread_identity`] failed: the answer to send and, when the upstream rotated its refresh token
+/// before failing, the connector data to keep with the downstream token for the next attempt.
+struct RereadError {
+    error: TokenError,
+    keep: Option<ConnectorData>,
+}
+
+impl From<TokenError> for RereadError {
+    fn from(error: TokenError) -> Self {
+        Self { error, keep: None }
+    }
+}
+
+/// Gives back this request's `claim` on the stored token `id` (when it holds one) and keeps `data` (the
+/// upstream's new tokens) in it, so that the token's next use starts from them. Best effort: the answer
+/// is an error either way.
+async fn keep_connector_data(state: &AppState, id: &str, data: Option<ConnectorData>, claim: Option<(i64, String)>) {
+    let _ = state
+        .storage
+        .update_refresh_token(
+            id,
+            Box::new(move |mut old| {
+                if let Some((at, successor)) = &claim {
+                    // Give back this request's claim (and only this request's) at the same time.
+                    if old.rotated_at != Some(*at) || old.successor.as_deref() != Some(successor.as_str()) {
+                        return Err(StorageError::Conflict);
+                    }
+                    old.rotated_at = None;
+                    old.successor = None;
+                }
+                if let Some(data) = data {
+                    old.identity.connector_data = Some(data);
+                }
+                Ok(old)
+            }),
+        )
+        .await;
 }
 
 /// When a token used at `now` dies: `validIfNotUsedFor` from now, never past the family's
@@ -163,7 +209,7 @@ async fn rotate(
     if consumes_upstream(state, token) {
         return rotate_claimed(state, client, token, presented, now, None).await;
     }
-    let identity = reread_identity(state, client, token).await?;
+    let identity = reread_identity(state, client, token).await.map_err(|e| e.error)?;
     let next = presented.successor(&state.server_key);
     let expiry = next_expiry(state, token, now);
     let record = RefreshToken {
@@ -201,7 +247,15 @@ async fn keep(
     presented: &RefreshTokenString,
     now: i64,
 ) -> Result<Successor, TokenError> {
-    let identity = reread_identity(state, client, token).await?;
+    let identity = match reread_identity(state, client, token).await {
+        Ok(i) => i,
+        Err(RereadError { error, keep }) => {
+            if keep.is_some() {
+                keep_connector_data(state, &token.id, keep, None).await;
+            }
+            return Err(error);
+        }
+    };
     let expiry = next_expiry(state, token, now);
     let record = match state
         .storage
@@ -319,23 +373,10 @@ async fn rotate_claimed(
     }
     let identity = match reread_identity(state, client, token).await {
         Ok(i) => i,
-        Err(e) => {
-            let claim_id = next.id.clone();
-            let _ = state
-                .storage
-                .update_refresh_token(
-                    &token.id,
-                    Box::new(move |mut old| {
-                        if old.rotated_at != Some(now) || old.successor.as_deref() != Some(claim_id.as_str()) {
-                            return Err(StorageError::Conflict);
-                        }
-                        old.rotated_at = None;
-                        old.successor = None;
-                        Ok(old)
-                    }),
-                )
-                .await;
-            return Err(e);
+        Err(RereadError { error, keep }) => {
+            // Give the claim back, keeping the upstream's new tokens when it rotated before failing.
+            keep_connector_data(state, &token.id, keep, Some((now, next.id.clone()))).await;
+            return Err(error);
         }
     };
     let record = RefreshToken {

@@ -358,7 +358,7 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
         Err(e) => {
             // An upstream that did not answer decided nothing: the attempt is not held against the user.
             // A refusal (a disabled account…) did decide, and spends the attempt like a wrong password.
-            if matches!(e, ConnectorError::Unavailable(_)) {
+            if matches!(e, ConnectorError::Unavailable(_) | ConnectorError::Interrupted { .. }) {
                 let _ = ratelimit::refund(store, &user_key, user_limit, now).await;
                 let _ = ratelimit::refund(store, &ip_key, ip_limit, now).await;
             }
@@ -384,7 +384,7 @@ fn connector_failure(
 ) -> Response {
     let name = &connector.name;
     match e {
-        ConnectorError::Unavailable(why) => {
+        ConnectorError::Unavailable(why) | ConnectorError::Interrupted { why, .. } => {
             tracing::warn!(target: "audit", event = "connector_failure", connector = %connector.id, reason = "unavailable", error = %why, client = %request.client_id, ip);
             let mut r = error_page(
                 StatusCode::SERVICE_UNAVAILABLE,
