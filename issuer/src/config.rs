@@ -44,7 +44,7 @@ pub struct Config {
 }
 
 /// `web:` — where the issuer listens.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Web {
     /// Plain HTTP listen address.
@@ -59,9 +59,20 @@ pub struct Web {
     /// PEM private key.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
-    /// Proxies whose `X-Forwarded-For` is believed when throttling per client IP.
+    /// Proxies (addresses or CIDR ranges) whose client-address header is believed when throttling per
+    /// client IP. The older spelling of `clientRemoteIP.trustedProxies`; both may be used.
     #[serde(default)]
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: Vec<String>,
+    /// Dex's `clientRemoteIP`: which header carries the client's address and which proxies may set it.
+    #[serde(default, rename = "clientRemoteIP")]
+    pub client_remote_ip: Option<ClientRemoteIp>,
+    /// Dex's `headers`: response headers added to every response (e.g. `Strict-Transport-Security`);
+    /// they replace the issuer's own value of the same header.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Every trusted proxy range, from `trustedProxies` and `clientRemoteIP.trustedProxies` (validated).
+    #[serde(skip)]
+    pub proxies: Vec<ipnet::IpNet>,
     /// Dex's `allowedOrigins`: browser origins (`https://spa.example`, or `*` for any) that may call
     /// discovery, `/keys`, `/token`, `/userinfo`, `/revoke` and `/device/code` (CORS). Empty: none.
     #[serde(default)]
@@ -70,6 +81,26 @@ pub struct Web {
     /// `Content-Type`.
     #[serde(default)]
     pub allowed_headers: Vec<String>,
+}
+
+/// `web.clientRemoteIP`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientRemoteIp {
+    /// The header a trusted proxy puts the client's address in (default `X-Forwarded-For`: the
+    /// right-most address not of a trusted proxy counts).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Addresses or CIDR ranges of trusted proxies.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Web {
+    /// The header holding the client's address behind a trusted proxy.
+    pub fn client_ip_header(&self) -> &str {
+        self.client_remote_ip.as_ref().and_then(|c| c.header.as_deref()).unwrap_or("x-forwarded-for")
+    }
 }
 
 /// `storage:` — the backend.
@@ -755,15 +786,37 @@ impl Validator<'_> {
             }
         };
 
-        let web = raw.web.unwrap_or(Web {
-            http: None,
-            https: None,
-            tls_cert: None,
-            tls_key: None,
-            trusted_proxies: vec![],
-            allowed_origins: vec![],
-            allowed_headers: vec![],
-        });
+        let mut web = raw.web.unwrap_or_default();
+        let remote = web.client_remote_ip.as_ref().map(|c| c.trusted_proxies.clone()).unwrap_or_default();
+        let listed = web
+            .trusted_proxies
+            .iter()
+            .map(|p| ("web.trustedProxies", p))
+            .chain(remote.iter().map(|p| ("web.clientRemoteIP.trustedProxies", p)));
+        let mut proxies = Vec::new();
+        for (i, (key, p)) in listed.enumerate() {
+            let parsed = p.parse::<ipnet::IpNet>().or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => proxies.push(net),
+                Err(_) => self.problem(
+                    format!("{key}[{}]", if key == "web.trustedProxies" { i } else { i - web.trusted_proxies.len() }),
+                    format!("an IP address or CIDR range such as 10.0.0.0/8, got {p:?}"),
+                ),
+            }
+        }
+        web.proxies = proxies;
+        if let Some(h) = web.client_remote_ip.as_ref().and_then(|c| c.header.as_deref()) {
+            if axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                self.problem("web.clientRemoteIP.header", format!("a header name such as X-Forwarded-For, got {h:?}"));
+            }
+        }
+        for (name, value) in &web.headers {
+            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.problem(format!("web.headers.{name}"), "a header name");
+            } else if axum::http::HeaderValue::from_str(value).is_err() {
+                self.problem(format!("web.headers.{name}"), format!("a header value (visible ASCII), got {value:?}"));
+            }
+        }
         for (i, origin) in web.allowed_origins.iter().enumerate() {
             if origin != "*" && !is_origin(origin) {
                 self.problem(

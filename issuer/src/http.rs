@@ -68,9 +68,10 @@ pub fn router(state: AppState) -> Router {
     };
     let prefix = state.config.path_prefix();
     let app = if prefix.is_empty() { routes } else { Router::new().nest(&prefix, routes) };
-    app.layer(middleware::from_fn_with_state(state.clone(), observe))
+    // The fallback first, so that the layers (headers, metrics) wrap a 404 too.
+    app.fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(state)
 }
 
@@ -116,6 +117,12 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let h = resp.headers_mut();
     h.entry(header::X_CONTENT_TYPE_OPTIONS).or_insert(HeaderValue::from_static("nosniff"));
     h.entry(header::REFERRER_POLICY).or_insert(HeaderValue::from_static("no-referrer"));
+    // Dex's `web.headers`: the operator's values win (validated at start-up).
+    for (name, value) in &state.config.web.headers {
+        if let (Ok(n), Ok(v)) = (header::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            h.insert(n, v);
+        }
+    }
     resp
 }
 
@@ -237,13 +244,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
 /// trusted proxy.
 pub fn client_ip(state: &AppState, peer: &Peer, headers: &HeaderMap) -> Option<IpAddr> {
     let peer = peer.0.map(|a| a.ip())?;
-    let trusted = &state.config.web.trusted_proxies;
-    if !trusted.contains(&peer) {
+    let web = &state.config.web;
+    let trusted = |ip: &IpAddr| web.proxies.iter().any(|n| n.contains(ip));
+    if !trusted(&peer) {
         return Some(peer);
     }
-    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let forwarded = headers.get(web.client_ip_header()).and_then(|v| v.to_str().ok()).unwrap_or("");
     let hops: Vec<IpAddr> = forwarded.split(',').filter_map(|h| h.trim().parse().ok()).collect();
-    Some(hops.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer))
+    Some(hops.into_iter().rev().find(|ip| !trusted(ip)).unwrap_or(peer))
 }
 
 // === pages ===
