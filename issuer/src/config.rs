@@ -31,6 +31,8 @@ pub struct Config {
     pub brute_force: BruteForce,
     /// Logging.
     pub logger: Logger,
+    /// Dex's `telemetry:`: a separate listener for `/metrics` and the health checks.
+    pub telemetry: Telemetry,
     /// Registered clients.
     pub static_clients: Vec<Client>,
     /// Users of the built-in password database.
@@ -101,6 +103,20 @@ impl Web {
     pub fn client_ip_header(&self) -> &str {
         self.client_remote_ip.as_ref().and_then(|c| c.header.as_deref()).unwrap_or("x-forwarded-for")
     }
+}
+
+/// `telemetry:` (Dex's keys).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Telemetry {
+    /// Listen address for `/metrics`, `/healthz`, `/healthz/live` and `/healthz/ready`, apart from the
+    /// public listeners (which serve them too), so that probes and scrapers need no route to the public
+    /// port.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// Dex's Go profiling endpoints: not implemented, so only `false` is accepted.
+    #[serde(default)]
+    pub enable_profiling: bool,
 }
 
 /// `storage:` — the backend.
@@ -455,6 +471,8 @@ struct RawConfig {
     brute_force: RawBruteForce,
     #[serde(default)]
     logger: RawLogger,
+    #[serde(default)]
+    telemetry: Telemetry,
     #[serde(default)]
     static_clients: Vec<RawClient>,
     #[serde(default)]
@@ -851,6 +869,14 @@ impl Validator<'_> {
             }
         }
 
+        if let Some(a) = &raw.telemetry.http {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                self.problem("telemetry.http", format!("an address such as 0.0.0.0:5558, got {a:?}"));
+            }
+        }
+        if raw.telemetry.enable_profiling {
+            self.problem("telemetry.enableProfiling", "false (Go's profiling endpoints have no equivalent here)");
+        }
         let storage = self.storage(raw.storage);
 
         let e = raw.expiry;
@@ -954,6 +980,7 @@ impl Validator<'_> {
             oauth2: OAuth2 { skip_approval_screen },
             brute_force,
             logger,
+            telemetry: raw.telemetry.clone(),
             static_clients,
             static_passwords,
             enable_password_db,

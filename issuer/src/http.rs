@@ -75,6 +75,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The telemetry listener's routes (Dex's `telemetry.http`), at the root whatever the issuer's path.
+pub fn telemetry_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(discovery::healthz))
+        .route("/healthz/live", get(discovery::healthz_live))
+        .route("/healthz/ready", get(discovery::healthz_ready))
+        .route("/metrics", get(discovery::metrics))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(state)
+}
+
 /// CORS for `web.allowedOrigins` (Fetch §3.2): a preflight from an allowed origin is answered before any
 /// handler runs (so `OPTIONS` needs no client authentication), responses to it carry
 /// `Access-Control-Allow-Origin`, and any other origin gets no CORS headers at all. `None` when no origin

@@ -27,3 +27,8 @@ pub use state::AppState;
 pub fn app(state: AppState) -> axum::Router {
     http::router(state)
 }
+
+/// The `telemetry.http` listener's application: `/metrics`, `/healthz`, `/healthz/live`, `/healthz/ready`.
+pub fn telemetry_app(state: AppState) -> axum::Router {
+    http::telemetry_router(state)
+}

@@ -281,9 +281,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let storage = open_storage(&config).await.context("opening storage")?;
     let state = AppState::new(config.clone(), storage, issuer::clock::Clock::system()).await?;
     tokio::spawn(issuer::gc::run(state.clone(), Duration::from_secs(300)));
+    let telemetry = issuer::telemetry_app(state.clone()).into_make_service();
     let app = issuer::app(state).into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
     let mut servers = tokio::task::JoinSet::new();
+    if let Some(addr) = &config.telemetry.http {
+        let addr: SocketAddr = addr.parse()?;
+        tracing::info!(%addr, "listening (telemetry: /metrics, /healthz)");
+        servers.spawn(axum_server::bind(addr).handle(handle.clone()).serve(telemetry));
+    }
     if let Some(addr) = &config.web.http {
         let addr: SocketAddr = addr.parse()?;
         tracing::info!(%addr, issuer = %config.issuer, "listening (http)");

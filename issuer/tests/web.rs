@@ -73,3 +73,59 @@ fn bad_proxies_and_headers_are_configuration_problems_with_their_keys() {
     }
     assert!(!err.contains("web.trustedProxies"), "{err}");
 }
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn telemetry_http_serves_metrics_and_health_on_its_own_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let (web, telemetry) = (free_port(), free_port());
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:5556", &format!("127.0.0.1:{web}"))
+        .replace("./data/issuer.db", &dir.path().join("db").display().to_string());
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, format!("{text}\ntelemetry:\n  http: 127.0.0.1:{telemetry}\n")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_issuer"))
+        .arg("serve")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{telemetry}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let live = loop {
+        if let Ok(r) = http().get(format!("{base}/healthz/live")).send().await {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "the telemetry listener did not come up");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(live.status(), 200);
+    assert_eq!(http().get(format!("{base}/healthz/ready")).send().await.unwrap().status(), 200);
+    let metrics = http().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("issuer_"), "{metrics}");
+    // Only telemetry there: the OAuth endpoints stay on the public listener.
+    assert_eq!(http().get(format!("{base}/.well-known/openid-configuration")).send().await.unwrap().status(), 404);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn telemetry_keys_are_validated() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml");
+    let dev = std::fs::read_to_string(path).unwrap();
+    let err = issuer::config::Config::parse(
+        "dex.yaml",
+        &format!("{dev}\ntelemetry:\n  http: nowhere\n  enableProfiling: true\n"),
+        &|_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("telemetry.http: expected an address"), "{err}");
+    assert!(err.contains("telemetry.enableProfiling: expected false"), "{err}");
+}
