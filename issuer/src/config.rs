@@ -1323,7 +1323,8 @@ fn is_pem_certificate(text: &str) -> bool {
     text.contains("-----BEGIN CERTIFICATE-----") && text.contains("-----END CERTIFICATE-----")
 }
 
-fn is_env_name(name: &str) -> bool {
+/// A POSIX environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub(crate) fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -305,11 +305,6 @@ impl ConnectorConfig {
             ConnectorKind::Ldap(_) | ConnectorKind::AtlassianCrowd(_) => None,
         }
     }
-
-    /// Whether the connector signs people in with a password form (as opposed to a redirect).
-    pub fn is_password(&self) -> bool {
-        matches!(self.kind, ConnectorKind::Ldap(_) | ConnectorKind::AtlassianCrowd(_))
-    }
 }
 
 /// Helpers for connector `config:` mappings: `$VAR` expansion, `*File` secrets, the policy keys, and typed
@@ -319,7 +314,7 @@ pub(crate) mod config_values {
     use serde_yaml::Value;
 
     use super::Policy;
-    use crate::config::Problem;
+    use crate::config::{is_env_name, Problem};
 
     /// Keys that hold secrets: each may instead be given as `<key>File`, a path whose contents are read.
     const SECRET_KEYS: &[&str] = &["clientSecret", "bindPW"];
@@ -413,12 +408,6 @@ pub(crate) mod config_values {
         }
         out.push_str(rest);
         Ok(out)
-    }
-
-    fn is_env_name(name: &str) -> bool {
-        !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !name.starts_with(|c: char| c.is_ascii_digit())
     }
 
     /// Removes the policy keys from a connector's mapping and validates them.

@@ -56,10 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/device/approved", get(device::approved_page))
         .route("/device/deny", post(device::deny))
         .route("/logout", get(logout::logout).post(logout::logout_post))
-        .route("/healthz", get(discovery::healthz))
-        .route("/healthz/live", get(discovery::healthz_live))
-        .route("/healthz/ready", get(discovery::healthz_ready))
-        .route("/metrics", get(discovery::metrics));
+        .merge(telemetry_routes());
     let routes = match &state.config.kubernetes {
         Some(k) => routes
             .route(&k.kubeconfig_path, get(kubeconfig::start))
@@ -77,13 +74,16 @@ pub fn router(state: AppState) -> Router {
 
 /// The telemetry listener's routes (Dex's `telemetry.http`), at the root whatever the issuer's path.
 pub fn telemetry_router(state: AppState) -> Router {
+    telemetry_routes().fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") }).with_state(state)
+}
+
+/// `/metrics` and the health checks: on the public listeners and on `telemetry.http`.
+fn telemetry_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(discovery::healthz))
         .route("/healthz/live", get(discovery::healthz_live))
         .route("/healthz/ready", get(discovery::healthz_ready))
         .route("/metrics", get(discovery::metrics))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .with_state(state)
 }
 
 /// CORS for `web.allowedOrigins` (Fetch §3.2): a preflight from an allowed origin is answered before any

@@ -52,11 +52,6 @@ impl Policy {
         }
     }
 
-    /// Whether this policy lets everyone in unchanged.
-    pub fn is_open(&self) -> bool {
-        self.allowed_emails.is_empty() && self.allowed_email_domains.is_empty() && self.allowed_groups.is_empty()
-    }
-
     /// Applies the connector's prefix and rules to what the connector reported.
     pub fn apply_connector(&self, mut identity: Identity) -> Result<Identity, PolicyError> {
         if !self.groups_prefix.is_empty() {

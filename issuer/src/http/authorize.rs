@@ -158,8 +158,13 @@ pub(crate) async fn begin_login(state: &AppState, request: AuthRequest) -> Respo
 pub(crate) fn csrf_ok(headers: &HeaderMap, form: &Form, request: &AuthRequest) -> bool {
     let expected = request.csrf_token.as_bytes();
     let form_ok = form.get("csrf").is_some_and(|c| bool::from(c.as_bytes().ct_eq(expected)));
-    let cookie_ok = cookie(headers, CSRF_COOKIE).is_some_and(|c| bool::from(c.as_bytes().ct_eq(expected)));
-    form_ok && cookie_ok
+    form_ok && csrf_cookie_ok(headers, request)
+}
+
+/// Whether this browser's CSRF cookie is the login's (a callback from an upstream carries only the cookie).
+pub(crate) fn csrf_cookie_ok(headers: &HeaderMap, request: &AuthRequest) -> bool {
+    let expected = request.csrf_token.as_bytes();
+    cookie(headers, CSRF_COOKIE).is_some_and(|c| bool::from(c.as_bytes().ct_eq(expected)))
 }
 
 /// The page shown when a posted form fails `csrf_ok`.

@@ -17,9 +17,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
-use subtle::ConstantTimeEq;
 
-use super::authorize::{cookie, csrf_failed, csrf_ok, CSRF_COOKIE};
+use super::authorize::{csrf_cookie_ok, csrf_failed, csrf_ok};
 use super::{client_ip, error_page, page, storage_failure, Form, Peer};
 use crate::connector::{CallbackRequest, Connector, ConnectorError, Login};
 use crate::metrics::Metrics;
@@ -231,8 +230,7 @@ pub async fn callback(State(state): State<AppState>, peer: Peer, uri: Uri, heade
         Err(resp) => return resp,
     };
     // Login CSRF: the callback must come back to the browser that started the login.
-    let expected = request.csrf_token.as_bytes();
-    if !cookie(&headers, CSRF_COOKIE).is_some_and(|c| bool::from(c.as_bytes().ct_eq(expected))) {
+    if !csrf_cookie_ok(&headers, &request) {
         return csrf_failed();
     }
     let Some(connector) = usable(&state, &request).into_iter().find(|c| c.id == connector_id).cloned() else {
