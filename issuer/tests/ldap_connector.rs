@@ -290,3 +290,25 @@ async fn check_config_probe_binds_reads_the_base_and_reports_tls_and_certificate
     assert!(!out.status.success());
     assert!(stdout.contains("connector ldap (ldap): NOT reachable"), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_refusal_after_a_correct_password_spends_a_brute_force_attempt() {
+    let slapd = Slapd::start().await;
+    // An entry without the emailAttr: refused (403) only after its password is checked.
+    slapd
+        .add(
+            &format!("uid=nomail,ou=people,{SUFFIX}"),
+            &[
+                ("objectClass", &["inetOrgPerson"]),
+                ("uid", &["nomail"]),
+                ("cn", &["N"]),
+                ("sn", &["M"]),
+                ("userPassword", &["pw"]),
+            ],
+        )
+        .await;
+    let issuer = Issuer::start_with(&connector_yaml(&plain(&slapd)), |c| c.brute_force.max_attempts = 2).await;
+    assert_eq!(ldap_login(&issuer, "nomail", "pw").await.0, 403);
+    assert_eq!(ldap_login(&issuer, "nomail", "pw").await.0, 403);
+    assert_eq!(ldap_login(&issuer, "nomail", "pw").await.0, 429, "refusals count like wrong passwords");
+}

@@ -392,3 +392,34 @@ async fn a_device_login_can_go_through_the_upstream_provider() {
         issuer::connector::dex_subject(UPSTREAM_SUB, "upstream")
     );
 }
+
+#[tokio::test]
+async fn a_claim_whose_holder_died_is_taken_over_and_the_refresh_succeeds() {
+    let upstream = Issuer::start_tuned(upstream_tune).await;
+    let downstream = Issuer::start_with(&connector_yaml(&upstream, ""), |_| {}).await;
+    let rt = tokens(&downstream, "admin@example.com").await["refresh_token"].as_str().unwrap().to_owned();
+    // A replica claimed this token two minutes ago and died before it called the upstream or stored the
+    // successor: the token is marked rotated, and its successor does not exist.
+    let presented = issuer::token::RefreshTokenString::parse(&rt).unwrap();
+    let successor = presented.successor(&downstream.state.server_key).id;
+    let two_minutes_ago = downstream.state.clock.now() - 120;
+    downstream
+        .state
+        .storage
+        .update_refresh_token(
+            &presented.id,
+            Box::new(move |mut t| {
+                t.rotated_at = Some(two_minutes_ago);
+                t.successor = Some(successor);
+                Ok(t)
+            }),
+        )
+        .await
+        .unwrap();
+    let before = upstream_refreshes(&upstream);
+    let (status, body) = downstream.refresh(&rt).await;
+    assert_eq!(status, 200, "the stale claim is taken over, not treated as a replay: {body}");
+    assert_eq!(upstream_refreshes(&upstream) - before, 1);
+    let (status, body) = downstream.refresh(body["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+}
