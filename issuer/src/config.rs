@@ -12,6 +12,8 @@ use url::Url;
 
 use crate::keys::Algorithm;
 
+pub(crate) mod source;
+
 /// A configuration that was read, resolved and validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -43,6 +45,11 @@ pub struct Config {
     pub kubernetes: Option<Kubernetes>,
     /// Upstream identity providers (`connectors:`), in configuration order.
     pub connectors: Vec<crate::connector::ConnectorConfig>,
+    /// `oauth2.subjectFormat`: how `sub` is built (default Dex's encoding, so subjects survive a migration).
+    pub subject_format: crate::connector::SubjectFormat,
+    /// Dex keys accepted without Dex's effect, each saying what happens instead (logged at start-up and
+    /// printed by `check-config`).
+    pub warnings: Vec<Warning>,
 }
 
 /// `web:` — where the issuer listens.
@@ -61,6 +68,12 @@ pub struct Web {
     /// PEM private key.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Dex's `tlsMinVersion`: `1.2` (default) or `1.3`.
+    #[serde(default)]
+    pub tls_min_version: Option<String>,
+    /// Dex's `tlsMaxVersion`: `1.2` or `1.3` (default).
+    #[serde(default)]
+    pub tls_max_version: Option<String>,
     /// Proxies (addresses or CIDR ranges) whose client-address header is believed when throttling per
     /// client IP. The older spelling of `clientRemoteIP.trustedProxies`; both may be used.
     #[serde(default)]
@@ -114,7 +127,7 @@ pub struct Telemetry {
     /// port.
     #[serde(default)]
     pub http: Option<String>,
-    /// Dex's Go profiling endpoints: not implemented, so only `false` is accepted.
+    /// Dex's Go profiling endpoints: none are served (a warning says so when `true`).
     #[serde(default)]
     pub enable_profiling: bool,
 }
@@ -150,8 +163,17 @@ pub struct PostgresConfig {
     pub ssl_mode: String,
     /// CA certificate for `verify-ca`/`verify-full`.
     pub ssl_ca_file: Option<PathBuf>,
-    /// Connection pool size.
+    /// Dex's `ssl.certFile` / `ssl.keyFile`: a client certificate for the server.
+    pub ssl_cert_file: Option<PathBuf>,
+    /// The client certificate's key.
+    pub ssl_key_file: Option<PathBuf>,
+    /// Connection pool size (`maxOpenConns`, default 16).
     pub max_open_conns: u32,
+    /// `connectionTimeout` (seconds): how long a request waits for a connection, connecting included
+    /// (default 3 s, so an unreachable database answers 503 quickly).
+    pub connection_timeout: Option<Duration>,
+    /// `connMaxLifetime` (seconds): connections older than this are replaced.
+    pub conn_max_lifetime: Option<Duration>,
 }
 
 impl fmt::Debug for PostgresConfig {
@@ -206,12 +228,44 @@ pub struct Signing {
     pub algorithm: Algorithm,
 }
 
-/// `oauth2:`.
+/// `oauth2:` (Dex's keys).
 #[derive(Debug, Clone)]
 pub struct OAuth2 {
-    /// Dex's `skipApprovalScreen`; only `true` is supported.
-    pub skip_approval_screen: bool,
+    /// `grantTypes`: the grants the token endpoint accepts and discovery advertises. Default:
+    /// `authorization_code`, `refresh_token` and the device code; `password` too when `passwordConnector` is
+    /// set, `implicit` when `responseTypes` has more than `code`. `client_credentials` and token exchange only
+    /// when listed.
+    pub grant_types: Vec<GrantType>,
+    /// `responseTypes`: what `/auth` accepts as `response_type` parts (`code`, `id_token`, `token`).
+    /// Default `[code]`.
+    pub response_types: Vec<String>,
+    /// `alwaysShowLoginScreen`: show the login page even when a single callback connector could be entered
+    /// at once.
+    pub always_show_login_screen: bool,
+    /// `passwordConnector`: the connector the resource owner password grant checks passwords with.
+    pub password_connector: Option<String>,
+    /// `pkce:`.
+    pub pkce: Pkce,
 }
+
+impl OAuth2 {
+    /// Whether the token endpoint accepts `grant`.
+    pub fn allows(&self, grant: GrantType) -> bool {
+        self.grant_types.contains(&grant)
+    }
+}
+
+/// `oauth2.pkce` (RFC 7636).
+#[derive(Debug, Clone)]
+pub struct Pkce {
+    /// `enforce`: every authorization-code request must carry a `code_challenge`, confidential clients too.
+    pub enforce: bool,
+    /// `codeChallengeMethodsSupported`: `S256` and/or `plain` (default both; `plain` only for clients with
+    /// `allowPlainPKCE`).
+    pub code_challenge_methods_supported: Vec<String>,
+}
+
+pub use crate::oauth::GrantType;
 
 /// `bruteForce:` — token buckets for password logins.
 #[derive(Debug, Clone, Copy)]
@@ -233,6 +287,8 @@ pub struct Logger {
     pub level: String,
     /// `text` or `json`.
     pub format: LogFormat,
+    /// `excludeFields`: names of fields left out of every log line (e.g. `ip`, `user`).
+    pub exclude_fields: Vec<String>,
 }
 
 /// Log line format.
@@ -390,8 +446,14 @@ pub struct StaticPassword {
     pub email: String,
     /// bcrypt hash.
     pub hash: String,
-    /// `preferred_username` and `name`.
+    /// Login name (`username`; default the part of `email` before `@`).
     pub username: String,
+    /// Dex's `name`: the `name` claim (default `username`).
+    pub name: String,
+    /// Dex's `preferredUsername`: the `preferred_username` claim (default `username`).
+    pub preferred_username: String,
+    /// Dex's `emailVerified`: the `email_verified` claim (default `true`).
+    pub email_verified: bool,
     /// Stable subject.
     pub user_id: String,
     /// Group memberships.
@@ -419,16 +481,16 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The YAML did not match the schema.
+    /// The text is not YAML (serde_yaml's message carries the line and column).
     #[error("{file}: {message}")]
     Syntax {
         /// The file.
         file: String,
-        /// serde_yaml's message, which carries the key path and position.
+        /// serde_yaml's message.
         message: String,
     },
-    /// The YAML parsed but values are wrong.
-    #[error("{file}: {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    /// The YAML parsed but keys or values are wrong: every problem of the file, in document order.
+    #[error("{file}: {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {}", p.located(file))).collect::<Vec<_>>().join("\n"))]
     Invalid {
         /// The file.
         file: String,
@@ -437,13 +499,30 @@ pub enum ConfigError {
     },
 }
 
-/// One invalid value: the key path and what was expected there.
+/// One invalid key or value: the key path, what was expected there, and the line it is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// Dotted key path, e.g. `staticClients[1].redirectURIs[0]`.
     pub key: String,
     /// What a valid value looks like.
     pub expected: String,
+    /// 1-based line of the key (or of its nearest written ancestor) in the file, when known.
+    pub line: Option<usize>,
+}
+
+impl Problem {
+    /// A problem at `key` whose line is not known yet ([`Config::parse`] fills it in).
+    pub fn new(key: impl Into<String>, expected: impl Into<String>) -> Self {
+        Self { key: key.into(), expected: expected.into(), line: None }
+    }
+
+    /// `file:line: key: expected ...` (the line left out when unknown), the form editors jump to.
+    pub fn located(&self, file: &str) -> String {
+        match self.line {
+            Some(line) => format!("{file}:{line}: {self}"),
+            None => format!("{file}: {self}"),
+        }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -452,19 +531,44 @@ impl fmt::Display for Problem {
     }
 }
 
+/// A key Dex knows that this issuer accepts without doing what Dex does: what is done instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// Dotted key path.
+    pub key: String,
+    /// What happens instead.
+    pub message: String,
+    /// 1-based line of the key, when known.
+    pub line: Option<usize>,
+}
+
+impl Warning {
+    /// `file:line: key: message`.
+    pub fn located(&self, file: &str) -> String {
+        match self.line {
+            Some(line) => format!("{file}:{line}: {}: {}", self.key, self.message),
+            None => format!("{file}: {}: {}", self.key, self.message),
+        }
+    }
+}
+
 // === raw YAML ===
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawConfig {
-    issuer: String,
+    #[serde(default)]
+    issuer: Option<String>,
     #[serde(default)]
     web: Option<Web>,
-    storage: RawStorage,
+    #[serde(default)]
+    storage: Option<RawStorage>,
     #[serde(default)]
     expiry: RawExpiry,
     #[serde(default)]
     signing: RawSigning,
+    #[serde(default)]
+    signer: Option<RawSigner>,
     #[serde(default)]
     oauth2: RawOAuth2,
     #[serde(default)]
@@ -488,8 +592,9 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConnector {
-    #[serde(rename = "type")]
+    #[serde(default, rename = "type")]
     kind: String,
+    #[serde(default)]
     id: String,
     #[serde(default)]
     name: String,
@@ -515,7 +620,9 @@ struct RawKubernetes {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawCluster {
+    #[serde(default)]
     name: String,
+    #[serde(default)]
     server: String,
     #[serde(default)]
     certificate_authority_data: Option<String>,
@@ -526,7 +633,7 @@ struct RawCluster {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStorage {
-    #[serde(rename = "type")]
+    #[serde(default, rename = "type")]
     kind: String,
     #[serde(default)]
     config: Option<RawStorageConfig>,
@@ -555,6 +662,12 @@ struct RawStorageConfig {
     ssl: Option<RawSsl>,
     #[serde(default)]
     max_open_conns: Option<u32>,
+    #[serde(default)]
+    max_idle_conns: Option<u32>,
+    #[serde(default)]
+    conn_max_lifetime: Option<u64>,
+    #[serde(default)]
+    connection_timeout: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -564,6 +677,10 @@ struct RawSsl {
     mode: Option<String>,
     #[serde(default)]
     ca_file: Option<PathBuf>,
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -594,9 +711,39 @@ struct RawSigning {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSigner {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    config: RawSignerConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSignerConfig {
+    keys_rotation_period: Option<String>,
+    algorithm: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawOAuth2 {
     skip_approval_screen: Option<bool>,
+    always_show_login_screen: Option<bool>,
+    grant_types: Option<Vec<String>>,
+    response_types: Option<Vec<String>>,
+    password_connector: Option<String>,
+    #[serde(default)]
+    pkce: RawPkce,
+    subject_format: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPkce {
+    enforce: Option<bool>,
+    code_challenge_methods_supported: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -612,15 +759,21 @@ struct RawBruteForce {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct RawLogger {
     level: Option<String>,
     format: Option<String>,
+    #[serde(default)]
+    exclude_fields: Vec<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawClient {
+    #[serde(default)]
     id: String,
+    #[serde(default)]
+    id_env: Option<String>,
     #[serde(default)]
     secret: Option<String>,
     #[serde(default)]
@@ -652,6 +805,7 @@ struct RawClient {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawPassword {
+    #[serde(default)]
     email: String,
     #[serde(default)]
     hash: Option<String>,
@@ -661,10 +815,16 @@ struct RawPassword {
     hash_file: Option<PathBuf>,
     #[serde(default)]
     username: Option<String>,
-    #[serde(rename = "userID")]
+    #[serde(default, rename = "userID")]
     user_id: String,
     #[serde(default)]
     groups: Vec<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    email_verified: Option<bool>,
+    #[serde(default)]
+    preferred_username: Option<String>,
 }
 
 // === impl Config ===
@@ -679,15 +839,42 @@ impl Config {
     }
 
     /// Parses and validates YAML text; `file` only names the source in errors, `env` looks up variables.
+    ///
+    /// Every problem of the file is reported at once, in document order and with its line: unknown keys, type
+    /// errors and invalid values alike. Keys Dex knows that this issuer accepts without acting on them as Dex
+    /// does become [`Config::warnings`].
     pub fn parse(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let raw: RawConfig = serde_yaml::from_str(text)
+        let value: serde_yaml::Value = serde_yaml::from_str(text)
             .map_err(|e| ConfigError::Syntax { file: file.to_owned(), message: e.to_string() })?;
-        let mut v = Validator { problems: Vec::new(), env };
-        let config = v.config(raw);
-        match config {
-            Some(config) if v.problems.is_empty() => Ok(config),
-            _ => Err(ConfigError::Invalid { file: file.to_owned(), problems: v.problems }),
+        let value = if value.is_null() { serde_yaml::Value::Mapping(Default::default()) } else { value };
+        let lines = source::Lines::index(text);
+        let mut v = Validator { problems: Vec::new(), warnings: Vec::new(), env };
+        let config = source::typed::<RawConfig>("", value, &mut v.problems).and_then(|raw| v.config(raw));
+        for p in &mut v.problems {
+            p.line = lines.line(&p.key);
         }
+        for w in &mut v.warnings {
+            w.line = lines.line(&w.key);
+        }
+        match config {
+            Some(mut config) if v.problems.is_empty() => {
+                config.warnings = v.warnings;
+                Ok(config)
+            }
+            _ => {
+                // Document order; problems found on one key stay in the order they were found.
+                v.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+                if v.problems.is_empty() {
+                    v.problems.push(Problem::new("", "a configuration document"));
+                }
+                Err(ConfigError::Invalid { file: file.to_owned(), problems: v.problems })
+            }
+        }
+    }
+
+    /// The `sub` of `identity` in the configured [`crate::connector::SubjectFormat`].
+    pub fn subject(&self, identity: &crate::storage::Identity) -> String {
+        crate::connector::subject(identity, self.subject_format)
     }
 
     /// The client registered as `id`.
@@ -708,12 +895,17 @@ impl Config {
 
 struct Validator<'a> {
     problems: Vec<Problem>,
+    warnings: Vec<Warning>,
     env: &'a dyn Fn(&str) -> Option<String>,
 }
 
 impl Validator<'_> {
     fn problem(&mut self, key: impl Into<String>, expected: impl Into<String>) {
-        self.problems.push(Problem { key: key.into(), expected: expected.into() });
+        self.problems.push(Problem::new(key.into(), expected.into()));
+    }
+
+    fn warning(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Warning { key: key.into(), message: message.into(), line: None });
     }
 
     fn duration(&mut self, key: &str, value: Option<String>, default: Duration) -> Duration {
@@ -786,7 +978,8 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Option<Config> {
-        let issuer = match Url::parse(raw.issuer.trim_end_matches('/')) {
+        let raw_issuer = raw.issuer.unwrap_or_default();
+        let issuer = match Url::parse(raw_issuer.trim_end_matches('/')) {
             Ok(u)
                 if matches!(u.scheme(), "http" | "https")
                     && u.query().is_none()
@@ -798,7 +991,7 @@ impl Validator<'_> {
             _ => {
                 self.problem(
                     "issuer",
-                    format!("an absolute http(s) URL without query or fragment, got {:?}", raw.issuer),
+                    format!("an absolute http(s) URL without query or fragment, got {raw_issuer:?}"),
                 );
                 None
             }
@@ -875,11 +1068,31 @@ impl Validator<'_> {
             }
         }
         if raw.telemetry.enable_profiling {
-            self.problem("telemetry.enableProfiling", "false (Go's profiling endpoints have no equivalent here)");
+            self.warning("telemetry.enableProfiling", "Go's pprof endpoints have no equivalent here; none are served");
         }
-        let storage = self.storage(raw.storage);
+        let tls_versions = ["1.2", "1.3"];
+        for (key, v) in [("web.tlsMinVersion", &web.tls_min_version), ("web.tlsMaxVersion", &web.tls_max_version)] {
+            if let Some(v) = v {
+                if !tls_versions.contains(&v.as_str()) {
+                    self.problem(key, format!("\"1.2\" or \"1.3\" (older versions are not offered), got {v:?}"));
+                }
+            }
+        }
+        if let (Some(min), Some(max)) = (&web.tls_min_version, &web.tls_max_version) {
+            if min > max {
+                self.problem("web.tlsMaxVersion", format!("a version at least web.tlsMinVersion ({min}), got {max}"));
+            }
+        }
+        let storage = match raw.storage {
+            Some(s) => self.storage(s),
+            None => {
+                self.problem("storage", "a storage section with type sqlite3, postgres or memory");
+                None
+            }
+        };
 
         let e = raw.expiry;
+        let e_signing_keys_given = e.signing_keys.is_some();
         let r = e.refresh_tokens;
         let expiry = Expiry {
             signing_keys: self.duration("expiry.signingKeys", e.signing_keys, Duration::from_secs(6 * 3600)),
@@ -907,18 +1120,118 @@ impl Validator<'_> {
             },
         };
 
-        let algorithm = match raw.signing.algorithm.as_deref() {
+        let raw_signer_alg = raw.signer.as_ref().is_some_and(|s| s.config.algorithm.is_some());
+        let mut signing_algorithm = raw.signing.algorithm;
+        let mut expiry = expiry;
+        if let Some(signer) = raw.signer {
+            match signer.kind.as_deref() {
+                None | Some("local") => {}
+                Some(other) => {
+                    self.problem("signer.type", format!("\"local\" (keys kept in storage), got {other:?}"));
+                }
+            }
+            if let Some(period) = signer.config.keys_rotation_period {
+                if e_signing_keys_given {
+                    self.problem("signer.config.keysRotationPeriod", "either this or expiry.signingKeys, not both");
+                }
+                expiry.signing_keys =
+                    self.duration("signer.config.keysRotationPeriod", Some(period), expiry.signing_keys);
+            }
+            if let Some(alg) = signer.config.algorithm {
+                if signing_algorithm.is_some() {
+                    self.problem("signer.config.algorithm", "either this or signing.algorithm, not both");
+                }
+                signing_algorithm = Some(alg);
+            }
+        }
+        let algorithm = match signing_algorithm.as_deref() {
             None => Algorithm::Rs256,
             Some(name) => Algorithm::from_name(name).unwrap_or_else(|| {
-                self.problem("signing.algorithm", format!("one of RS256, ES256, EdDSA, got {name:?}"));
+                self.problem(
+                    if raw_signer_alg { "signer.config.algorithm" } else { "signing.algorithm" },
+                    format!("one of RS256, ES256, EdDSA, got {name:?}"),
+                );
                 Algorithm::Rs256
             }),
         };
 
-        let skip_approval_screen = raw.oauth2.skip_approval_screen.unwrap_or(true);
-        if !skip_approval_screen {
-            self.problem("oauth2.skipApprovalScreen", "true (an approval screen is not implemented)");
+        let o = raw.oauth2;
+        if o.skip_approval_screen == Some(false) {
+            self.warning(
+                "oauth2.skipApprovalScreen",
+                "there is no approval screen: signing in approves the client, as with skipApprovalScreen: true",
+            );
         }
+        let mut response_types = Vec::new();
+        for (i, t) in o.response_types.clone().unwrap_or_else(|| vec!["code".to_owned()]).into_iter().enumerate() {
+            if !["code", "id_token", "token"].contains(&t.as_str()) {
+                self.problem(format!("oauth2.responseTypes[{i}]"), format!("code, id_token or token, got {t:?}"));
+            } else if !response_types.contains(&t) {
+                response_types.push(t);
+            }
+        }
+        let grant_types = match o.grant_types {
+            Some(listed) => {
+                let mut out = Vec::new();
+                for (i, g) in listed.iter().enumerate() {
+                    match GrantType::parse(g) {
+                        Some(g) if !out.contains(&g) => out.push(g),
+                        Some(_) => {}
+                        None => self.problem(
+                            format!("oauth2.grantTypes[{i}]"),
+                            format!(
+                                "one of {}, got {g:?}",
+                                GrantType::ALL.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", ")
+                            ),
+                        ),
+                    }
+                }
+                out
+            }
+            None => {
+                let mut out = vec![GrantType::AuthorizationCode, GrantType::RefreshToken, GrantType::DeviceCode];
+                if o.password_connector.is_some() {
+                    out.push(GrantType::Password);
+                }
+                if response_types.iter().any(|t| t != "code") {
+                    out.push(GrantType::Implicit);
+                }
+                out
+            }
+        };
+        if grant_types.contains(&GrantType::Password) && o.password_connector.is_none() {
+            self.problem(
+                "oauth2.passwordConnector",
+                "the id of a password connector (local or an ldap connector) when grantTypes lists password",
+            );
+        }
+        if response_types.iter().any(|t| t != "code") && !grant_types.contains(&GrantType::Implicit) {
+            self.problem("oauth2.grantTypes", "implicit among the grant types when responseTypes has id_token or token");
+        }
+        let methods = o.pkce.code_challenge_methods_supported.unwrap_or_else(|| vec!["S256".into(), "plain".into()]);
+        for (i, m) in methods.iter().enumerate() {
+            if !["S256", "plain"].contains(&m.as_str()) {
+                self.problem(format!("oauth2.pkce.codeChallengeMethodsSupported[{i}]"), format!("S256 or plain, got {m:?}"));
+            }
+        }
+        if methods.is_empty() {
+            self.problem("oauth2.pkce.codeChallengeMethodsSupported", "at least one of S256, plain");
+        }
+        let subject_format = match o.subject_format.as_deref() {
+            None | Some("dex") => crate::connector::SubjectFormat::Dex,
+            Some("plain") => crate::connector::SubjectFormat::Plain,
+            Some(other) => {
+                self.problem("oauth2.subjectFormat", format!("dex or plain, got {other:?}"));
+                crate::connector::SubjectFormat::Dex
+            }
+        };
+        let oauth2 = OAuth2 {
+            grant_types,
+            response_types,
+            always_show_login_screen: o.always_show_login_screen.unwrap_or(false),
+            password_connector: o.password_connector,
+            pkce: Pkce { enforce: o.pkce.enforce.unwrap_or(false), code_challenge_methods_supported: methods },
+        };
 
         let b = raw.brute_force;
         let brute_force = BruteForce {
@@ -949,7 +1262,11 @@ impl Validator<'_> {
                 LogFormat::Text
             }
         };
-        let logger = Logger { level: raw.logger.level.unwrap_or_else(|| "info".to_owned()), format };
+        let level = raw.logger.level.unwrap_or_else(|| "info".to_owned());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            self.problem("logger.level", format!("debug, info, warn or error (or a tracing filter), got {level:?}"));
+        }
+        let logger = Logger { level, format, exclude_fields: raw.logger.exclude_fields };
 
         let mut static_clients = self.clients(raw.static_clients);
         let static_passwords = self.passwords(raw.static_passwords);
@@ -959,6 +1276,22 @@ impl Validator<'_> {
         let mut known: Vec<&str> = connectors.iter().map(|c| c.id.as_str()).collect();
         if enable_password_db {
             known.push(crate::connector::local::CONNECTOR_ID);
+        }
+        if let Some(id) = &oauth2.password_connector {
+            let password_capable = id == crate::connector::local::CONNECTOR_ID && enable_password_db
+                || connectors.iter().any(|c| {
+                    &c.id == id
+                        && matches!(
+                            c.kind,
+                            crate::connector::ConnectorKind::Ldap(_) | crate::connector::ConnectorKind::AtlassianCrowd(_)
+                        )
+                });
+            if !password_capable {
+                self.problem(
+                    "oauth2.passwordConnector",
+                    format!("the id of a password connector (local, ldap or atlassian-crowd), got {id:?}"),
+                );
+            }
         }
         for (i, c) in static_clients.iter().enumerate() {
             for (j, id) in c.allowed_connectors.iter().enumerate() {
@@ -977,7 +1310,7 @@ impl Validator<'_> {
             storage: storage?,
             expiry,
             signing: Signing { algorithm },
-            oauth2: OAuth2 { skip_approval_screen },
+            oauth2,
             brute_force,
             logger,
             telemetry: raw.telemetry.clone(),
@@ -986,6 +1319,8 @@ impl Validator<'_> {
             enable_password_db,
             kubernetes,
             connectors,
+            subject_format,
+            warnings: Vec::new(),
         })
     }
 
@@ -1159,6 +1494,15 @@ impl Validator<'_> {
                     );
                 }
                 let password = self.secret("storage.config.password", c.password, c.password_env, c.password_file);
+                if ssl.cert_file.is_some() != ssl.key_file.is_some() {
+                    self.problem("storage.config.ssl.keyFile", "ssl.certFile and ssl.keyFile together");
+                }
+                if c.max_idle_conns.is_some() {
+                    self.warning(
+                        "storage.config.maxIdleConns",
+                        "the pool keeps up to maxOpenConns connections and closes idle ones after 10 minutes",
+                    );
+                }
                 let required = |v: &mut Self, key: &str, value: Option<String>| {
                     value.filter(|s| !s.is_empty()).or_else(|| {
                         v.problem(format!("storage.config.{key}"), "a non-empty value");
@@ -1176,11 +1520,30 @@ impl Validator<'_> {
                     password,
                     ssl_mode,
                     ssl_ca_file: ssl.ca_file,
+                    ssl_cert_file: ssl.cert_file,
+                    ssl_key_file: ssl.key_file,
                     max_open_conns: c.max_open_conns.unwrap_or(16).max(2),
+                    connection_timeout: c.connection_timeout.filter(|s| *s > 0).map(Duration::from_secs),
+                    conn_max_lifetime: c.conn_max_lifetime.filter(|s| *s > 0).map(Duration::from_secs),
                 }))
             }
+            "mysql" | "etcd" | "kubernetes" => {
+                self.problem(
+                    "storage.type",
+                    format!(
+                        "one of \"sqlite3\", \"postgres\", \"memory\" (Dex's {:?} storage is not supported: \
+                         use postgres for several replicas)",
+                        raw.kind
+                    ),
+                );
+                None
+            }
+            "" => {
+                self.problem("storage.type", "one of \"sqlite3\", \"postgres\", \"memory\"");
+                None
+            }
             other => {
-                self.problem("storage.type", format!("one of \"memory\", \"sqlite3\", \"postgres\", got {other:?}"));
+                self.problem("storage.type", format!("one of \"sqlite3\", \"postgres\", \"memory\", got {other:?}"));
                 None
             }
         }
@@ -1188,6 +1551,16 @@ impl Validator<'_> {
 
     fn clients(&mut self, raw: Vec<RawClient>) -> Vec<Client> {
         let mut seen = HashSet::new();
+        let mut raw = raw;
+        for (i, c) in raw.iter_mut().enumerate() {
+            match (c.id.is_empty(), c.id_env.take()) {
+                (true, Some(name)) => {
+                    c.id = self.env_var(&format!("staticClients[{i}].idEnv"), &name).unwrap_or_default()
+                }
+                (false, Some(_)) => self.problem(format!("staticClients[{i}].idEnv"), "either id or idEnv, not both"),
+                (_, None) => {}
+            }
+        }
         let ids: HashSet<String> = raw.iter().map(|c| c.id.clone()).collect();
         let mut out = Vec::with_capacity(raw.len());
         for (i, c) in raw.into_iter().enumerate() {
@@ -1292,8 +1665,12 @@ impl Validator<'_> {
                     continue;
                 }
             };
+            let username = p.username.unwrap_or_else(|| p.email.split('@').next().unwrap_or_default().to_owned());
             out.push(StaticPassword {
-                username: p.username.unwrap_or_else(|| p.email.split('@').next().unwrap_or_default().to_owned()),
+                name: p.name.unwrap_or_else(|| username.clone()),
+                preferred_username: p.preferred_username.unwrap_or_else(|| username.clone()),
+                email_verified: p.email_verified.unwrap_or(true),
+                username,
                 email: p.email,
                 hash,
                 user_id: p.user_id,
@@ -1439,8 +1816,11 @@ mod tests {
 
     #[test]
     fn unknown_key_names_its_path() {
-        let err = parse(&minimal("staticClients:\n- id: a\n  secrt: x\n")).unwrap_err().to_string();
-        assert!(err.starts_with("test.yaml: staticClients[0]: unknown field `secrt`"), "{err}");
+        let text = minimal("staticClients:\n- id: a\n  secrt: x\n");
+        let line = text.lines().position(|l| l.contains("secrt")).unwrap() + 1;
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains(&format!("test.yaml:{line}: staticClients[0].secrt: expected one of `id`, ")), "{err}");
+        assert!(err.contains("(`secrt` is not a key here)"), "{err}");
     }
 
     #[test]

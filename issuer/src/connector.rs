@@ -234,7 +234,7 @@ impl ConnectorConfig {
         env: &dyn Fn(&str) -> Option<String>,
         problems: &mut Vec<Problem>,
     ) -> Option<Self> {
-        let mut problem = |k: String, e: String| problems.push(Problem { key: k, expected: e });
+        let mut problem = |k: String, e: String| problems.push(Problem::new(k, e));
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             problem(format!("{key}.id"), format!("a non-empty id of letters, digits, '-', '_' and '.', got {id:?}"));
         }
@@ -261,20 +261,14 @@ impl ConnectorConfig {
             "github" => config_values::typed(&config_key, value, problems).map(ConnectorKind::GitHub),
             "gitlab" => config_values::typed(&config_key, value, problems).map(ConnectorKind::GitLab),
             other if NOT_IMPLEMENTED.contains(&other) => {
-                problems.push(Problem {
-                    key: format!("{key}.type"),
-                    expected: format!(
+                problems.push(Problem::new(format!("{key}.type"), format!(
                         "one of {} (Dex's {other:?} connector is not supported by this issuer)",
                         TYPES.join(", ")
-                    ),
-                });
+                    ),));
                 None
             }
             other => {
-                problems.push(Problem {
-                    key: format!("{key}.type"),
-                    expected: format!("one of {}, got {other:?}", TYPES.join(", ")),
-                });
+                problems.push(Problem::new(format!("{key}.type"), format!("one of {}, got {other:?}", TYPES.join(", ")),));
                 None
             }
         }?;
@@ -310,7 +304,6 @@ impl ConnectorConfig {
 /// Helpers for connector `config:` mappings: `$VAR` expansion, `*File` secrets, the policy keys, and typed
 /// deserialization whose errors name the key path.
 pub(crate) mod config_values {
-    use serde::de::DeserializeOwned;
     use serde_yaml::Value;
 
     use super::Policy;
@@ -330,10 +323,7 @@ pub(crate) mod config_values {
         match value {
             Value::String(s) => match expand_string(s, env) {
                 Ok(expanded) => *s = expanded,
-                Err(name) => problems.push(Problem {
-                    key: key.to_owned(),
-                    expected: format!("environment variable {name} to be set and non-empty"),
-                }),
+                Err(name) => problems.push(Problem::new(key.to_owned(), format!("environment variable {name} to be set and non-empty"),)),
             },
             Value::Sequence(items) => {
                 for (i, v) in items.iter_mut().enumerate() {
@@ -349,24 +339,18 @@ pub(crate) mod config_values {
                     let file_key = format!("{secret}File");
                     let Some(path) = m.remove(file_key.as_str()) else { continue };
                     let Some(path) = path.as_str().map(str::to_owned) else {
-                        problems.push(Problem { key: format!("{key}.{file_key}"), expected: "a file path".into() });
+                        problems.push(Problem::new(format!("{key}.{file_key}"), "a file path"));
                         continue;
                     };
                     if m.contains_key(*secret) {
-                        problems.push(Problem {
-                            key: format!("{key}.{file_key}"),
-                            expected: format!("either {secret} or {file_key}, not both"),
-                        });
+                        problems.push(Problem::new(format!("{key}.{file_key}"), format!("either {secret} or {file_key}, not both"),));
                         continue;
                     }
                     match std::fs::read_to_string(&path) {
                         Ok(text) => {
                             m.insert(Value::from(*secret), Value::from(text.trim_end_matches(['\n', '\r'])));
                         }
-                        Err(e) => problems.push(Problem {
-                            key: format!("{key}.{file_key}"),
-                            expected: format!("a readable file, but {path}: {e}"),
-                        }),
+                        Err(e) => problems.push(Problem::new(format!("{key}.{file_key}"), format!("a readable file, but {path}: {e}"),)),
                     }
                 }
             }
@@ -413,7 +397,7 @@ pub(crate) mod config_values {
     /// Removes the policy keys from a connector's mapping and validates them.
     pub(crate) fn take_policy(key: &str, value: &mut Value, problems: &mut Vec<Problem>) -> Option<Policy> {
         let Value::Mapping(m) = value else {
-            problems.push(Problem { key: key.to_owned(), expected: "a mapping of the connector's settings".into() });
+            problems.push(Problem::new(key.to_owned(), "a mapping of the connector's settings"));
             return None;
         };
         let mut list = |name: &str| -> Vec<String> {
@@ -422,7 +406,7 @@ pub(crate) mod config_values {
                 Some(v) => match serde_yaml::from_value::<Vec<String>>(v) {
                     Ok(l) => l,
                     Err(_) => {
-                        problems.push(Problem { key: format!("{key}.{name}"), expected: "a list of strings".into() });
+                        problems.push(Problem::new(format!("{key}.{name}"), "a list of strings"));
                         vec![]
                     }
                 },
@@ -435,44 +419,14 @@ pub(crate) mod config_values {
             None => String::new(),
             Some(Value::String(s)) => s,
             Some(_) => {
-                problems.push(Problem { key: format!("{key}.groupsPrefix"), expected: "a string".into() });
+                problems.push(Problem::new(format!("{key}.groupsPrefix"), "a string"));
                 String::new()
             }
         };
         Some(Policy::new(allowed_emails, allowed_email_domains, allowed_groups, groups_prefix))
     }
 
-    /// Deserializes a connector's `config` into its type; an error names the full key path (`serde_path_to_error`).
-    pub(crate) fn typed<T: DeserializeOwned>(key: &str, value: Value, problems: &mut Vec<Problem>) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let path = e.path().to_string();
-                let at = if path == "." || path.is_empty() { key.to_owned() } else { format!("{key}.{path}") };
-                problems.push(Problem { key: at, expected: describe(&e.into_inner().to_string()) });
-                None
-            }
-        }
-    }
-
-    /// Turns serde's messages into "what was expected" phrases.
-    pub(crate) fn describe(message: &str) -> String {
-        if let Some(rest) = message.strip_prefix("unknown field ") {
-            return match rest.split_once(", expected ") {
-                Some((key, known)) => format!("{known} ({key} is not a key here)"),
-                None => format!("no key named {}", rest.split(',').next().unwrap_or(rest)),
-            };
-        }
-        if let Some(rest) = message.strip_prefix("missing field ") {
-            return format!("the required key {rest}");
-        }
-        for prefix in ["invalid type: ", "invalid value: "] {
-            if let Some((got, expected)) = message.strip_prefix(prefix).and_then(|r| r.split_once(", expected ")) {
-                return format!("{expected}, got {got}");
-            }
-        }
-        message.to_owned()
-    }
+    pub(crate) use crate::config::source::typed;
 }
 
 /// The connectors of a running issuer, by id, in configuration order.
@@ -589,14 +543,23 @@ pub fn dex_subject(user_id: &str, connector_id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
 }
 
-/// The `sub` of an identity: Dex's encoding for federated users; the password database keeps its
-/// configured `userID` as the subject.
-pub fn subject(identity: &Identity) -> String {
-    if identity.connector_id == local::CONNECTOR_ID {
-        identity.user_id.clone()
-    } else {
-        dex_subject(&identity.user_id, &identity.connector_id)
+/// The `sub` of an identity in the given format.
+pub fn subject(identity: &Identity, format: SubjectFormat) -> String {
+    match format {
+        SubjectFormat::Dex => dex_subject(&identity.user_id, &identity.connector_id),
+        SubjectFormat::Plain if identity.connector_id == local::CONNECTOR_ID => identity.user_id.clone(),
+        SubjectFormat::Plain => format!("{}:{}", identity.connector_id, identity.user_id),
     }
+}
+
+/// How `sub` is built from a connector's user id (`oauth2.subjectFormat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SubjectFormat {
+    /// Dex's encoding ([`dex_subject`]): the same `sub` Dex mints for the same user and connector.
+    #[default]
+    Dex,
+    /// Readable: the user id for the password database, `<connector id>:<user id>` otherwise.
+    Plain,
 }
 
 #[cfg(test)]
@@ -622,7 +585,7 @@ mod tests {
 
     #[test]
     fn serde_messages_become_what_was_expected() {
-        let d = config_values::describe;
+        let d = crate::config::source::describe;
         assert_eq!(d("invalid type: integer `12345`, expected a string"), "a string, got integer `12345`");
         assert_eq!(
             d("unknown field `nmae`, expected one of `name`, `id`"),

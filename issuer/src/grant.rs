@@ -11,6 +11,7 @@ use crate::token::{random_b64, Mint, RefreshTokenString};
 
 pub mod authorization_code;
 pub mod device_code;
+pub mod password;
 pub mod refresh_token;
 
 /// RFC 6749 §5.1 successful response, plus the OIDC `id_token`.
@@ -62,7 +63,7 @@ pub(crate) async fn issue(state: &AppState, i: Issue<'_>) -> Result<TokenRespons
         .map_err(|e| TokenError::Internal(e.to_string()))?;
     let id_token = keys.signer.sign_jwt(&mint.id_token(keys.signer.alg(), &access_token)).map_err(sign_err)?;
     Metrics::count(&state.metrics.tokens, i.grant);
-    tracing::info!(target: "audit", event = "token_issued", grant = i.grant, sub = %crate::connector::subject(i.identity), client = i.client_id, refresh = i.refresh_token.is_some());
+    tracing::info!(target: "audit", event = "token_issued", grant = i.grant, sub = %state.config.subject(i.identity), client = i.client_id, refresh = i.refresh_token.is_some());
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",

@@ -1,6 +1,5 @@
 //! The `issuer` command: serve, check a configuration, hash a password, make development certificates.
 
-use std::io::IsTerminal as _;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use issuer::config::{Config, LogFormat};
+use issuer::config::Config;
 use issuer::state::{open_storage, AppState};
 
 #[derive(Parser)]
@@ -160,6 +159,9 @@ fn check_config(file: &Path, probe: bool) -> anyhow::Result<()> {
         },
         c.signing.algorithm.as_str()
     );
+    for w in &c.warnings {
+        println!("warning: {}", w.located(&file.display().to_string()));
+    }
     if probe {
         let connectors = issuer::connector::Connectors::new(&c)?;
         let failed =
@@ -264,14 +266,9 @@ fn write(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
 
 fn serve(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.logger.level))
-        .with_context(|| format!("{}: logger.level: expected a tracing filter such as \"info\"", path.display()))?;
-    // Colours only on a terminal: in a file, `kubectl logs` or journald the escape codes are noise.
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
-    match config.logger.format {
-        LogFormat::Json => fmt.json().init(),
-        LogFormat::Text => fmt.init(),
+    issuer::logging::init(&config.logger)?;
+    for w in &config.warnings {
+        tracing::warn!(key = %w.key, line = w.line, "{}: {}", path.display(), w.message);
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config))
 }
@@ -297,8 +294,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     if let (Some(addr), Some(cert), Some(key)) = (&config.web.https, &config.web.tls_cert, &config.web.tls_key) {
         let addr: SocketAddr = addr.parse()?;
-        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-            .await
+        let tls = web_tls(&config.web, cert, key)
             .with_context(|| format!("loading web.tlsCert {} / web.tlsKey {}", cert.display(), key.display()))?;
         tracing::info!(%addr, issuer = %config.issuer, "listening (https)");
         servers.spawn(axum_server::bind_rustls(addr, tls).handle(handle.clone()).serve(app.clone()));
@@ -312,6 +308,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Some(result) = servers.join_next() => { result??; }
     }
     Ok(())
+}
+
+/// The HTTPS listener's TLS: the certificate chain and key, the versions `web.tlsMinVersion` /
+/// `web.tlsMaxVersion` allow (TLS 1.2 and 1.3 by default), ALPN h2 and http/1.1.
+fn web_tls(web: &issuer::config::Web, cert: &Path, key: &Path) -> anyhow::Result<axum_server::tls_rustls::RustlsConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let min = web.tls_min_version.as_deref().unwrap_or("1.2");
+    let max = web.tls_max_version.as_deref().unwrap_or("1.3");
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [("1.2", &rustls::version::TLS12), ("1.3", &rustls::version::TLS13)]
+        .into_iter()
+        .filter(|(v, _)| *v >= min && *v <= max)
+        .map(|(_, p)| p)
+        .collect();
+    let mut tls = rustls::ServerConfig::builder_with_protocol_versions(&versions)
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(axum_server::tls_rustls::RustlsConfig::from_config(std::sync::Arc::new(tls)))
 }
 
 async fn shutdown_signal() {

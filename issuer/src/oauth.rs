@@ -9,6 +9,57 @@ use serde_json::json;
 
 use crate::storage::StorageError;
 
+/// The grant types of the token endpoint, by their wire names (RFC 6749 §4, RFC 8628, RFC 8693) — the
+/// values Dex's `oauth2.grantTypes` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantType {
+    /// `authorization_code` (RFC 6749 §4.1).
+    AuthorizationCode,
+    /// `refresh_token` (RFC 6749 §6).
+    RefreshToken,
+    /// `urn:ietf:params:oauth:grant-type:device_code` (RFC 8628).
+    DeviceCode,
+    /// `implicit` (RFC 6749 §4.2): `/auth` answers `token` / `id_token` response types.
+    Implicit,
+    /// `password` (RFC 6749 §4.3), checked by `oauth2.passwordConnector`.
+    Password,
+    /// `client_credentials` (RFC 6749 §4.4).
+    ClientCredentials,
+    /// `urn:ietf:params:oauth:grant-type:token-exchange` (RFC 8693).
+    TokenExchange,
+}
+
+impl GrantType {
+    /// Every grant type, in the order discovery lists them.
+    pub const ALL: [GrantType; 7] = [
+        Self::AuthorizationCode,
+        Self::RefreshToken,
+        Self::DeviceCode,
+        Self::Implicit,
+        Self::Password,
+        Self::ClientCredentials,
+        Self::TokenExchange,
+    ];
+
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthorizationCode => "authorization_code",
+            Self::RefreshToken => "refresh_token",
+            Self::DeviceCode => "urn:ietf:params:oauth:grant-type:device_code",
+            Self::Implicit => "implicit",
+            Self::Password => "password",
+            Self::ClientCredentials => "client_credentials",
+            Self::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
+        }
+    }
+
+    /// The grant type named `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|g| g.as_str() == s)
+    }
+}
+
 /// An internal failure, carried to the logging middleware in a response extension.
 #[derive(Debug, Clone)]
 pub struct InternalError(pub String);
@@ -60,6 +111,13 @@ pub enum TokenError {
     /// RFC 8628 §3.5: the user refused the device authorization.
     #[error("access_denied")]
     AccessDenied,
+    /// Too many failed password attempts for this name or address (RFC 6749 has no code for it: the
+    /// `invalid_grant` code with 429 and `Retry-After`, RFC 6585 §4).
+    #[error("invalid_grant: too many attempts")]
+    Throttled {
+        /// Seconds until an attempt is back.
+        retry_after: u64,
+    },
     /// Storage or signing failed.
     #[error("internal: {0}")]
     Internal(String),
@@ -99,7 +157,7 @@ impl TokenError {
         match self {
             TokenError::InvalidRequest(_) => "invalid_request",
             TokenError::InvalidClient { .. } => "invalid_client",
-            TokenError::InvalidGrant(_) => "invalid_grant",
+            TokenError::InvalidGrant(_) | TokenError::Throttled { .. } => "invalid_grant",
             TokenError::UnauthorizedClient(_) => "unauthorized_client",
             TokenError::UnsupportedGrantType => "unsupported_grant_type",
             TokenError::InvalidScope(_) => "invalid_scope",
@@ -121,6 +179,9 @@ impl TokenError {
                 (*d).to_owned()
             }
             TokenError::UnsupportedGrantType => "grant_type is not supported".to_owned(),
+            TokenError::Throttled { retry_after } => {
+                format!("too many failed sign-in attempts: try again in {retry_after} seconds")
+            }
             TokenError::AuthorizationPending => "the user has not yet approved the device".to_owned(),
             TokenError::SlowDown => "polling too fast: wait 5 seconds longer between requests".to_owned(),
             TokenError::ExpiredToken => "the device code has expired; start again".to_owned(),
@@ -147,6 +208,7 @@ impl IntoResponse for TokenError {
         }
         let status = match &self {
             TokenError::InvalidClient { .. } | TokenError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            TokenError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         };
         let body = json!({ "error": self.code(), "error_description": self.description() });
@@ -159,6 +221,9 @@ impl IntoResponse for TokenError {
         };
         if let Some(v) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        if let TokenError::Throttled { retry_after } = self {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         r
     }

@@ -233,7 +233,7 @@ impl Mint<'_> {
         let id = self.identity;
         IdTokenClaims {
             iss: self.config.issuer.as_str().trim_end_matches('/').to_owned(),
-            sub: crate::connector::subject(id),
+            sub: self.config.subject(id),
             aud,
             azp: self.client_id.to_owned(),
             exp: self.iat + self.config.expiry.id_tokens.as_secs() as i64,
@@ -254,7 +254,7 @@ impl Mint<'_> {
     pub fn access_token(&self, jti: String) -> AccessTokenClaims {
         AccessTokenClaims {
             iss: self.config.issuer.as_str().trim_end_matches('/').to_owned(),
-            sub: crate::connector::subject(self.identity),
+            sub: self.config.subject(self.identity),
             aud: self.config.endpoint("/userinfo"),
             client_id: self.client_id.to_owned(),
             exp: self.iat + self.config.expiry.id_tokens.as_secs() as i64,
@@ -421,13 +421,13 @@ mod tests {
         let claims = open_access_token(b"key", &token).unwrap();
         assert_eq!(
             (claims.sub.as_str(), claims.scope.as_str(), claims.profile["email"].as_str()),
-            ("u1", "openid email", Some("jane@example.com"))
+            (crate::connector::dex_subject("u1", "local").as_str(), "openid email", Some("jane@example.com"))
         );
         assert!(open_access_token(b"other key", &token).is_none());
         let (payload, mac) = token.split_once('.').unwrap();
         let forged = format!(
             "{}.{mac}",
-            B64.encode(String::from_utf8(B64.decode(payload).unwrap()).unwrap().replace("u1", "u2"))
+            B64.encode(String::from_utf8(B64.decode(payload).unwrap()).unwrap().replace("jane@", "john@"))
         );
         assert!(open_access_token(b"key", &forged).is_none(), "changed claims are refused");
         assert!(open_access_token(b"key", "no-dot").is_none());

@@ -76,7 +76,7 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// Checks what serde cannot: the URL, the application's credentials and the field names.
     pub fn validate(&mut self, key: &str, problems: &mut Vec<Problem>) {
-        let mut problem = |k: &str, e: String| problems.push(Problem { key: format!("{key}.{k}"), expected: e });
+        let mut problem = |k: &str, e: String| problems.push(Problem::new(format!("{key}.{k}"), e));
         let url_ok = url::Url::parse(&self.base_url).is_ok_and(|u| {
             matches!(u.scheme(), "http" | "https")
                 && u.host().is_some()

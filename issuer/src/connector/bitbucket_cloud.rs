@@ -92,7 +92,7 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// Checks what serde cannot: non-empty credentials and absolute http(s) URLs.
     pub fn validate(&mut self, key: &str, problems: &mut Vec<Problem>) {
-        let mut problem = |k: &str, e: String| problems.push(Problem { key: format!("{key}.{k}"), expected: e });
+        let mut problem = |k: &str, e: String| problems.push(Problem::new(format!("{key}.{k}"), e));
         if self.client_id.trim().is_empty() {
             problem("clientID", "the OAuth consumer's key".into());
         }

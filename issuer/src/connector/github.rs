@@ -132,7 +132,7 @@ enum TeamName {
 impl Config {
     /// Checks what serde cannot: required values, exclusive keys, the host name and the CA file.
     pub fn validate(&mut self, key: &str, problems: &mut Vec<Problem>) {
-        let mut problem = |k: &str, e: &str| problems.push(Problem { key: format!("{key}.{k}"), expected: e.into() });
+        let mut problem = |k: &str, e: &str| problems.push(Problem::new(format!("{key}.{k}"), e));
         if self.client_id.is_empty() {
             problem("clientID", "the OAuth App's client id");
         }

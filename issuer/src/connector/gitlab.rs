@@ -95,7 +95,7 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// Checks what serde cannot: required values, the base URL and the CA.
     pub fn validate(&mut self, key: &str, problems: &mut Vec<Problem>) {
-        let mut problem = |k: &str, e: &str| problems.push(Problem { key: format!("{key}.{k}"), expected: e.into() });
+        let mut problem = |k: &str, e: &str| problems.push(Problem::new(format!("{key}.{k}"), e));
         if self.client_id.is_empty() {
             problem("clientID", "the application's id");
         }

@@ -211,7 +211,7 @@ pub struct UserMatcher {
 impl Config {
     /// Checks what serde cannot: scopes, exclusive options, and that the CA files exist.
     pub fn validate(&mut self, key: &str, problems: &mut Vec<Problem>) {
-        let mut problem = |k: &str, e: &str| problems.push(Problem { key: format!("{key}.{k}"), expected: e.into() });
+        let mut problem = |k: &str, e: &str| problems.push(Problem::new(format!("{key}.{k}"), e));
         if self.hosts().is_empty() || self.hosts().iter().any(|h| h.is_empty() || h.contains("://")) {
             problem("host", "host:port (or a list of them), without a scheme");
         }

@@ -34,12 +34,12 @@ impl StaticPasswords {
     fn identity(u: &StaticPassword) -> Identity {
         Identity {
             user_id: u.user_id.clone(),
-            username: u.username.clone(),
+            username: u.name.clone(),
             email: u.email.clone(),
-            email_verified: true,
+            email_verified: u.email_verified,
             groups: u.groups.clone(),
             connector_id: CONNECTOR_ID.to_owned(),
-            preferred_username: u.username.clone(),
+            preferred_username: u.preferred_username.clone(),
             connector_data: None,
         }
     }
@@ -85,6 +85,9 @@ mod tests {
             email: "Jane@Example.com".into(),
             hash: PASSWORD_HASH.into(),
             username: "jane".into(),
+            name: "Jane Doe".into(),
+            preferred_username: "jdoe".into(),
+            email_verified: false,
             user_id: "42".into(),
             groups: vec!["developers".into()],
         }])
@@ -94,6 +97,8 @@ mod tests {
     async fn right_password_gives_identity_and_login_is_case_insensitive() {
         let id = users().login("jane@example.COM", "password").await.unwrap().unwrap();
         assert_eq!((id.user_id.as_str(), id.groups.len()), ("42", 1));
+        assert_eq!((id.username.as_str(), id.preferred_username.as_str(), id.email_verified), ("Jane Doe", "jdoe", false));
+        assert!(users().login("jane", "password").await.unwrap().is_some(), "the username signs in too");
         assert!(users().login("jane@example.com", "Password").await.unwrap().is_none());
         assert!(users().login("nobody@example.com", "password").await.unwrap().is_none());
     }

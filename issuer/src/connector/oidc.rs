@@ -217,7 +217,7 @@ pub struct ModifyGroupNames {
 impl Config {
     /// Checks URLs, the group filter and the CA files.
     pub fn validate(&mut self, key: &str, problems: &mut Vec<Problem>) {
-        let mut problem = |k: &str, e: String| problems.push(Problem { key: format!("{key}.{k}"), expected: e });
+        let mut problem = |k: &str, e: String| problems.push(Problem::new(format!("{key}.{k}"), e));
         let urls = [
             ("issuer", Some(&self.issuer)),
             ("redirectURI", Some(&self.redirect_uri)),

@@ -124,7 +124,7 @@ pub async fn exchange(state: &AppState, client: &Client, form: &Form) -> Result<
 }
 
 async fn replayed(state: &AppState, code: AuthCode) -> TokenError {
-    tracing::warn!(target: "audit", event = "code_replay", client = %code.client_id, sub = %crate::connector::subject(&code.identity));
+    tracing::warn!(target: "audit", event = "code_replay", client = %code.client_id, sub = %state.config.subject(&code.identity));
     if let Some(family) = &code.family_id {
         if let Err(e) = revoke_family(state, family, "code_replay").await {
             return e;

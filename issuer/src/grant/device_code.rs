@@ -13,7 +13,7 @@ use crate::storage::{DeviceRequest, DeviceStatus, Identity, StorageError};
 use crate::token::random_b64;
 
 /// The grant type's wire name.
-pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+pub const GRANT_TYPE: &str = crate::oauth::GrantType::DeviceCode.as_str();
 
 /// RFC 8628 §3.5: the increase of the polling interval with every `slow_down`.
 pub const SLOW_DOWN_STEP: i64 = 5;

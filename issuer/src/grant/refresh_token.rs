@@ -124,7 +124,7 @@ async fn reread_identity(
         state.metrics.observe_connector(connector_id, "refresh", &result, started.elapsed());
     }
     let refused = |reason: String| async move {
-        tracing::warn!(target: "audit", event = "refresh", result = "refused", connector = %connector_id, reason = %reason, sub = %crate::connector::subject(&token.identity), client = %client.id, family = %token.family_id);
+        tracing::warn!(target: "audit", event = "refresh", result = "refused", connector = %connector_id, reason = %reason, sub = %state.config.subject(&token.identity), client = %client.id, family = %token.family_id);
         revoke_family(state, &token.family_id, "refused_upstream").await?;
         Err(TokenError::InvalidGrant("the user is no longer allowed to sign in").into())
     };
@@ -225,7 +225,7 @@ async fn rotate(
     match state.storage.rotate_refresh_token(&token.id, now, record.clone()).await {
         Ok(()) => {
             Metrics::count(&state.metrics.refreshes, "rotated");
-            tracing::info!(target: "audit", event = "refresh", result = "rotated", sub = %crate::connector::subject(&record.identity), client = %record.client_id, family = %record.family_id);
+            tracing::info!(target: "audit", event = "refresh", result = "rotated", sub = %state.config.subject(&record.identity), client = %record.client_id, family = %record.family_id);
             Ok(Successor { string: next, record })
         }
         // A concurrent request rotated it first: this one is a duplicate within the window.
@@ -273,7 +273,7 @@ async fn keep(
         Err(e) => return Err(e.into()),
     };
     Metrics::count(&state.metrics.refreshes, "kept");
-    tracing::info!(target: "audit", event = "refresh", result = "kept", sub = %crate::connector::subject(&record.identity), client = %record.client_id, family = %record.family_id);
+    tracing::info!(target: "audit", event = "refresh", result = "kept", sub = %state.config.subject(&record.identity), client = %record.client_id, family = %record.family_id);
     let string = RefreshTokenString { id: presented.id.clone(), secret: presented.secret.clone() };
     Ok(Successor { string, record })
 }
@@ -292,7 +292,7 @@ async fn reuse(
     for _ in 0..MAX_CHAIN {
         let Some(rotated_at) = token.rotated_at else {
             Metrics::count(&state.metrics.refreshes, "reused");
-            tracing::info!(target: "audit", event = "refresh", result = "reused_within_window", sub = %crate::connector::subject(&token.identity), client = %token.client_id, family = %token.family_id);
+            tracing::info!(target: "audit", event = "refresh", result = "reused_within_window", sub = %state.config.subject(&token.identity), client = %token.client_id, family = %token.family_id);
             return Ok(Successor { string, record: token });
         };
         let next = string.successor(&state.server_key);
@@ -314,7 +314,7 @@ async fn reuse(
         token = successor;
     }
     Metrics::count(&state.metrics.refreshes, "replay_revoked");
-    tracing::warn!(target: "audit", event = "refresh_token_reuse", sub = %crate::connector::subject(&token.identity), client = %token.client_id, family = %token.family_id);
+    tracing::warn!(target: "audit", event = "refresh_token_reuse", sub = %state.config.subject(&token.identity), client = %token.client_id, family = %token.family_id);
     revoke_family(state, &token.family_id, "refresh_reuse").await?;
     Err(TokenError::InvalidGrant("refresh token was already used; the session has been revoked"))
 }
@@ -396,7 +396,7 @@ async fn rotate_claimed(
         return Err(INVALID);
     }
     Metrics::count(&state.metrics.refreshes, "rotated");
-    tracing::info!(target: "audit", event = "refresh", result = "rotated", upstream = true, sub = %crate::connector::subject(&record.identity), client = %record.client_id, family = %record.family_id);
+    tracing::info!(target: "audit", event = "refresh", result = "rotated", upstream = true, sub = %state.config.subject(&record.identity), client = %record.client_id, family = %record.family_id);
     Ok(Successor { string: next, record })
 }
 

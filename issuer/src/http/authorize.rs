@@ -89,12 +89,17 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
         Err(e) => return fail(Code::InvalidScope, &e.to_string()),
     };
     let challenge = form.get("code_challenge");
+    let pkce = &state.config.oauth2.pkce;
     let method = match (challenge, form.get("code_challenge_method")) {
         (None, Some(_)) => return fail(Code::InvalidRequest, "code_challenge_method without code_challenge"),
         (None, None) if client.public => {
             return fail(Code::InvalidRequest, "public clients must use PKCE (code_challenge)")
         }
+        (None, None) if pkce.enforce => return fail(Code::InvalidRequest, "PKCE is required (code_challenge)"),
         (None, None) => None,
+        (Some(_), m) if !pkce.code_challenge_methods_supported.iter().any(|s| s == m.unwrap_or("plain")) => {
+            return fail(Code::InvalidRequest, "code_challenge_method is not supported by this issuer")
+        }
         // RFC 7636 §4.3: an absent method means plain.
         (Some(_), None | Some("plain")) if !client.allow_plain_pkce => {
             return fail(Code::InvalidRequest, "code_challenge_method must be S256")

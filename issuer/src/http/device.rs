@@ -84,6 +84,9 @@ async fn authorize_device(
     let form = Form::parse(headers, body).map_err(TokenError::InvalidRequest)?;
     // §3.1: clients authenticate as at the token endpoint; public clients send only client_id.
     let client = authenticate_client(state, headers, &form)?;
+    if !state.config.oauth2.allows(crate::oauth::GrantType::DeviceCode) {
+        return Err(TokenError::UnauthorizedClient("the device code grant is not enabled (oauth2.grantTypes)"));
+    }
     let scopes = parse_scopes(&state.config, &client.id, form.get("scope").unwrap_or("openid"))
         .map_err(|e| TokenError::InvalidScope(e.to_string()))?;
     let now = state.clock.now();
@@ -243,7 +246,7 @@ fn gone() -> Response {
 /// Called by the login form once the user signed in for a device login: approves the device request.
 pub(crate) async fn approve(state: &AppState, device: &DeviceLogin, identity: Identity, ip: &str) -> Response {
     let now = state.clock.now();
-    let sub = crate::connector::subject(&identity);
+    let sub = state.config.subject(&identity);
     let approved = state
         .storage
         .update_device_request(

@@ -23,10 +23,10 @@ pub fn document(config: &Config) -> Vec<u8> {
         "device_authorization_endpoint": config.endpoint("/device/code"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token", crate::grant::device_code::GRANT_TYPE],
+        "grant_types_supported": config.oauth2.grant_types.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [config.signing.algorithm.as_str()],
-        "code_challenge_methods_supported": ["S256", "plain"],
+        "code_challenge_methods_supported": config.oauth2.pkce.code_challenge_methods_supported,
         "scopes_supported": SCOPES,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
@@ -34,6 +34,12 @@ pub fn document(config: &Config) -> Vec<u8> {
         "request_parameter_supported": false,
         "claims_parameter_supported": false,
     });
+    let mut doc = doc;
+    if !config.oauth2.allows(crate::oauth::GrantType::DeviceCode) {
+        if let Some(m) = doc.as_object_mut() {
+            m.remove("device_authorization_endpoint");
+        }
+    }
     serde_json::to_vec_pretty(&doc).unwrap_or_default()
 }
 

@@ -23,13 +23,10 @@ use super::{client_ip, error_page, page, storage_failure, Form, Peer};
 use crate::connector::{CallbackRequest, Connector, ConnectorError, Login};
 use crate::metrics::Metrics;
 use crate::oauth::{redirect_with, OOB_REDIRECT_URI};
-use crate::ratelimit::{self, Limit, LimitError};
+use crate::password_attempt::{self, Attempt, AttemptError, MAX_LOGIN_CHARS};
 use crate::state::AppState;
 use crate::storage::{AuthCode, AuthRequest, Identity, StorageError};
 use crate::token::random_b64;
-
-/// Longer login names are refused before any lookup (no directory has them; they only fill logs).
-const MAX_LOGIN_CHARS: usize = 256;
 
 /// A password connector's form on the login page.
 struct PasswordForm<'a> {
@@ -144,7 +141,7 @@ pub async fn login_page(State(state): State<AppState>, uri: Uri) -> Response {
             "No way to sign in",
             "This application may not use any of the identity provider's sign-in methods. Ask its administrator.",
         ),
-        [only] if matches!(only.login, Login::Callback(_)) => {
+        [only] if matches!(only.login, Login::Callback(_)) && !state.config.oauth2.always_show_login_screen => {
             let only = (*only).clone();
             redirect_upstream(&state, &request, &only).await
         }
@@ -301,74 +298,33 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
 
     let ip = client_ip(&state, &peer, &headers);
     let ip_text = ip.map_or_else(|| "-".to_owned(), |i| i.to_string());
-    let bf = state.config.brute_force;
-    // Per connector: failures at one directory do not lock the same name out of another.
-    let user_key = if connector.kind == "local" {
-        format!("user:{}", login.to_lowercase())
-    } else {
-        format!("user:{}:{}", connector.id, login.to_lowercase())
+    let attempt = Attempt {
+        connector: &connector,
+        passwords: passwords.as_ref(),
+        login,
+        password,
+        ip: &ip_text,
+        client_id: &request.client_id,
     };
-    let ip_key = format!("ip:{ip_text}");
-    let user_limit = Limit { capacity: bf.max_attempts, refill: bf.refill_interval };
-    let ip_limit = Limit { capacity: bf.per_ip_max_attempts, refill: bf.per_ip_refill_interval };
-    let now = state.clock.now_f64();
-    let store = state.storage.as_ref();
-
-    let throttled = |retry_after: u64| {
-        Metrics::count(&state.metrics.logins, "throttled");
-        tracing::warn!(target: "audit", event = "login", result = "throttled", user = login, connector = %connector.id, client = %request.client_id, ip = %ip_text);
-        let mut r = again(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("Too many sign-in attempts. Try again in {retry_after} seconds."),
-        );
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-        r
-    };
-    match ratelimit::reserve(store, &user_key, user_limit, now).await {
-        Ok(()) => {}
-        Err(LimitError::Exhausted { retry_after }) => return throttled(retry_after),
-        Err(LimitError::Storage(e)) => return storage_failure(e),
-    }
-    match ratelimit::reserve(store, &ip_key, ip_limit, now).await {
-        Ok(()) => {}
-        Err(LimitError::Exhausted { retry_after }) => {
-            let _ = ratelimit::refund(store, &user_key, user_limit, now).await;
-            return throttled(retry_after);
+    let identity = match password_attempt::check(&state, attempt).await {
+        Ok(identity) => identity,
+        Err(AttemptError::Throttled { retry_after }) => {
+            let mut r = again(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Too many sign-in attempts. Try again in {retry_after} seconds."),
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            return r;
         }
-        Err(LimitError::Storage(e)) => return storage_failure(e),
-    }
-
-    let started = std::time::Instant::now();
-    let result = passwords.login(login, password).await;
-    if connector.kind != "local" {
-        state.metrics.observe_connector(&connector.id, "login", &result, started.elapsed());
-    }
-    let identity = match result {
-        Ok(Some(identity)) => identity,
-        Ok(None) => {
-            Metrics::count(&state.metrics.logins, "failure");
-            tracing::info!(target: "audit", event = "login", result = "failure", user = login, connector = %connector.id, client = %request.client_id, ip = %ip_text);
+        Err(AttemptError::Invalid) => {
             return again(
                 StatusCode::UNAUTHORIZED,
                 format!("Invalid {} or password.", passwords.prompt().to_lowercase()),
-            );
+            )
         }
-        Err(e) => {
-            // An upstream that did not answer decided nothing: the attempt is not held against the user.
-            // A refusal (a disabled account…) did decide, and spends the attempt like a wrong password.
-            if matches!(e, ConnectorError::Unavailable(_) | ConnectorError::Interrupted { .. }) {
-                let _ = ratelimit::refund(store, &user_key, user_limit, now).await;
-                let _ = ratelimit::refund(store, &ip_key, ip_limit, now).await;
-            }
-            return connector_failure(&state, &request, &connector, e, &ip_text);
-        }
+        Err(AttemptError::Connector(e)) => return connector_failure(&state, &request, &connector, e, &ip_text),
+        Err(AttemptError::Storage(e)) => return storage_failure(e),
     };
-    // Only failures spend attempts.
-    for (key, limit) in [(&user_key, user_limit), (&ip_key, ip_limit)] {
-        if let Err(e) = ratelimit::refund(store, key, limit, now).await {
-            return storage_failure(e);
-        }
-    }
     finish(&state, request, &connector, identity, &ip_text).await
 }
 
@@ -442,7 +398,7 @@ async fn finish(
         Err(e) => return storage_failure(e),
     }
     Metrics::count(&state.metrics.logins, "success");
-    tracing::info!(target: "audit", event = "login", result = "success", user = %identity.email, sub = %crate::connector::subject(&identity), connector = %connector.id, client = %request.client_id, ip);
+    tracing::info!(target: "audit", event = "login", result = "success", user = %identity.email, sub = %state.config.subject(&identity), connector = %connector.id, client = %request.client_id, ip);
     if let Some(device) = &request.device {
         return super::device::approve(state, device, identity, ip).await;
     }

@@ -96,19 +96,34 @@ impl Postgres {
         if let Some(ca) = &c.ssl_ca_file {
             opts = opts.ssl_root_cert(ca);
         }
-        Self::connect(opts, c.max_open_conns).await
+        if let (Some(cert), Some(key)) = (&c.ssl_cert_file, &c.ssl_key_file) {
+            opts = opts.ssl_client_cert(cert).ssl_client_key(key);
+        }
+        let mut pool = Self::pool_options(c.max_open_conns);
+        if let Some(t) = c.connection_timeout {
+            pool = pool.acquire_timeout(t);
+        }
+        if let Some(t) = c.conn_max_lifetime {
+            pool = pool.max_lifetime(t);
+        }
+        Self::connect_pool(opts, pool).await
     }
 
     /// Connects with explicit options (tests use a schema per test through `options`).
     pub async fn connect(opts: PgConnectOptions, max_connections: u32) -> Result<Self, StorageError> {
-        let pool = PgPoolOptions::new()
+        Self::connect_pool(opts, Self::pool_options(max_connections)).await
+    }
+
+    fn pool_options(max_connections: u32) -> PgPoolOptions {
+        PgPoolOptions::new()
             .max_connections(max_connections)
             // Short: while the database is down a request should fail (503) well before a gateway's callout
             // timeout (5 s in the filter), not hang.
             .acquire_timeout(Duration::from_secs(3))
-            .connect_with(opts)
-            .await
-            .map_err(pg)?;
+    }
+
+    async fn connect_pool(opts: PgConnectOptions, pool: PgPoolOptions) -> Result<Self, StorageError> {
+        let pool = pool.connect_with(opts).await.map_err(pg)?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(pg)?;
         Ok(Self { pool })
     }
