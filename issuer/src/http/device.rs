@@ -83,9 +83,10 @@ async fn authorize_device(
 ) -> Result<DeviceAuthorizationResponse, TokenError> {
     let form = Form::parse(headers, body).map_err(TokenError::InvalidRequest)?;
     // §3.1: clients authenticate as at the token endpoint; public clients send only client_id.
-    let client = authenticate_client(state, headers, &form)?;
-    let scopes = parse_scopes(&state.config, &client.id, form.get("scope").unwrap_or("openid"))
-        .map_err(|e| TokenError::InvalidScope(e.to_string()))?;
+    let client = authenticate_client(state, headers, &form).await?;
+    let scope = form.get("scope").unwrap_or("openid");
+    let peers = state.scope_peers(scope).await.map_err(TokenError::from)?;
+    let scopes = parse_scopes(&client.id, scope, &peers).map_err(|e| TokenError::InvalidScope(e.to_string()))?;
     let now = state.clock.now();
     let lifetime = state.config.expiry.device_requests;
     let mut request = DeviceRequest {

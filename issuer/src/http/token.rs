@@ -23,11 +23,11 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Byte
 async fn handle(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<TokenResponse, TokenError> {
     let form = Form::parse(headers, body).map_err(TokenError::InvalidRequest)?;
     let grant_type = form.require("grant_type")?;
-    let client = authenticate_client(state, headers, &form)?;
+    let client = authenticate_client(state, headers, &form).await?;
     match grant_type {
-        "authorization_code" => grant::authorization_code::exchange(state, client, &form).await,
-        "refresh_token" => grant::refresh_token::refresh(state, client, &form).await,
-        grant::device_code::GRANT_TYPE => grant::device_code::poll(state, client, &form).await,
+        "authorization_code" => grant::authorization_code::exchange(state, &client, &form).await,
+        "refresh_token" => grant::refresh_token::refresh(state, &client, &form).await,
+        grant::device_code::GRANT_TYPE => grant::device_code::poll(state, &client, &form).await,
         _ => Err(TokenError::UnsupportedGrantType),
     }
 }
