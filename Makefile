@@ -23,7 +23,7 @@ help: ## Show this help
 
 ##@ Setup
 
-setup: ## Install the Rust toolchain, the wasm target and system packages: clang (ring on wasm32), chromium + chromedriver (browser test), postgresql (storage tests), slapd + ldap-utils (LDAP connector tests) (idempotent)
+setup: ## Install the Rust toolchain, the wasm target and system packages: clang (ring on wasm32), chromium + chromedriver (browser test), postgresql (storage tests), slapd + ldap-utils (LDAP connector tests), python3-venv (gRPC API test with grpcio) (idempotent)
 	@command -v rustup >/dev/null || { echo "rustup is required: https://rustup.rs"; exit 1; }
 	@rustup toolchain list | grep -q "^$(TOOLCHAIN)-" || rustup toolchain install $(TOOLCHAIN) --profile minimal
 	@rustup component list --toolchain $(TOOLCHAIN) --installed | grep -q '^clippy' || rustup component add clippy rustfmt --toolchain $(TOOLCHAIN)
@@ -36,6 +36,7 @@ setup: ## Install the Rust toolchain, the wasm target and system packages: clang
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	  [ -x /usr/sbin/slapd ] || missing="$$missing slapd"; \
 	  command -v ldapsearch >/dev/null || missing="$$missing ldap-utils"; \
+	  python3 -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	  if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
 
 ##@ Development

@@ -35,6 +35,8 @@ pub struct Config {
     pub logger: Logger,
     /// Dex's `telemetry:`: a separate listener for `/metrics` and the health checks.
     pub telemetry: Telemetry,
+    /// Dex's `grpc:`: the administration API; `None` when the section is absent.
+    pub grpc: Option<crate::grpc::GrpcConfig>,
     /// Registered clients.
     pub static_clients: Vec<Client>,
     /// Users of the built-in password database.
@@ -577,6 +579,8 @@ struct RawConfig {
     logger: RawLogger,
     #[serde(default)]
     telemetry: Telemetry,
+    #[serde(default)]
+    grpc: Option<crate::grpc::RawGrpc>,
     #[serde(default)]
     static_clients: Vec<RawClient>,
     #[serde(default)]
@@ -1304,8 +1308,10 @@ impl Validator<'_> {
             }
         }
 
+        let grpc = raw.grpc.and_then(|g| g.validate(&mut |key, expected| self.problem(key, expected)));
         Some(Config {
             issuer: issuer?,
+            grpc,
             web,
             storage: storage?,
             expiry,

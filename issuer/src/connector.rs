@@ -446,11 +446,12 @@ pub struct BuildError {
 }
 
 impl Connectors {
-    /// Builds every configured connector, the password database (`local`) first when it is enabled.
-    pub fn new(config: &Config) -> Result<Self, BuildError> {
+    /// Builds every configured connector, the password database (`local`, whose users are in the
+    /// configuration and in `storage`) first when it is enabled.
+    pub fn new(config: &Config, storage: Arc<dyn crate::storage::Storage>) -> Result<Self, BuildError> {
         let mut list = Vec::new();
         if config.enable_password_db {
-            let local = Arc::new(local::StaticPasswords::new(config.static_passwords.clone()));
+            let local = Arc::new(local::StaticPasswords::new(config.static_passwords.clone(), storage));
             list.push(Connector {
                 id: local::CONNECTOR_ID.to_owned(),
                 name: "Email".to_owned(),

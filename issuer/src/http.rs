@@ -187,11 +187,11 @@ impl Form {
 
 /// Authenticates the client of a token, revocation or introspection request: `client_secret_basic`,
 /// `client_secret_post`, or (public clients) `none`. Exactly one method may be used (RFC 6749 §2.3).
-pub fn authenticate_client<'a>(
+pub async fn authenticate_client<'a>(
     state: &'a AppState,
     headers: &HeaderMap,
     form: &Form,
-) -> Result<&'a Client, TokenError> {
+) -> Result<std::borrow::Cow<'a, Client>, TokenError> {
     let basic = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("basic").then(|| rest.trim().to_owned())
@@ -225,7 +225,8 @@ pub fn authenticate_client<'a>(
             (id, secret.map(str::to_owned), false)
         }
     };
-    let client = state.config.client(&id).ok_or(TokenError::InvalidClient { basic: used_basic })?;
+    let client =
+        state.client(&id).await.map_err(TokenError::from)?.ok_or(TokenError::InvalidClient { basic: used_basic })?;
     let ok = match (&client.secret, secret.as_deref().filter(|s| !s.is_empty())) {
         (Some(expected), Some(given)) => bool::from(expected.as_bytes().ct_eq(given.as_bytes())),
         (None, None) => client.public,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod connector;
 pub mod gc;
 pub mod grant;
+pub mod grpc;
 pub mod http;
 pub mod keyring;
 pub mod keys;

@@ -3,6 +3,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -163,7 +164,8 @@ fn check_config(file: &Path, probe: bool) -> anyhow::Result<()> {
         println!("warning: {}", w.located(&file.display().to_string()));
     }
     if probe {
-        let connectors = issuer::connector::Connectors::new(&c)?;
+        // Probing reaches the upstreams only: the password database's storage is not opened.
+        let connectors = issuer::connector::Connectors::new(&c, Arc::new(issuer::storage::memory::Memory::new()))?;
         let failed =
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(probe_connectors(&connectors));
         if failed > 0 {
@@ -279,7 +281,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let state = AppState::new(config.clone(), storage, issuer::clock::Clock::system()).await?;
     tokio::spawn(issuer::gc::run(state.clone(), Duration::from_secs(300)));
     let telemetry = issuer::telemetry_app(state.clone()).into_make_service();
-    let app = issuer::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = issuer::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
     let mut servers = tokio::task::JoinSet::new();
     if let Some(addr) = &config.telemetry.http {
@@ -299,8 +301,29 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%addr, issuer = %config.issuer, "listening (https)");
         servers.spawn(axum_server::bind_rustls(addr, tls).handle(handle.clone()).serve(app.clone()));
     }
+    let (stop_grpc, grpc_stopped) = tokio::sync::watch::channel(false);
+    if let Some(grpc) = config.grpc.clone() {
+        let listener = tokio::net::TcpListener::bind(grpc.addr)
+            .await
+            .with_context(|| format!("grpc.addr: binding {}", grpc.addr))?;
+        let mode = match (&grpc.tls, &grpc.client_ca) {
+            (None, _) => "plaintext",
+            (Some(_), None) => "tls",
+            (Some(_), Some(_)) => "mutual tls",
+        };
+        tracing::info!(addr = %grpc.addr, mode, reflection = grpc.reflection, "listening (grpc api)");
+        let state = state.clone();
+        let mut stopped = grpc_stopped.clone();
+        servers.spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            issuer::grpc::serve(state, &grpc, listener, shutdown).await.map_err(std::io::Error::other)
+        });
+    }
     tokio::select! {
         _ = shutdown_signal() => {
+            let _ = stop_grpc.send(true);
             tracing::info!("shutting down");
             handle.graceful_shutdown(Some(Duration::from_secs(10)));
             while servers.join_next().await.is_some() {}

@@ -1,9 +1,10 @@
 //! What every handler shares: configuration, storage, keys, connectors, metrics and the clock.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::clock::Clock;
-use crate::config::{Config, StorageConfig};
+use crate::config::{Client, Config, StorageConfig};
 use crate::connector::{BuildError, Connectors};
 use crate::keyring::{Keyring, KeyringError, Loaded};
 use crate::metrics::Metrics;
@@ -73,7 +74,7 @@ impl AppState {
         let server_key = storage.get_or_create_secret(SERVER_KEY, candidate.to_vec()).await?;
         let discovery = crate::http::discovery::document(&config);
         let state = AppState(Arc::new(Inner {
-            connectors: Connectors::new(&config)?,
+            connectors: Connectors::new(&config, storage.clone())?,
             config,
             storage,
             keyring: Keyring::default(),
@@ -89,5 +90,50 @@ impl AppState {
     /// The current key set.
     pub async fn keys(&self) -> Result<Arc<Loaded>, KeyringError> {
         self.keyring.get(&self.config, self.storage.as_ref(), self.clock.now()).await
+    }
+}
+
+impl AppState {
+    /// The client registered as `id`: a static client (`staticClients`) first, then one created through
+    /// the gRPC API. Stored clients are read from storage on every call, so a client created, changed or
+    /// deleted on one replica takes effect at once on all of them. `Err` only when storage fails.
+    pub async fn client(&self, id: &str) -> Result<Option<Cow<'_, Client>>, StorageError> {
+        if let Some(c) = self.config.client(id) {
+            return Ok(Some(Cow::Borrowed(c)));
+        }
+        match self.storage.get_client(id).await {
+            Ok(c) => Ok(Some(Cow::Owned(stored_client(c)))),
+            Err(StorageError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The existing clients that the cross-client scopes (`audience:server:client_id:<peer>`) in `scope`
+    /// name, for [`crate::token::parse_scopes`].
+    pub async fn scope_peers(&self, scope: &str) -> Result<Vec<Cow<'_, Client>>, StorageError> {
+        let mut peers = Vec::new();
+        for peer in scope.split(' ').filter_map(|s| s.strip_prefix(crate::token::CROSS_CLIENT_PREFIX)) {
+            if let Some(c) = self.client(peer).await? {
+                peers.push(c);
+            }
+        }
+        Ok(peers)
+    }
+}
+
+/// A stored client as the HTTP layer uses clients: an empty secret means none; no login policy (the API
+/// has no `allowedEmails` and the like); plain PKCE refused.
+pub fn stored_client(c: crate::storage::Client) -> Client {
+    Client {
+        secret: Some(c.secret).filter(|s| !s.is_empty() && !c.public),
+        public: c.public,
+        name: if c.name.is_empty() { c.id.clone() } else { c.name },
+        id: c.id,
+        redirect_uris: c.redirect_uris,
+        trusted_peers: c.trusted_peers,
+        post_logout_redirect_uris: c.post_logout_redirect_uris,
+        allow_plain_pkce: false,
+        allowed_connectors: c.allowed_connectors,
+        policy: crate::connector::Policy::default(),
     }
 }

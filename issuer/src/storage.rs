@@ -51,6 +51,72 @@ pub(crate) fn keep_codes(f: Update<DeviceRequest>) -> Update<DeviceRequest> {
     })
 }
 
+/// Wraps an update so it can never change the key its record is stored under.
+pub(crate) fn keep_key<T: Send + 'static>(key: fn(&T) -> String, f: Update<T>) -> Update<T> {
+    Box::new(move |old: T| {
+        let before = key(&old);
+        let new = f(old)?;
+        if key(&new) != before {
+            return Err(StorageError::Conflict);
+        }
+        Ok(new)
+    })
+}
+
+/// The key a password is stored and found under: its email, lowercased, so logins and the API match
+/// emails case-insensitively (Dex stores them lowercased too).
+pub fn password_key(email: &str) -> String {
+    email.to_lowercase()
+}
+
+/// An OAuth 2.0 client created through the gRPC API (Dex's `storage.Client`). Clients from the
+/// configuration (`staticClients`) are not stored: they are looked up first and are read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Client {
+    /// `client_id`; the storage key.
+    pub id: String,
+    /// Shared secret; empty for a public client.
+    pub secret: String,
+    /// Redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// Clients allowed to mint tokens with this client in `aud`.
+    pub trusted_peers: Vec<String>,
+    /// Public clients have no secret and must use PKCE.
+    pub public: bool,
+    /// Display name.
+    pub name: String,
+    /// Logo URL (kept for the API; the login page does not show it).
+    pub logo_url: String,
+    /// Connectors this client may use; empty: all.
+    pub allowed_connectors: Vec<String>,
+    /// Where RP-initiated logout may send the browser.
+    pub post_logout_redirect_uris: Vec<String>,
+}
+
+/// A user of the password database created through the gRPC API (Dex's `storage.Password`), stored under
+/// [`password_key`] of its email. Users from the configuration (`staticPasswords`) are not stored.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Password {
+    /// Login name and `email` claim.
+    pub email: String,
+    /// bcrypt hash of the password.
+    pub hash: String,
+    /// `name` and `preferred_username`.
+    pub username: String,
+    /// Stable user id: the `sub`.
+    pub user_id: String,
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Password")
+            .field("email", &self.email)
+            .field("username", &self.username)
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Who logged in, as the connector reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -317,6 +383,36 @@ pub trait Storage: Send + Sync {
         device_code: &str,
         f: Update<DeviceRequest>,
     ) -> Result<DeviceRequest, StorageError>;
+
+    /// Every refresh token (rotated ones included) of the user `user_id` of connector `connector_id`.
+    async fn list_user_refresh_tokens(
+        &self,
+        connector_id: &str,
+        user_id: &str,
+    ) -> Result<Vec<RefreshToken>, StorageError>;
+
+    /// Stores a new client; `AlreadyExists` on an id clash.
+    async fn create_client(&self, c: Client) -> Result<(), StorageError>;
+    /// Reads a client.
+    async fn get_client(&self, id: &str) -> Result<Client, StorageError>;
+    /// Atomically replaces a client with what `f` makes of it (`Conflict` if `f` changes the id).
+    async fn update_client(&self, id: &str, f: Update<Client>) -> Result<Client, StorageError>;
+    /// Removes a client; `NotFound` if absent.
+    async fn delete_client(&self, id: &str) -> Result<(), StorageError>;
+    /// Every stored client, by id.
+    async fn list_clients(&self) -> Result<Vec<Client>, StorageError>;
+
+    /// Stores a new password; `AlreadyExists` if its email (case-insensitively) is taken.
+    async fn create_password(&self, p: Password) -> Result<(), StorageError>;
+    /// Reads the password of `email` (case-insensitively).
+    async fn get_password(&self, email: &str) -> Result<Password, StorageError>;
+    /// Atomically replaces a password with what `f` makes of it (`Conflict` if `f` changes the email's
+    /// key).
+    async fn update_password(&self, email: &str, f: Update<Password>) -> Result<Password, StorageError>;
+    /// Removes a password; `NotFound` if absent.
+    async fn delete_password(&self, email: &str) -> Result<(), StorageError>;
+    /// Every stored password, by key.
+    async fn list_passwords(&self) -> Result<Vec<Password>, StorageError>;
 
     /// Removes up to `batch` expired records of each kind.
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError>;

@@ -7,7 +7,9 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::Config;
+use std::borrow::Borrow;
+
+use crate::config::{Client, Config};
 use crate::storage::Identity;
 
 /// Prefix of Dex's cross-client scope: `audience:server:client_id:<peer>`.
@@ -54,13 +56,21 @@ pub enum ScopeError {
     },
 }
 
-/// Parses and checks a space-separated scope list for `client`.
-pub fn parse_scopes(config: &Config, client: &str, scope: &str) -> Result<Vec<String>, ScopeError> {
+/// Parses and checks a space-separated scope list for `client`. `peers` are the clients the cross-client
+/// scopes name ([`crate::state::AppState::scope_peers`]); a peer missing from it does not exist.
+pub fn parse_scopes<C: std::borrow::Borrow<Client>>(
+    client: &str,
+    scope: &str,
+    peers: &[C],
+) -> Result<Vec<String>, ScopeError> {
     let mut scopes: Vec<String> = Vec::new();
     for s in scope.split(' ').filter(|s| !s.is_empty()) {
         if let Some(peer) = s.strip_prefix(CROSS_CLIENT_PREFIX) {
-            let trusted =
-                peer == client || config.client(peer).is_some_and(|p| p.trusted_peers.iter().any(|t| t == client));
+            let trusted = peer == client
+                || peers
+                    .iter()
+                    .map(Borrow::borrow)
+                    .any(|p: &Client| p.id == peer && p.trusted_peers.iter().any(|t| t == client));
             if !trusted {
                 return Err(ScopeError::Untrusted { peer: peer.to_owned(), client: client.to_owned() });
             }
@@ -375,14 +385,15 @@ mod tests {
             ),
         ];
         for (client, scope, want) in cases {
-            assert_eq!(&parse_scopes(&c, client, scope).map(|v| v.len()), want, "{client} {scope:?}");
+            assert_eq!(&parse_scopes(client, scope, &c.static_clients).map(|v| v.len()), want, "{client} {scope:?}");
         }
     }
 
     #[test]
     fn cross_client_scope_puts_the_peer_in_aud_and_the_requester_in_azp() {
         let c = config();
-        let scopes = parse_scopes(&c, "app", "openid groups audience:server:client_id:kubernetes").unwrap();
+        let scopes =
+            parse_scopes("app", "openid groups audience:server:client_id:kubernetes", &c.static_clients).unwrap();
         let identity = crate::storage::conformance::identity();
         let mint = Mint {
             config: &c,

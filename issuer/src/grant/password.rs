@@ -26,8 +26,9 @@ pub async fn exchange(state: &AppState, client: &Client, form: &Form, ip: &str) 
     if login.is_empty() || password.is_empty() || login.chars().count() > MAX_LOGIN_CHARS {
         return Err(TokenError::InvalidRequest("username and password must be non-empty".into()));
     }
-    let scopes = parse_scopes(&state.config, &client.id, form.get("scope").unwrap_or("openid"))
-        .map_err(|e| TokenError::InvalidScope(e.to_string()))?;
+    let scope = form.get("scope").unwrap_or("openid");
+    let peers = state.scope_peers(scope).await?;
+    let scopes = parse_scopes(&client.id, scope, &peers).map_err(|e| TokenError::InvalidScope(e.to_string()))?;
     let connector_id = state.config.oauth2.password_connector.as_deref().unwrap_or_default();
     if !client.allows_connector(connector_id) {
         return Err(TokenError::UnauthorizedClient("this client may not use the password connector"));

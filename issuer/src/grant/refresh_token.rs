@@ -42,8 +42,8 @@ pub async fn refresh(state: &AppState, client: &Client, form: &Form) -> Result<T
     let scopes = match form.get("scope") {
         None => token.scopes.clone(),
         Some(s) => {
-            let asked =
-                parse_scopes(&state.config, &client.id, s).map_err(|e| TokenError::InvalidScope(e.to_string()))?;
+            let peers = state.scope_peers(s).await.map_err(TokenError::from)?;
+            let asked = parse_scopes(&client.id, s, &peers).map_err(|e| TokenError::InvalidScope(e.to_string()))?;
             if let Some(extra) = asked.iter().find(|s| !token.scopes.contains(s)) {
                 return Err(TokenError::InvalidScope(format!("scope {extra:?} was not granted originally")));
             }

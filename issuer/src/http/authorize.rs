@@ -47,7 +47,11 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
             "The application did not say who it is (client_id is missing).",
         );
     };
-    let Some(client) = state.config.client(client_id) else {
+    let client = match state.client(client_id).await {
+        Ok(c) => c,
+        Err(e) => return storage_failure(e),
+    };
+    let Some(client) = client else {
         return error_page(
             StatusCode::BAD_REQUEST,
             "Unknown application",
@@ -84,7 +88,12 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
     if form.get("request").is_some() || form.get("request_uri").is_some() {
         return fail(Code::InvalidRequest, "request objects are not supported");
     }
-    let scopes = match parse_scopes(&state.config, &client.id, form.get("scope").unwrap_or("")) {
+    let scope = form.get("scope").unwrap_or("");
+    let peers = match state.scope_peers(scope).await {
+        Ok(p) => p,
+        Err(e) => return storage_failure(e),
+    };
+    let scopes = match parse_scopes(&client.id, scope, &peers) {
         Ok(s) => s,
         Err(e) => return fail(Code::InvalidScope, &e.to_string()),
     };

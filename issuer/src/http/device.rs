@@ -83,12 +83,13 @@ async fn authorize_device(
 ) -> Result<DeviceAuthorizationResponse, TokenError> {
     let form = Form::parse(headers, body).map_err(TokenError::InvalidRequest)?;
     // §3.1: clients authenticate as at the token endpoint; public clients send only client_id.
-    let client = authenticate_client(state, headers, &form)?;
+    let client = authenticate_client(state, headers, &form).await?;
     if !state.config.oauth2.allows(crate::oauth::GrantType::DeviceCode) {
         return Err(TokenError::UnauthorizedClient("the device code grant is not enabled (oauth2.grantTypes)"));
     }
-    let scopes = parse_scopes(&state.config, &client.id, form.get("scope").unwrap_or("openid"))
-        .map_err(|e| TokenError::InvalidScope(e.to_string()))?;
+    let scope = form.get("scope").unwrap_or("openid");
+    let peers = state.scope_peers(scope).await.map_err(TokenError::from)?;
+    let scopes = parse_scopes(&client.id, scope, &peers).map_err(|e| TokenError::InvalidScope(e.to_string()))?;
     let now = state.clock.now();
     let lifetime = state.config.expiry.device_requests;
     let mut request = DeviceRequest {

@@ -119,7 +119,11 @@ pub async fn callback(State(state): State<AppState>, uri: Uri, headers: HeaderMa
     let Some(code) = query.get("code").filter(|_| state_ok) else {
         return restart(StatusCode::BAD_REQUEST, "This login does not belong to this browser.");
     };
-    let Some(client) = state.config.client(&k.client_id) else {
+    let client = match state.client(&k.client_id).await {
+        Ok(c) => c,
+        Err(e) => return super::storage_failure(e),
+    };
+    let Some(client) = client else {
         return internal(format!("kubernetes.clientID {:?} is not a client", k.client_id));
     };
     let redirect_uri = state.config.endpoint(&k.callback_path());
@@ -128,7 +132,7 @@ pub async fn callback(State(state): State<AppState>, uri: Uri, headers: HeaderMa
         ("redirect_uri".to_owned(), redirect_uri),
         ("code_verifier".to_owned(), verifier.to_owned()),
     ]));
-    let tokens = match crate::grant::authorization_code::exchange(&state, client, &form).await {
+    let tokens = match crate::grant::authorization_code::exchange(&state, &client, &form).await {
         Ok(t) => t,
         Err(crate::oauth::TokenError::Internal(e)) => return internal(e),
         Err(e) => return restart(StatusCode::BAD_REQUEST, &format!("The code could not be redeemed ({e}).")),

@@ -60,17 +60,19 @@ struct LoginPage<'a> {
 }
 
 /// The connectors a pending login may use: the client's `allowedConnectors`, narrowed to `connector_id`
-/// when `/auth` named one.
-fn usable<'a>(state: &'a AppState, request: &'a AuthRequest) -> Vec<&'a Connector> {
-    let Some(client) = state.config.client(&request.client_id) else { return vec![] };
-    state
+/// when `/auth` named one. A client deleted since the login started may use none; a storage failure is
+/// the page to show.
+async fn usable<'a>(state: &'a AppState, request: &AuthRequest) -> Result<Vec<&'a Connector>, Response> {
+    let Some(client) = state.client(&request.client_id).await.map_err(storage_failure)? else { return Ok(vec![]) };
+    Ok(state
         .connectors
-        .for_client(client)
+        .iter()
+        .filter(|c| client.allows_connector(&c.id))
         .filter(|c| request.connector_id.as_deref().is_none_or(|only| only == c.id))
-        .collect()
+        .collect())
 }
 
-fn login_form(
+async fn login_form(
     state: &AppState,
     status: StatusCode,
     request: &AuthRequest,
@@ -79,10 +81,16 @@ fn login_form(
     login: &str,
     error: Option<String>,
 ) -> Response {
-    let client_name = state.config.client(&request.client_id).map_or(request.client_id.as_str(), |c| c.name.as_str());
+    let client_name = match state.client(&request.client_id).await {
+        Ok(c) => c.map_or_else(|| request.client_id.clone(), |c| c.name.clone()),
+        Err(e) => return storage_failure(e),
+    };
+    let client_name = client_name.as_str();
     let prefix = state.config.path_prefix();
-    let connectors: Vec<&Connector> =
-        usable(state, request).into_iter().filter(|c| only.is_none_or(|o| o == c.id)).collect();
+    let connectors: Vec<&Connector> = match usable(state, request).await {
+        Ok(v) => v.into_iter().filter(|c| only.is_none_or(|o| o == c.id)).collect(),
+        Err(resp) => return resp,
+    };
     let forms = connectors
         .iter()
         .filter_map(|c| c.prompt().map(|prompt| PasswordForm { id: &c.id, name: &c.name, prompt }))
@@ -135,7 +143,11 @@ pub async fn login_page(State(state): State<AppState>, uri: Uri) -> Response {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    match usable(&state, &request).as_slice() {
+    let usable = match usable(&state, &request).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    match usable.as_slice() {
         [] => error_page(
             StatusCode::FORBIDDEN,
             "No way to sign in",
@@ -145,7 +157,7 @@ pub async fn login_page(State(state): State<AppState>, uri: Uri) -> Response {
             let only = (*only).clone();
             redirect_upstream(&state, &request, &only).await
         }
-        _ => login_form(&state, StatusCode::OK, &request, None, "", "", None),
+        _ => login_form(&state, StatusCode::OK, &request, None, "", "", None).await,
     }
 }
 
@@ -170,7 +182,11 @@ pub async fn connector_route(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let Some(connector) = usable(&state, &request).into_iter().find(|c| c.id == connector_id).cloned() else {
+    let usable = match usable(&state, &request).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let Some(connector) = usable.into_iter().find(|c| c.id == connector_id).cloned() else {
         return error_page(
             StatusCode::FORBIDDEN,
             "Sign-in method not available",
@@ -179,7 +195,7 @@ pub async fn connector_route(
     };
     match connector.login {
         Login::Callback(_) => redirect_upstream(&state, &request, &connector).await,
-        Login::Password(_) => login_form(&state, StatusCode::OK, &request, Some(&connector.id), "", "", None),
+        Login::Password(_) => login_form(&state, StatusCode::OK, &request, Some(&connector.id), "", "", None).await,
     }
 }
 
@@ -200,7 +216,7 @@ fn callback_request(state: &AppState, request: &AuthRequest, connector_id: &str)
 
 async fn redirect_upstream(state: &AppState, request: &AuthRequest, connector: &Connector) -> Response {
     let Login::Callback(c) = &connector.login else {
-        return login_form(state, StatusCode::OK, request, Some(&connector.id), "", "", None);
+        return login_form(state, StatusCode::OK, request, Some(&connector.id), "", "", None).await;
     };
     match c.login_url(&callback_request(state, request, &connector.id)).await {
         Ok(url) => Redirect::to(&url).into_response(),
@@ -230,7 +246,11 @@ pub async fn callback(State(state): State<AppState>, peer: Peer, uri: Uri, heade
     if !csrf_cookie_ok(&headers, &request) {
         return csrf_failed();
     }
-    let Some(connector) = usable(&state, &request).into_iter().find(|c| c.id == connector_id).cloned() else {
+    let usable = match usable(&state, &request).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let Some(connector) = usable.into_iter().find(|c| c.id == connector_id).cloned() else {
         return error_page(StatusCode::BAD_REQUEST, "Sign-in not recognised", "This sign-in method is not available.");
     };
     let Login::Callback(c) = &connector.login else {
@@ -269,7 +289,11 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
         Err(resp) => return resp,
     };
     let wanted = form.get("connector");
-    let chosen = usable(&state, &request).into_iter().find_map(|c| match &c.login {
+    let usable = match usable(&state, &request).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let chosen = usable.into_iter().find_map(|c| match &c.login {
         Login::Password(p) if wanted.is_none_or(|w| w == c.id) => Some((c.clone(), p.clone())),
         _ => None,
     });
@@ -283,17 +307,19 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
     let login = form.get("login").unwrap_or("").trim();
     let password = form.get("password").unwrap_or("");
     let only = form.get("only").map(|_| connector.id.as_str());
-    let again = |status: StatusCode, error: String| {
-        login_form(&state, status, &request, only, &connector.id, login, Some(error))
+    let again = async |status: StatusCode, error: String| {
+        login_form(&state, status, &request, only, &connector.id, login, Some(error)).await
     };
     if login.is_empty() || password.is_empty() {
         return again(
             StatusCode::BAD_REQUEST,
             format!("Enter your {} and password.", passwords.prompt().to_lowercase()),
-        );
+        )
+        .await;
     }
     if login.chars().count() > MAX_LOGIN_CHARS {
-        return again(StatusCode::BAD_REQUEST, format!("That {} is too long.", passwords.prompt().to_lowercase()));
+        return again(StatusCode::BAD_REQUEST, format!("That {} is too long.", passwords.prompt().to_lowercase()))
+            .await;
     }
 
     let ip = client_ip(&state, &peer, &headers);
@@ -312,7 +338,8 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
             let mut r = again(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("Too many sign-in attempts. Try again in {retry_after} seconds."),
-            );
+            )
+            .await;
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             return r;
         }
@@ -321,6 +348,7 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
                 StatusCode::UNAUTHORIZED,
                 format!("Invalid {} or password.", passwords.prompt().to_lowercase()),
             )
+            .await
         }
         Err(AttemptError::Connector(e)) => return connector_failure(&state, &request, &connector, e, &ip_text),
         Err(AttemptError::Storage(e)) => return storage_failure(e),
@@ -382,7 +410,11 @@ async fn finish(
     identity: Identity,
     ip: &str,
 ) -> Response {
-    let identity = match crate::connector::policy::admit(connector, state.config.client(&request.client_id), identity) {
+    let client = match state.client(&request.client_id).await {
+        Ok(c) => c,
+        Err(e) => return storage_failure(e),
+    };
+    let identity = match crate::connector::policy::admit(connector, client.as_deref(), identity) {
         Ok(i) => i,
         Err(reason) => return connector_failure(state, &request, connector, ConnectorError::Refused { reason }, ip),
     };
@@ -426,7 +458,7 @@ async fn finish(
         params.push(("state", s));
     }
     if request.redirect_uri == OOB_REDIRECT_URI {
-        let client = state.config.client(&request.client_id).map_or(request.client_id.clone(), |c| c.name.clone());
+        let client = client.map_or(request.client_id.clone(), |c| c.name.clone());
         return page(StatusCode::OK, &OobPage { client, code: code_id.clone() });
     }
     // 303: the browser follows with a GET, never re-posting the password.

@@ -64,10 +64,14 @@ async fn handle(state: &AppState, form: &Form) -> Response {
     let target = match form.get("post_logout_redirect_uri") {
         None => None,
         Some(uri) => {
-            let registered = client_id
-                .as_deref()
-                .and_then(|id| state.config.client(id))
-                .is_some_and(|c| c.post_logout_redirect_uris.iter().any(|r| r == uri));
+            let client = match client_id.as_deref() {
+                Some(id) => match state.client(id).await {
+                    Ok(c) => c,
+                    Err(e) => return super::storage_failure(e),
+                },
+                None => None,
+            };
+            let registered = client.is_some_and(|c| c.post_logout_redirect_uris.iter().any(|r| r == uri));
             if !registered {
                 return error_page(
                     StatusCode::BAD_REQUEST,

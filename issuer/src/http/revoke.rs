@@ -25,7 +25,7 @@ pub async fn revoke(State(state): State<AppState>, headers: HeaderMap, body: Byt
 
 async fn handle(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<(), TokenError> {
     let form = Form::parse(headers, body).map_err(TokenError::InvalidRequest)?;
-    let client = authenticate_client(state, headers, &form)?;
+    let client = authenticate_client(state, headers, &form).await?;
     let token = form.require("token")?;
     // §2.2: an invalid or unknown token is not an error.
     let Some(presented) = RefreshTokenString::parse(token) else { return Ok(()) };

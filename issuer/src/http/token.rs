@@ -26,14 +26,14 @@ async fn handle(state: &AppState, peer: &Peer, headers: &HeaderMap, body: &Bytes
     let grant_type = GrantType::parse(form.require("grant_type")?)
         .filter(|g| *g != GrantType::Implicit && state.config.oauth2.allows(*g))
         .ok_or(TokenError::UnsupportedGrantType)?;
-    let client = authenticate_client(state, headers, &form)?;
+    let client = authenticate_client(state, headers, &form).await?;
     match grant_type {
-        GrantType::AuthorizationCode => grant::authorization_code::exchange(state, client, &form).await,
-        GrantType::RefreshToken => grant::refresh_token::refresh(state, client, &form).await,
-        GrantType::DeviceCode => grant::device_code::poll(state, client, &form).await,
+        GrantType::AuthorizationCode => grant::authorization_code::exchange(state, &client, &form).await,
+        GrantType::RefreshToken => grant::refresh_token::refresh(state, &client, &form).await,
+        GrantType::DeviceCode => grant::device_code::poll(state, &client, &form).await,
         GrantType::Password => {
             let ip = client_ip(state, peer, headers).map_or_else(|| "-".to_owned(), |i| i.to_string());
-            grant::password::exchange(state, client, &form, &ip).await
+            grant::password::exchange(state, &client, &form, &ip).await
         }
         GrantType::ClientCredentials | GrantType::TokenExchange | GrantType::Implicit => {
             Err(TokenError::UnsupportedGrantType)

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use super::{
-    AuthCode, AuthRequest, Bucket, DeviceRequest, DeviceStatus, Identity, RefreshToken, Storage, StorageError,
+    AuthCode, AuthRequest, Bucket, Client, DeviceRequest, DeviceStatus, Identity, Password, RefreshToken, Storage,
+    StorageError,
 };
 use crate::keys::{self, Algorithm};
 
@@ -24,7 +25,9 @@ macro_rules! suite {
             rotation_has_exactly_one_winner, rotation_of_a_missing_token_is_not_found, family_deletion,
             keys_update_and_keep, secrets_are_created_once, buckets_update_and_delete,
             garbage_collection_removes_only_expired_records_in_batches, timestamps_round_trip_exactly,
-            device_request_crud, device_approval_has_exactly_one_winner, device_request_codes_never_change);
+            device_request_crud, device_approval_has_exactly_one_winner, device_request_codes_never_change,
+            client_crud, client_update_is_atomic_and_keeps_the_id, password_crud_matches_emails_case_insensitively,
+            refresh_tokens_are_listed_by_user);
     };
     (@each $attr:tt $make:expr; $($case:ident),*) => {
         $(
@@ -364,4 +367,133 @@ pub(crate) async fn device_request_codes_never_change<S: Storage>(s: Arc<S>) {
         .await;
     assert!(matches!(r, Err(StorageError::Conflict)), "{r:?}");
     assert!(s.get_device_request_by_user_code("KKKKKKKK").await.is_ok());
+}
+
+fn client(id: &str) -> Client {
+    Client {
+        id: id.into(),
+        secret: "s3cret".into(),
+        redirect_uris: vec!["https://app.example.com/callback".into()],
+        trusted_peers: vec![],
+        public: false,
+        name: "App".into(),
+        logo_url: String::new(),
+        allowed_connectors: vec!["local".into()],
+        post_logout_redirect_uris: vec![],
+    }
+}
+
+pub(crate) async fn client_crud<S: Storage>(s: Arc<S>) {
+    s.create_client(client("b")).await.unwrap();
+    s.create_client(client("a")).await.unwrap();
+    assert!(matches!(s.create_client(client("a")).await, Err(StorageError::AlreadyExists)));
+    assert_eq!(s.get_client("a").await.unwrap(), client("a"));
+    assert!(matches!(s.get_client("c").await, Err(StorageError::NotFound)));
+    let ids: Vec<String> = s.list_clients().await.unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(ids, ["a", "b"], "listed by id");
+    s.delete_client("a").await.unwrap();
+    assert!(matches!(s.delete_client("a").await, Err(StorageError::NotFound)));
+    assert!(matches!(s.get_client("a").await, Err(StorageError::NotFound)));
+    assert_eq!(s.list_clients().await.unwrap().len(), 1);
+}
+
+pub(crate) async fn client_update_is_atomic_and_keeps_the_id<S: Storage + 'static>(s: Arc<S>) {
+    s.create_client(client("app")).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.update_client(
+                    "app",
+                    Box::new(move |mut c| {
+                        c.redirect_uris.push(format!("https://app.example.com/{i}"));
+                        Ok(c)
+                    }),
+                )
+                .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(s.get_client("app").await.unwrap().redirect_uris.len(), 9, "no update was lost");
+    let renamed = s
+        .update_client(
+            "app",
+            Box::new(|mut c| {
+                c.id = "other".into();
+                Ok(c)
+            }),
+        )
+        .await;
+    assert!(matches!(renamed, Err(StorageError::Conflict)), "{renamed:?}");
+    assert!(matches!(s.get_client("other").await, Err(StorageError::NotFound)));
+    let missing = s.update_client("ghost", Box::new(Ok)).await;
+    assert!(matches!(missing, Err(StorageError::NotFound)), "{missing:?}");
+}
+
+pub(crate) async fn password_crud_matches_emails_case_insensitively<S: Storage>(s: Arc<S>) {
+    let p = Password {
+        email: "Jane@Example.com".into(),
+        hash: crate::connector::local::tests::PASSWORD_HASH.into(),
+        username: "jane".into(),
+        user_id: "42".into(),
+    };
+    s.create_password(p.clone()).await.unwrap();
+    let clash = Password { email: "jane@example.COM".into(), ..p.clone() };
+    assert!(matches!(s.create_password(clash).await, Err(StorageError::AlreadyExists)));
+    assert_eq!(s.get_password("JANE@example.com").await.unwrap(), p, "the email keeps its spelling");
+    let updated = s
+        .update_password(
+            "jane@example.com",
+            Box::new(|mut p| {
+                p.username = "janet".into();
+                Ok(p)
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.username, "janet");
+    assert_eq!(s.get_password("jane@example.com").await.unwrap(), updated);
+    let moved = s
+        .update_password(
+            "jane@example.com",
+            Box::new(|mut p| {
+                p.email = "joe@example.com".into();
+                Ok(p)
+            }),
+        )
+        .await;
+    assert!(matches!(moved, Err(StorageError::Conflict)), "{moved:?}");
+    assert_eq!(s.list_passwords().await.unwrap(), vec![updated]);
+    s.delete_password("JANE@EXAMPLE.COM").await.unwrap();
+    assert!(matches!(s.delete_password("jane@example.com").await, Err(StorageError::NotFound)));
+    assert!(matches!(s.get_password("jane@example.com").await, Err(StorageError::NotFound)));
+    assert!(s.list_passwords().await.unwrap().is_empty());
+}
+
+pub(crate) async fn refresh_tokens_are_listed_by_user<S: Storage>(s: Arc<S>) {
+    let of = |id: &str, family: &str, user: &str, connector: &str, created_at: i64| {
+        let mut t = refresh_token(id, family, 100);
+        t.identity.user_id = user.into();
+        t.identity.connector_id = connector.into();
+        t.created_at = created_at;
+        t
+    };
+    for t in [
+        of("t2", "f1", "u1", "local", 20),
+        of("t1", "f1", "u1", "local", 10),
+        of("t3", "f2", "u1", "local", 30),
+        of("t4", "f3", "u1", "ldap", 10),
+        of("t5", "f4", "u2", "local", 10),
+    ] {
+        s.create_refresh_token(t).await.unwrap();
+    }
+    let ids = |v: Vec<RefreshToken>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_user_refresh_tokens("local", "u1").await.unwrap()), ["t1", "t2", "t3"], "oldest first");
+    assert_eq!(ids(s.list_user_refresh_tokens("ldap", "u1").await.unwrap()), ["t4"], "per connector");
+    assert!(s.list_user_refresh_tokens("local", "u3").await.unwrap().is_empty());
+    s.delete_refresh_family("f1").await.unwrap();
+    assert_eq!(ids(s.list_user_refresh_tokens("local", "u1").await.unwrap()), ["t3"]);
 }

@@ -6,7 +6,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{AuthCode, AuthRequest, Bucket, DeviceRequest, GcResult, RefreshToken, Storage, StorageError, Update};
+use super::{
+    keep_key, password_key, AuthCode, AuthRequest, Bucket, Client, DeviceRequest, GcResult, Password, RefreshToken,
+    Storage, StorageError, Update,
+};
 use crate::keys::Keys;
 
 /// Process-memory backend.
@@ -24,6 +27,8 @@ struct Tables {
     secrets: HashMap<String, Vec<u8>>,
     buckets: HashMap<String, Bucket>,
     device_requests: HashMap<String, DeviceRequest>,
+    clients: HashMap<String, Client>,
+    passwords: HashMap<String, Password>,
 }
 
 impl Memory {
@@ -185,6 +190,66 @@ impl Storage for Memory {
         f: Update<DeviceRequest>,
     ) -> Result<DeviceRequest, StorageError> {
         update(&mut self.lock().device_requests, device_code, super::keep_codes(f))
+    }
+
+    async fn list_user_refresh_tokens(
+        &self,
+        connector_id: &str,
+        user_id: &str,
+    ) -> Result<Vec<RefreshToken>, StorageError> {
+        let mut v: Vec<RefreshToken> = (self.lock().refresh_tokens.values())
+            .filter(|t| t.identity.connector_id == connector_id && t.identity.user_id == user_id)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
+    async fn create_client(&self, c: Client) -> Result<(), StorageError> {
+        let id = c.id.clone();
+        insert_new(&mut self.lock().clients, &id, c)
+    }
+
+    async fn get_client(&self, id: &str) -> Result<Client, StorageError> {
+        self.lock().clients.get(id).cloned().ok_or(StorageError::NotFound)
+    }
+
+    async fn update_client(&self, id: &str, f: Update<Client>) -> Result<Client, StorageError> {
+        update(&mut self.lock().clients, id, keep_key(|c: &Client| c.id.clone(), f))
+    }
+
+    async fn delete_client(&self, id: &str) -> Result<(), StorageError> {
+        self.lock().clients.remove(id).map(|_| ()).ok_or(StorageError::NotFound)
+    }
+
+    async fn list_clients(&self) -> Result<Vec<Client>, StorageError> {
+        let mut v: Vec<Client> = self.lock().clients.values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+
+    async fn create_password(&self, p: Password) -> Result<(), StorageError> {
+        let key = password_key(&p.email);
+        insert_new(&mut self.lock().passwords, &key, p)
+    }
+
+    async fn get_password(&self, email: &str) -> Result<Password, StorageError> {
+        self.lock().passwords.get(&password_key(email)).cloned().ok_or(StorageError::NotFound)
+    }
+
+    async fn update_password(&self, email: &str, f: Update<Password>) -> Result<Password, StorageError> {
+        let f = keep_key(|p: &Password| password_key(&p.email), f);
+        update(&mut self.lock().passwords, &password_key(email), f)
+    }
+
+    async fn delete_password(&self, email: &str) -> Result<(), StorageError> {
+        self.lock().passwords.remove(&password_key(email)).map(|_| ()).ok_or(StorageError::NotFound)
+    }
+
+    async fn list_passwords(&self) -> Result<Vec<Password>, StorageError> {
+        let mut v: Vec<Password> = self.lock().passwords.values().cloned().collect();
+        v.sort_by_key(|p| password_key(&p.email));
+        Ok(v)
     }
 
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError> {

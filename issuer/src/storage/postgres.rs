@@ -11,7 +11,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{PgPool, Postgres as Pg, Row, Transaction};
 
-use super::{AuthCode, AuthRequest, Bucket, DeviceRequest, GcResult, RefreshToken, Storage, StorageError, Update};
+use super::{
+    keep_key, password_key, AuthCode, AuthRequest, Bucket, Client, DeviceRequest, GcResult, Password, RefreshToken,
+    Storage, StorageError, Update,
+};
 use crate::config::PostgresConfig;
 use crate::keys::Keys;
 
@@ -35,6 +38,10 @@ CREATE INDEX IF NOT EXISTS buckets_expiry ON buckets (expiry);
 CREATE TABLE IF NOT EXISTS device_requests (
     id TEXT PRIMARY KEY, user_code TEXT NOT NULL UNIQUE, data TEXT NOT NULL, expiry BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS device_requests_expiry ON device_requests (expiry);
+CREATE INDEX IF NOT EXISTS refresh_tokens_user ON refresh_tokens (
+    (data::jsonb -> 'identity' ->> 'connector_id'), (data::jsonb -> 'identity' ->> 'user_id'));
+CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS passwords (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 COMMIT;
 "#;
 
@@ -191,6 +198,59 @@ impl Postgres {
             .await
             .map_err(pg)?;
         Ok(())
+    }
+
+    /// Stores a record of a table without expiry (clients, passwords).
+    async fn insert_record(&self, table: &str, id: &str, data: String) -> Result<(), StorageError> {
+        sqlx::query(&format!("INSERT INTO {table} (id, data) VALUES ($1, $2)"))
+            .bind(id)
+            .bind(data)
+            .execute(&self.pool)
+            .await
+            .map_err(map_insert)?;
+        Ok(())
+    }
+
+    /// Locks a record of a table without expiry, runs `f` on it and stores the result, in one transaction.
+    async fn update_record<T>(&self, table: &str, id: &str, f: Update<T>) -> Result<T, StorageError>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!("SELECT data FROM {table} WHERE id = $1 FOR UPDATE"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(pg)?
+            .ok_or(StorageError::NotFound)?;
+        let new = f(decode(row.get::<&str, _>(0))?)?;
+        sqlx::query(&format!("UPDATE {table} SET data = $1 WHERE id = $2"))
+            .bind(encode(&new)?)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(new)
+    }
+
+    async fn delete_record(&self, table: &str, id: &str) -> Result<(), StorageError> {
+        let done = sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(pg)?;
+        match done.rows_affected() {
+            0 => Err(StorageError::NotFound),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every document of `table`, by id.
+    async fn list_records<T: DeserializeOwned>(&self, table: &str) -> Result<Vec<T>, StorageError> {
+        let rows =
+            sqlx::query(&format!("SELECT data FROM {table} ORDER BY id")).fetch_all(&self.pool).await.map_err(pg)?;
+        rows.iter().map(|r| decode(r.get::<&str, _>(0))).collect()
     }
 
     async fn collect(&self, table: &str, now: i64, batch: u32) -> Result<u64, StorageError> {
@@ -423,6 +483,67 @@ impl Storage for Postgres {
         f: Update<DeviceRequest>,
     ) -> Result<DeviceRequest, StorageError> {
         self.update_doc("device_requests", device_code, |d: &DeviceRequest| d.expiry, super::keep_codes(f)).await
+    }
+
+    async fn list_user_refresh_tokens(
+        &self,
+        connector_id: &str,
+        user_id: &str,
+    ) -> Result<Vec<RefreshToken>, StorageError> {
+        // The same expressions as the `refresh_tokens_user` index, so the query uses it.
+        let rows = sqlx::query(
+            "SELECT data FROM refresh_tokens WHERE (data::jsonb -> 'identity' ->> 'connector_id') = $1 \
+             AND (data::jsonb -> 'identity' ->> 'user_id') = $2",
+        )
+        .bind(connector_id)
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg)?;
+        let mut v = rows.iter().map(|r| decode::<RefreshToken>(r.get::<&str, _>(0))).collect::<Result<Vec<_>, _>>()?;
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
+    async fn create_client(&self, c: Client) -> Result<(), StorageError> {
+        self.insert_record("clients", &c.id, encode(&c)?).await
+    }
+
+    async fn get_client(&self, id: &str) -> Result<Client, StorageError> {
+        self.get_doc("clients", id).await
+    }
+
+    async fn update_client(&self, id: &str, f: Update<Client>) -> Result<Client, StorageError> {
+        self.update_record("clients", id, keep_key(|c: &Client| c.id.clone(), f)).await
+    }
+
+    async fn delete_client(&self, id: &str) -> Result<(), StorageError> {
+        self.delete_record("clients", id).await
+    }
+
+    async fn list_clients(&self) -> Result<Vec<Client>, StorageError> {
+        self.list_records("clients").await
+    }
+
+    async fn create_password(&self, p: Password) -> Result<(), StorageError> {
+        self.insert_record("passwords", &password_key(&p.email), encode(&p)?).await
+    }
+
+    async fn get_password(&self, email: &str) -> Result<Password, StorageError> {
+        self.get_doc("passwords", &password_key(email)).await
+    }
+
+    async fn update_password(&self, email: &str, f: Update<Password>) -> Result<Password, StorageError> {
+        let f = keep_key(|p: &Password| password_key(&p.email), f);
+        self.update_record("passwords", &password_key(email), f).await
+    }
+
+    async fn delete_password(&self, email: &str) -> Result<(), StorageError> {
+        self.delete_record("passwords", &password_key(email)).await
+    }
+
+    async fn list_passwords(&self) -> Result<Vec<Password>, StorageError> {
+        self.list_records("passwords").await
     }
 
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError> {

@@ -23,7 +23,10 @@ use rusqlite::{ffi, params, params_from_iter, Connection, OpenFlags, OptionalExt
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::oneshot;
 
-use super::{AuthCode, AuthRequest, Bucket, DeviceRequest, GcResult, RefreshToken, Storage, StorageError, Update};
+use super::{
+    keep_key, password_key, AuthCode, AuthRequest, Bucket, Client, DeviceRequest, GcResult, Password, RefreshToken,
+    Storage, StorageError, Update,
+};
 use crate::keys::Keys;
 
 const SCHEMA: &str = r#"
@@ -42,6 +45,10 @@ CREATE INDEX IF NOT EXISTS buckets_expiry ON buckets (expiry);
 CREATE TABLE IF NOT EXISTS device_requests (
     id TEXT PRIMARY KEY, user_code TEXT NOT NULL UNIQUE, data TEXT NOT NULL, expiry INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS device_requests_expiry ON device_requests (expiry);
+CREATE INDEX IF NOT EXISTS refresh_tokens_user ON refresh_tokens (
+    json_extract(data, '$.identity.connector_id'), json_extract(data, '$.identity.user_id'));
+CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS passwords (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 "#;
 
 /// SQLite backend.
@@ -273,6 +280,46 @@ impl Sqlite {
         self.execute(sql, vec![Value::Text(id.to_owned()), Value::Text(data), Value::Integer(expiry)]).await.map(|_| ())
     }
 
+    /// Stores a record of a table without expiry (clients, passwords).
+    async fn insert_record(&self, table: &str, id: &str, data: String) -> Result<(), StorageError> {
+        let sql = format!("INSERT INTO {table} (id, data) VALUES (?, ?)");
+        self.execute(sql, vec![Value::Text(id.to_owned()), Value::Text(data)]).await.map(|_| ())
+    }
+
+    /// Runs `f` on a record of a table without expiry and stores the result, in one write.
+    async fn update_record<T>(&self, table: &'static str, id: &str, f: Update<T>) -> Result<T, StorageError>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            let new = f(select_doc(conn, table, "id", &id)?.ok_or(StorageError::NotFound)?)?;
+            let data = encode(&new)?;
+            conn.prepare_cached(&format!("UPDATE {table} SET data = ? WHERE id = ?"))
+                .and_then(|mut st| st.execute(params![data, id]))
+                .map_err(backend)?;
+            Ok(new)
+        })
+        .await
+    }
+
+    async fn delete_record(&self, table: &str, id: &str) -> Result<(), StorageError> {
+        match self.execute(format!("DELETE FROM {table} WHERE id = ?"), vec![Value::Text(id.to_owned())]).await? {
+            0 => Err(StorageError::NotFound),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every document `sql` selects (its only column is `data`) with `binds`.
+    fn select_all<T: DeserializeOwned>(&self, sql: &str, binds: &[&str]) -> Result<Vec<T>, StorageError> {
+        let docs: Vec<String> = self.read(|c| {
+            let mut st = c.prepare_cached(sql).map_err(backend)?;
+            let rows = st.query_map(params_from_iter(binds), |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })?;
+        docs.iter().map(|d| decode(d)).collect()
+    }
+
     async fn collect(&self, table: &str, now: i64, batch: u32) -> Result<u64, StorageError> {
         // Bounded: a long backlog is cleared over several passes without holding the write lock for long.
         let sql = format!("DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE expiry < ? LIMIT ?)");
@@ -450,6 +497,62 @@ impl Storage for Sqlite {
         f: Update<DeviceRequest>,
     ) -> Result<DeviceRequest, StorageError> {
         self.update_doc("device_requests", device_code, |d: &DeviceRequest| d.expiry, super::keep_codes(f)).await
+    }
+
+    async fn list_user_refresh_tokens(
+        &self,
+        connector_id: &str,
+        user_id: &str,
+    ) -> Result<Vec<RefreshToken>, StorageError> {
+        // The same expressions as the `refresh_tokens_user` index, so the query uses it.
+        let mut v: Vec<RefreshToken> = self.select_all(
+            "SELECT data FROM refresh_tokens WHERE json_extract(data, '$.identity.connector_id') = ? \
+             AND json_extract(data, '$.identity.user_id') = ?",
+            &[connector_id, user_id],
+        )?;
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
+    async fn create_client(&self, c: Client) -> Result<(), StorageError> {
+        self.insert_record("clients", &c.id, encode(&c)?).await
+    }
+
+    async fn get_client(&self, id: &str) -> Result<Client, StorageError> {
+        self.get_doc("clients", id)
+    }
+
+    async fn update_client(&self, id: &str, f: Update<Client>) -> Result<Client, StorageError> {
+        self.update_record("clients", id, keep_key(|c: &Client| c.id.clone(), f)).await
+    }
+
+    async fn delete_client(&self, id: &str) -> Result<(), StorageError> {
+        self.delete_record("clients", id).await
+    }
+
+    async fn list_clients(&self) -> Result<Vec<Client>, StorageError> {
+        self.select_all("SELECT data FROM clients ORDER BY id", &[])
+    }
+
+    async fn create_password(&self, p: Password) -> Result<(), StorageError> {
+        self.insert_record("passwords", &password_key(&p.email), encode(&p)?).await
+    }
+
+    async fn get_password(&self, email: &str) -> Result<Password, StorageError> {
+        self.get_doc("passwords", &password_key(email))
+    }
+
+    async fn update_password(&self, email: &str, f: Update<Password>) -> Result<Password, StorageError> {
+        let f = keep_key(|p: &Password| password_key(&p.email), f);
+        self.update_record("passwords", &password_key(email), f).await
+    }
+
+    async fn delete_password(&self, email: &str) -> Result<(), StorageError> {
+        self.delete_record("passwords", &password_key(email)).await
+    }
+
+    async fn list_passwords(&self) -> Result<Vec<Password>, StorageError> {
+        self.select_all("SELECT data FROM passwords ORDER BY id", &[])
     }
 
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError> {
