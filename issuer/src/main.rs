@@ -278,6 +278,9 @@ fn serve(path: &Path) -> anyhow::Result<()> {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    for warning in config.frontend.warnings() {
+        tracing::warn!("{warning}");
+    }
     let storage = open_storage(&config).await.context("opening storage")?;
     let state = AppState::new(config.clone(), storage, issuer::clock::Clock::system()).await?;
     tokio::spawn(issuer::gc::run(state.clone(), Duration::from_secs(300)));

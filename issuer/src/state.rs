@@ -34,6 +34,8 @@ pub struct Inner {
     pub metrics: Metrics,
     /// The discovery document, rendered once.
     pub discovery: Vec<u8>,
+    /// The theme and static files, and what every page shows around its content (`frontend:`).
+    pub site: crate::frontend::Site,
 }
 
 impl std::ops::Deref for AppState {
@@ -55,6 +57,9 @@ pub enum StateError {
     /// A connector could not be set up (a CA file that is not a certificate, ...).
     #[error(transparent)]
     Connector(#[from] BuildError),
+    /// `frontend.dir` could not be read.
+    #[error(transparent)]
+    Frontend(#[from] crate::frontend::FrontendError),
 }
 
 /// Opens the configured backend.
@@ -72,6 +77,7 @@ impl AppState {
         let candidate: [u8; 32] = rand::random();
         let server_key = storage.get_or_create_secret(SERVER_KEY, candidate.to_vec()).await?;
         let discovery = crate::http::discovery::document(&config);
+        let site = crate::frontend::Site::load(&config)?;
         let state = AppState(Arc::new(Inner {
             connectors: Connectors::new(&config)?,
             config,
@@ -81,6 +87,7 @@ impl AppState {
             clock,
             metrics: Metrics::default(),
             discovery,
+            site,
         }));
         state.keys().await?;
         Ok(state)

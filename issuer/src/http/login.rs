@@ -48,6 +48,10 @@ struct Button<'a> {
 #[template(path = "login.html")]
 struct LoginPage<'a> {
     client_name: &'a str,
+    /// The client's `logoURL`, as a link.
+    client_logo: Option<String>,
+    /// `frontend.extra.loginHint`.
+    hint: Option<&'a str>,
     action: String,
     req: &'a str,
     csrf: &'a str,
@@ -82,8 +86,10 @@ fn login_form(
     login: &str,
     error: Option<String>,
 ) -> Response {
-    let client_name = state.config.client(&request.client_id).map_or(request.client_id.as_str(), |c| c.name.as_str());
+    let client = state.config.client(&request.client_id);
+    let client_name = client.map_or(request.client_id.as_str(), |c| c.name.as_str());
     let prefix = state.config.path_prefix();
+    let client_logo = client.and_then(|c| c.logo_url.as_deref()).map(|l| crate::frontend::image_href(&prefix, l));
     let connectors: Vec<&Connector> =
         usable(state, request).into_iter().filter(|c| only.is_none_or(|o| o == c.id)).collect();
     let forms = connectors
@@ -97,6 +103,8 @@ fn login_form(
         .collect();
     let t = LoginPage {
         client_name,
+        client_logo,
+        hint: state.config.frontend.login_hint(),
         action: format!("{prefix}/login"),
         req: &request.id,
         csrf: &request.csrf_token,
