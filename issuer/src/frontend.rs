@@ -100,7 +100,9 @@ impl Frontend {
                 if !custom {
                     problem(
                         "frontend.theme",
-                        format!("\"light\", \"dark\" or the name of a directory under frontend.dir/themes, got {name:?}"),
+                        format!(
+                            "\"light\", \"dark\" or the name of a directory under frontend.dir/themes, got {name:?}"
+                        ),
                     );
                 }
                 name.to_owned()
@@ -539,10 +541,8 @@ mod tests {
         std::fs::write(dir.path().join("themes/dark/styles.css"), "body { color: red }").unwrap();
         std::fs::write(dir.path().join("static/img/brand.svg"), "<svg/>").unwrap();
         std::fs::write(dir.path().join("static/.hidden"), "x").unwrap();
-        let (f, problems) = parse(&format!(
-            "{{theme: dark, dir: {}, logoURL: 'https://cdn.example.com/l.png'}}",
-            dir.path().display()
-        ));
+        let (f, problems) =
+            parse(&format!("{{theme: dark, dir: {}, logoURL: 'https://cdn.example.com/l.png'}}", dir.path().display()));
         assert!(problems.is_empty(), "{problems:?}");
         let mut theme = HashMap::new();
         let mut statics = HashMap::new();
@@ -557,10 +557,6 @@ mod tests {
         assert!(site.static_file("layout.css").is_some(), "the built-in layout stays");
         let c = site.chrome();
         assert_eq!(c.logo, "https://cdn.example.com/l.png");
-        assert!(
-            c.csp.contains("img-src 'self' data: https://cdn.example.com https://apps.example.org;"),
-            "{}",
-            c.csp
-        );
+        assert!(c.csp.contains("img-src 'self' data: https://cdn.example.com https://apps.example.org;"), "{}", c.csp);
     }
 }

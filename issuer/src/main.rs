@@ -160,6 +160,9 @@ fn check_config(file: &Path, probe: bool) -> anyhow::Result<()> {
         },
         c.signing.algorithm.as_str()
     );
+    for warning in c.frontend.warnings() {
+        println!("  warning: {warning}");
+    }
     if probe {
         let connectors = issuer::connector::Connectors::new(&c)?;
         let failed =

@@ -188,10 +188,10 @@ async fn paths_that_climb_out_of_the_theme_or_static_files_find_nothing() {
 #[test]
 fn bad_frontend_values_are_problems_naming_their_keys() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml");
-    let text = std::fs::read_to_string(path).unwrap().replace(
-        "    name: Example App\n",
-        "    name: Example App\n    logoURL: 'javascript:alert(1)'\n",
-    ) + "frontend:\n  theme: solarized\n  dir: /nonexistent/web\n  logoURL: ../logo.png\n";
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("    name: Example App\n", "    name: Example App\n    logoURL: 'javascript:alert(1)'\n")
+        + "frontend:\n  theme: solarized\n  dir: /nonexistent/web\n  logoURL: ../logo.png\n";
     let err = issuer::config::Config::parse("dex.yaml", &text, &|_| None).unwrap_err().to_string();
     for expected in [
         "frontend.dir: expected an existing directory, got /nonexistent/web",
@@ -205,4 +205,25 @@ fn bad_frontend_values_are_problems_naming_their_keys() {
     let typo = std::fs::read_to_string(path).unwrap() + "frontend:\n  logoUrl: /logo.png\n";
     let err = issuer::config::Config::parse("dex.yaml", &typo, &|_| None).unwrap_err().to_string();
     assert!(err.contains("frontend: unknown field `logoUrl`"), "{err}");
+}
+
+#[test]
+fn check_config_warns_that_the_dirs_go_templates_are_not_used() {
+    let web = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(web.path().join("templates")).unwrap();
+    std::fs::write(web.path().join("templates/login.html"), "{{ template \"header.html\" . }}").unwrap();
+    let file = web.path().join("config.yaml");
+    let dev = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml")).unwrap();
+    let frontend = format!("frontend:\n  dir: {}\n  extra: {{tagline: Hello}}\n", web.path().display());
+    std::fs::write(&file, dev + &frontend).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_issuer")).arg("check-config").arg(&file).output().unwrap();
+    assert!(out.status.success(), "warnings do not fail the check: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let templates = web.path().join("templates").display().to_string();
+    assert!(
+        stdout.contains(&format!("warning: frontend.dir: {templates} holds Dex's Go templates")),
+        "names the directory: {stdout}"
+    );
+    assert!(stdout.contains("the built-in pages are used"), "{stdout}");
+    assert!(stdout.contains("warning: frontend.extra.tagline: accepted but shown on no page"), "{stdout}");
 }

@@ -328,7 +328,8 @@ async fn the_login_page_with_the_dark_theme_and_a_logo_renders_dark_with_both_lo
     wait_for_text(&c, "#issuer-name", "Acme SSO").await;
     wait_for_text(&c, "#site-footer", "Operated by the Acme platform team").await;
     for (img, what) in [(".theme-navbar__logo", "the frontend logo"), ("#client-logo", "the client's logo")] {
-        let loaded = format!("const i = document.querySelector({img:?}); return !!i && i.complete && i.naturalWidth > 0;");
+        let loaded =
+            format!("const i = document.querySelector({img:?}); return !!i && i.complete && i.naturalWidth > 0;");
         wait_for_script(&c, &loaded, &format!("{what} loaded")).await;
     }
     let styled = "return getComputedStyle(document.querySelector('main')).borderTopLeftRadius === '12px';";
