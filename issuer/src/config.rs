@@ -52,6 +52,8 @@ pub struct Config {
     /// Dex keys accepted without Dex's effect, each saying what happens instead (logged at start-up and
     /// printed by `check-config`).
     pub warnings: Vec<Warning>,
+    /// Dex's `frontend:`: the pages' name, logo, theme and extra strings.
+    pub frontend: crate::frontend::Frontend,
 }
 
 /// `web:` — where the issuer listens.
@@ -326,6 +328,8 @@ pub struct Client {
     pub allowed_connectors: Vec<String>,
     /// Who may sign in to this client (`allowedEmails`, `allowedEmailDomains`, `allowedGroups`).
     pub policy: crate::connector::Policy,
+    /// Dex's `logoURL`: shown on the login page beside the client's name.
+    pub logo_url: Option<String>,
 }
 
 impl Client {
@@ -591,6 +595,8 @@ struct RawConfig {
     kubernetes: Option<RawKubernetes>,
     #[serde(default)]
     connectors: Vec<RawConnector>,
+    #[serde(default)]
+    frontend: crate::frontend::RawFrontend,
 }
 
 #[derive(Deserialize)]
@@ -804,6 +810,8 @@ struct RawClient {
     allowed_email_domains: Vec<String>,
     #[serde(default)]
     allowed_groups: Vec<String>,
+    #[serde(default, rename = "logoURL")]
+    logo_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1277,6 +1285,11 @@ impl Validator<'_> {
         let enable_password_db = raw.enable_password_db.unwrap_or(!static_passwords.is_empty());
         let kubernetes = raw.kubernetes.map(|k| self.kubernetes(k, issuer.as_ref(), &web, &mut static_clients));
         let connectors = self.connectors(raw.connectors, issuer.as_ref());
+        let frontend = crate::frontend::Frontend::parse(raw.frontend, &mut self.problems);
+        for w in frontend.warnings() {
+            let (key, message) = w.split_once(": ").unwrap_or(("frontend", w.as_str()));
+            self.warning(key, message);
+        }
         let mut known: Vec<&str> = connectors.iter().map(|c| c.id.as_str()).collect();
         if enable_password_db {
             known.push(crate::connector::local::CONNECTOR_ID);
@@ -1327,6 +1340,7 @@ impl Validator<'_> {
             connectors,
             subject_format,
             warnings: Vec::new(),
+            frontend,
         })
     }
 
@@ -1609,6 +1623,9 @@ impl Validator<'_> {
                     );
                 }
             }
+            if let Some(Err(why)) = c.logo_url.as_deref().map(crate::frontend::check_image_url) {
+                self.problem(format!("{key}.logoURL"), why);
+            }
             for (j, peer) in c.trusted_peers.iter().enumerate() {
                 if !ids.contains(peer) {
                     self.problem(
@@ -1633,6 +1650,7 @@ impl Validator<'_> {
                     c.allowed_groups,
                     String::new(),
                 ),
+                logo_url: c.logo_url,
             });
         }
         out
@@ -1700,6 +1718,8 @@ const RESERVED_PATHS: &[&str] = &[
     "/healthz",
     "/metrics",
     "/device",
+    "/theme",
+    "/static",
 ];
 
 fn is_pem_certificate(text: &str) -> bool {
@@ -1756,6 +1776,7 @@ mod tests {
             allow_plain_pkce: false,
             allowed_connectors: vec![],
             policy: Default::default(),
+            logo_url: None,
         };
         let cases: &[(&str, &str, bool)] = &[
             ("http://127.0.0.1/callback", "http://127.0.0.1:49152/callback", true),

@@ -20,6 +20,7 @@ use crate::config::Client;
 use crate::oauth::{InternalError, TokenError};
 use crate::state::AppState;
 
+pub mod assets;
 pub mod authorize;
 pub mod device;
 pub mod discovery;
@@ -56,6 +57,8 @@ pub fn router(state: AppState) -> Router {
         .route("/device/approved", get(device::approved_page))
         .route("/device/deny", post(device::deny))
         .route("/logout", get(logout::logout).post(logout::logout_post))
+        .route("/theme/{*path}", get(assets::theme))
+        .route("/static/{*path}", get(assets::static_file))
         .merge(telemetry_routes());
     let routes = match &state.config.kubernetes {
         Some(k) => routes
@@ -68,6 +71,7 @@ pub fn router(state: AppState) -> Router {
     // The fallback first, so that the layers (headers, metrics) wrap a 404 too.
     app.fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn_with_state(state.clone(), with_chrome))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .with_state(state)
 }
@@ -113,6 +117,11 @@ fn cors(web: &crate::config::Web) -> Option<tower_http::cors::CorsLayer> {
             .allow_headers(headers)
             .max_age(std::time::Duration::from_secs(600)),
     )
+}
+
+/// Every page rendered while handling the request shows the configured name, theme and logo.
+async fn with_chrome(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    crate::frontend::with_chrome(state.site.chrome().clone(), next.run(req)).await
 }
 
 /// Logs internal errors (which the client only sees as a bare 500) and counts responses.
@@ -268,25 +277,31 @@ pub fn client_ip(state: &AppState, peer: &Peer, headers: &HeaderMap) -> Option<I
 
 // === pages ===
 
-/// The pages' Content-Security-Policy: no scripts, inline styles, no framing.
-const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'";
-
-/// Renders a template into a response with the page headers (no framing, no caching, no scripts).
+/// Renders a template into a response with the page headers (no framing, no caching, no scripts; see
+/// [`crate::frontend::Chrome::csp`]). The template's `base.html` gets the request's
+/// [`crate::frontend::Chrome`] as the runtime value `chrome`.
 pub fn page(status: StatusCode, t: &impl askama::Template) -> Response {
-    page_with_csp(status, t, HeaderValue::from_static(CSP))
+    page_with_csp(status, t, None)
 }
 
 /// Like `page`, but inline scripts carrying `nonce` may run (and nothing else): for a page whose
 /// template renders the nonce into its one `<script nonce>`.
 pub fn page_with_script_nonce(status: StatusCode, t: &impl askama::Template, nonce: &str) -> Response {
-    match HeaderValue::from_str(&format!("{CSP}; script-src 'nonce-{nonce}'")) {
-        Ok(csp) => page_with_csp(status, t, csp),
-        Err(e) => crate::oauth::internal(e),
-    }
+    page_with_csp(status, t, Some(nonce))
 }
 
-fn page_with_csp(status: StatusCode, t: &impl askama::Template, csp: HeaderValue) -> Response {
-    match t.render() {
+fn page_with_csp(status: StatusCode, t: &impl askama::Template, nonce: Option<&str>) -> Response {
+    let chrome = crate::frontend::current();
+    let csp = match nonce {
+        Some(n) => HeaderValue::from_str(&format!("{}; script-src 'nonce-{n}'", chrome.csp)),
+        None => HeaderValue::from_str(&chrome.csp),
+    };
+    let csp = match csp {
+        Ok(v) => v,
+        Err(e) => return crate::oauth::internal(e),
+    };
+    let values: (&str, &dyn std::any::Any) = ("chrome", chrome.as_ref());
+    match t.render_with_values(&values) {
         Ok(body) => {
             let mut r = (status, Html(body)).into_response();
             let h = r.headers_mut();

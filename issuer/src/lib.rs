@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod config;
 pub mod connector;
+pub mod frontend;
 pub mod gc;
 pub mod grant;
 pub mod grpc;

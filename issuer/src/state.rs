@@ -35,6 +35,8 @@ pub struct Inner {
     pub metrics: Metrics,
     /// The discovery document, rendered once.
     pub discovery: Vec<u8>,
+    /// The theme and static files, and what every page shows around its content (`frontend:`).
+    pub site: crate::frontend::Site,
 }
 
 impl std::ops::Deref for AppState {
@@ -56,6 +58,9 @@ pub enum StateError {
     /// A connector could not be set up (a CA file that is not a certificate, ...).
     #[error(transparent)]
     Connector(#[from] BuildError),
+    /// `frontend.dir` could not be read.
+    #[error(transparent)]
+    Frontend(#[from] crate::frontend::FrontendError),
 }
 
 /// Opens the configured backend.
@@ -73,6 +78,7 @@ impl AppState {
         let candidate: [u8; 32] = rand::random();
         let server_key = storage.get_or_create_secret(SERVER_KEY, candidate.to_vec()).await?;
         let discovery = crate::http::discovery::document(&config);
+        let site = crate::frontend::Site::load(&config)?;
         let state = AppState(Arc::new(Inner {
             connectors: Connectors::new(&config, storage.clone())?,
             config,
@@ -82,6 +88,7 @@ impl AppState {
             clock,
             metrics: Metrics::default(),
             discovery,
+            site,
         }));
         state.keys().await?;
         Ok(state)
@@ -135,5 +142,7 @@ pub fn stored_client(c: crate::storage::Client) -> Client {
         allow_plain_pkce: false,
         allowed_connectors: c.allowed_connectors,
         policy: crate::connector::Policy::default(),
+        // Shown only when it is a safe image reference (the API accepts any string).
+        logo_url: Some(c.logo_url).filter(|l| !l.is_empty() && crate::frontend::check_image_url(l).is_ok()),
     }
 }

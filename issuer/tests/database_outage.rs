@@ -70,7 +70,11 @@ async fn database() -> PostgresConfig {
         password: None,
         ssl_mode: "disable".into(),
         ssl_ca_file: None,
+        ssl_cert_file: None,
+        ssl_key_file: None,
         max_open_conns: 4,
+        connection_timeout: None,
+        conn_max_lifetime: None,
     }
 }
 

@@ -222,6 +222,7 @@ async fn public_clients_send_only_their_id_and_confidential_ones_must_authentica
             allow_plain_pkce: false,
             allowed_connectors: vec![],
             policy: Default::default(),
+            logo_url: None,
         })
     })
     .await;

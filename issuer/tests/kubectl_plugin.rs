@@ -196,6 +196,7 @@ fn register_public_cli(c: &mut issuer::config::Config) {
         allow_plain_pkce: false,
         allowed_connectors: vec![],
         policy: Default::default(),
+        logo_url: None,
     });
 }
 

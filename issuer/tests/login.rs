@@ -219,6 +219,7 @@ async fn a_loopback_redirect_uri_matches_on_any_port_rfc8252() {
             allow_plain_pkce: false,
             allowed_connectors: vec![],
             policy: Default::default(),
+            logo_url: None,
         })
     })
     .await;

@@ -29,6 +29,7 @@ fn upstream_tune(c: &mut Config) {
         allow_plain_pkce: false,
         allowed_connectors: vec![],
         policy: Default::default(),
+        logo_url: None,
     });
     c.expiry.refresh_tokens.reuse_interval = std::time::Duration::ZERO;
 }

@@ -29,6 +29,10 @@ async fn database() -> PostgresConfig {
         ssl_mode: "disable".into(),
         ssl_ca_file: None,
         max_open_conns: 8,
+        ssl_cert_file: None,
+        ssl_key_file: None,
+        connection_timeout: None,
+        conn_max_lifetime: None,
     }
 }
 

@@ -3,7 +3,8 @@
 //! through the issuer's form, reloads, opens a second tab, signs out, then gets a kubeconfig from the
 //! issuer's page, and saves a screenshot of every page under `target/screenshots/` for a person to look at.
 //! A second journey signs in through the issuer's connectors: an LDAP directory (a real slapd) and an
-//! upstream OpenID Provider's own login and consent pages (panva oidc-provider).
+//! upstream OpenID Provider's own login and consent pages (panva oidc-provider). A third opens the login page
+//! of an issuer configured with Dex's `frontend:` (dark theme, an operator's logo) and checks what it looks like.
 
 mod common;
 
@@ -267,5 +268,89 @@ async fn a_browser_signs_in_through_ldap_and_through_an_upstream_providers_own_p
     wait_for_text(&c, "#email", "alice@example.com").await;
     wait_for_text(&c, "#groups", "developers").await;
     screenshot(&c, "09-provider-whoami.png").await;
+    c.close().await.unwrap();
+}
+
+/// Polls `script` (a function body returning a value) until it returns `true`, with a deadline.
+async fn wait_for_script(c: &Client, script: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.execute(script, vec![]).await.unwrap() != json!(true) {
+        assert!(Instant::now() < deadline, "{what} on {}", c.current_url().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Relative luminance (WCAG 2.x) of a computed CSS colour such as `rgb(15, 18, 23)`.
+fn luminance(css: &str) -> f64 {
+    let channels: Vec<f64> = css
+        .trim_start_matches("rgba(")
+        .trim_start_matches("rgb(")
+        .trim_end_matches(')')
+        .split(',')
+        .take(3)
+        .map(|v| v.trim().parse::<f64>().unwrap_or_else(|_| panic!("a colour, got {css:?}")) / 255.0)
+        .map(|c| if c <= 0.04045 { c / 12.92 } else { ((c + 0.055) / 1.055).powf(2.4) })
+        .collect();
+    assert_eq!(channels.len(), 3, "{css}");
+    0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_page_with_the_dark_theme_and_a_logo_renders_dark_with_both_logos_loaded() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // A Dex-style web directory holding only the operator's logo (a PNG of the built-in light theme).
+    let web = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(web.path().join("static/img")).unwrap();
+    std::fs::write(web.path().join("static/img/acme.png"), include_bytes!("../../issuer/web/themes/light/logo.png"))
+        .unwrap();
+    let dir = web.path().to_owned();
+    let issuer = Issuer::start_live(move |c| {
+        c.frontend = issuer::frontend::Frontend {
+            issuer: "Acme SSO".into(),
+            logo_url: Some("static/img/acme.png".into()),
+            theme: "dark".into(),
+            dir: Some(dir),
+            extra: [("footer".to_owned(), "Operated by the Acme platform team".to_owned())].into(),
+        };
+        // The client's logo: the dark theme's own, a path under the issuer.
+        c.static_clients.iter_mut().find(|c| c.id == "gateway").unwrap().logo_url = Some("theme/logo.png".into());
+    })
+    .await;
+    let (_driver, _profile, c) = chromium().await;
+
+    let auth = format!(
+        "{}/auth?client_id=gateway&redirect_uri={}&response_type=code&scope=openid&state=dark",
+        issuer.url,
+        common::enc("http://127.0.0.1:8080/oauth2/callback")
+    );
+    c.goto(&auth).await.unwrap();
+    c.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css("input[name=login]")).await.unwrap();
+    wait_for_text(&c, "#issuer-name", "Acme SSO").await;
+    wait_for_text(&c, "#site-footer", "Operated by the Acme platform team").await;
+    for (img, what) in [(".theme-navbar__logo", "the frontend logo"), ("#client-logo", "the client's logo")] {
+        let loaded =
+            format!("const i = document.querySelector({img:?}); return !!i && i.complete && i.naturalWidth > 0;");
+        wait_for_script(&c, &loaded, &format!("{what} loaded")).await;
+    }
+    let styled = "return getComputedStyle(document.querySelector('main')).borderTopLeftRadius === '12px';";
+    wait_for_script(&c, styled, "the layout stylesheet applied").await;
+
+    let colours = c
+        .execute(
+            "const s = e => getComputedStyle(document.querySelector(e));
+             return [s('body').backgroundColor, s('main').backgroundColor, s('h1').color];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let [body, panel, heading] = [0, 1, 2].map(|i| colours[i].as_str().unwrap().to_owned());
+    assert!(luminance(&body) < 0.05, "a dark page background, got {body}");
+    assert!(luminance(&panel) < 0.05, "a dark panel, got {panel}");
+    assert!(luminance(&heading) > 0.5, "light text on it, got {heading}");
+    assert!(
+        (luminance(&heading) + 0.05) / (luminance(&panel) + 0.05) >= 7.0,
+        "heading contrast is WCAG AAA: {heading} on {panel}"
+    );
+    screenshot(&c, "10-login-dark.png").await;
     c.close().await.unwrap();
 }

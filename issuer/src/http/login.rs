@@ -45,6 +45,10 @@ struct Button<'a> {
 #[template(path = "login.html")]
 struct LoginPage<'a> {
     client_name: &'a str,
+    /// The client's `logoURL`, as a link.
+    client_logo: Option<String>,
+    /// `frontend.extra.loginHint`.
+    hint: Option<&'a str>,
     action: String,
     req: &'a str,
     csrf: &'a str,
@@ -81,12 +85,15 @@ async fn login_form(
     login: &str,
     error: Option<String>,
 ) -> Response {
-    let client_name = match state.client(&request.client_id).await {
-        Ok(c) => c.map_or_else(|| request.client_id.clone(), |c| c.name.clone()),
+    let client = match state.client(&request.client_id).await {
+        Ok(c) => c,
         Err(e) => return storage_failure(e),
     };
+    let client_name = client.as_ref().map_or_else(|| request.client_id.clone(), |c| c.name.clone());
     let client_name = client_name.as_str();
     let prefix = state.config.path_prefix();
+    let client_logo =
+        client.as_ref().and_then(|c| c.logo_url.as_deref()).map(|l| crate::frontend::image_href(&prefix, l));
     let connectors: Vec<&Connector> = match usable(state, request).await {
         Ok(v) => v.into_iter().filter(|c| only.is_none_or(|o| o == c.id)).collect(),
         Err(resp) => return resp,
@@ -102,6 +109,8 @@ async fn login_form(
         .collect();
     let t = LoginPage {
         client_name,
+        client_logo,
+        hint: state.config.frontend.login_hint(),
         action: format!("{prefix}/login"),
         req: &request.id,
         csrf: &request.csrf_token,
