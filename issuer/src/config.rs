@@ -1218,12 +1218,18 @@ impl Validator<'_> {
             );
         }
         if response_types.iter().any(|t| t != "code") && !grant_types.contains(&GrantType::Implicit) {
-            self.problem("oauth2.grantTypes", "implicit among the grant types when responseTypes has id_token or token");
+            self.problem(
+                "oauth2.grantTypes",
+                "implicit among the grant types when responseTypes has id_token or token",
+            );
         }
         let methods = o.pkce.code_challenge_methods_supported.unwrap_or_else(|| vec!["S256".into(), "plain".into()]);
         for (i, m) in methods.iter().enumerate() {
             if !["S256", "plain"].contains(&m.as_str()) {
-                self.problem(format!("oauth2.pkce.codeChallengeMethodsSupported[{i}]"), format!("S256 or plain, got {m:?}"));
+                self.problem(
+                    format!("oauth2.pkce.codeChallengeMethodsSupported[{i}]"),
+                    format!("S256 or plain, got {m:?}"),
+                );
             }
         }
         if methods.is_empty() {
@@ -1300,7 +1306,8 @@ impl Validator<'_> {
                     &c.id == id
                         && matches!(
                             c.kind,
-                            crate::connector::ConnectorKind::Ldap(_) | crate::connector::ConnectorKind::AtlassianCrowd(_)
+                            crate::connector::ConnectorKind::Ldap(_)
+                                | crate::connector::ConnectorKind::AtlassianCrowd(_)
                         )
                 });
             if !password_capable {
