@@ -283,6 +283,19 @@ pub fn redirect_with(uri: &str, params: &[(&str, &str)]) -> String {
     }
 }
 
+/// `uri` with `params` in its fragment (OAuth 2.0 Multiple Response Types §5: the fragment response mode of
+/// the implicit and hybrid flows), form-encoded.
+pub fn redirect_with_fragment(uri: &str, params: &[(&str, &str)]) -> String {
+    let fragment = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+    match url::Url::parse(uri) {
+        Ok(mut u) => {
+            u.set_fragment(Some(&fragment));
+            u.into()
+        }
+        Err(_) => uri.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -181,6 +181,9 @@ pub struct AuthRequest {
     /// The only connector this login may use (Dex's `connector_id` parameter on `/auth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connector_id: Option<String>,
+    /// The `response_type` values asked for (OAuth 2.0 Multiple Response Types); empty means `code`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_types: Vec<String>,
 }
 
 /// The device authorization a login answers.

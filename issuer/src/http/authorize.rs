@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
 
 use super::{error_page, storage_failure, Form};
-use crate::oauth::{redirect_with, AuthorizeErrorCode as Code, OOB_REDIRECT_URI};
+use crate::oauth::{redirect_with, redirect_with_fragment, AuthorizeErrorCode as Code, OOB_REDIRECT_URI};
 use crate::state::AppState;
 use crate::storage::AuthRequest;
 use crate::token::{parse_scopes, random_b64};
@@ -69,6 +69,9 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
             ),
         };
     let client_state = form.get("state");
+    let response_types: Vec<&str> = form.get("response_type").unwrap_or("").split(' ').filter(|t| !t.is_empty()).collect();
+    // OAuth 2.0 Multiple Response Types §5: anything but `code` alone answers in the fragment, errors too.
+    let in_fragment = response_types.iter().any(|t| *t != "code");
     let fail = |code: Code, description: &str| -> Response {
         let mut params = vec![("error", code.as_str()), ("error_description", description)];
         if let Some(s) = client_state {
@@ -77,13 +80,27 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
         if redirect_uri == OOB_REDIRECT_URI {
             return error_page(StatusCode::BAD_REQUEST, "Sign-in failed", format!("{}: {description}", code.as_str()));
         }
+        if in_fragment {
+            return Redirect::to(&redirect_with_fragment(&redirect_uri, &params)).into_response();
+        }
         Redirect::to(&redirect_with(&redirect_uri, &params)).into_response()
     };
 
-    match form.get("response_type") {
-        Some("code") => {}
-        Some(_) => return fail(Code::UnsupportedResponseType, "only response_type=code is supported"),
-        None => return fail(Code::InvalidRequest, "missing parameter response_type"),
+    let enabled = &state.config.oauth2.response_types;
+    if response_types.is_empty() {
+        return fail(Code::InvalidRequest, "missing parameter response_type");
+    }
+    if let Some(t) = response_types.iter().find(|t| !enabled.iter().any(|e| e == *t)) {
+        let description = format!("response_type {t} is not enabled (oauth2.responseTypes: {})", enabled.join(", "));
+        return fail(Code::UnsupportedResponseType, &description);
+    }
+    let wants_code = response_types.contains(&"code");
+    if in_fragment && redirect_uri == OOB_REDIRECT_URI {
+        return fail(Code::InvalidRequest, "tokens cannot be returned out of band");
+    }
+    if response_types.contains(&"id_token") && form.get("nonce").is_none_or(str::is_empty) {
+        // OIDC Core §3.2.2.1 and §3.3.2.11: the nonce binds a front-channel ID token to the browser.
+        return fail(Code::InvalidRequest, "a nonce is required when the response type includes id_token");
     }
     if form.get("request").is_some() || form.get("request_uri").is_some() {
         return fail(Code::InvalidRequest, "request objects are not supported");
@@ -101,10 +118,10 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
     let pkce = &state.config.oauth2.pkce;
     let method = match (challenge, form.get("code_challenge_method")) {
         (None, Some(_)) => return fail(Code::InvalidRequest, "code_challenge_method without code_challenge"),
-        (None, None) if client.public => {
+        (None, None) if client.public && wants_code => {
             return fail(Code::InvalidRequest, "public clients must use PKCE (code_challenge)")
         }
-        (None, None) if pkce.enforce => return fail(Code::InvalidRequest, "PKCE is required (code_challenge)"),
+        (None, None) if pkce.enforce && wants_code => return fail(Code::InvalidRequest, "PKCE is required (code_challenge)"),
         (None, None) => None,
         (Some(_), m) if !pkce.code_challenge_methods_supported.iter().any(|s| s == m.unwrap_or("plain")) => {
             return fail(Code::InvalidRequest, "code_challenge_method is not supported by this issuer")
@@ -146,6 +163,7 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
         expiry: now + state.config.expiry.auth_requests.as_secs() as i64,
         device: None,
         connector_id,
+        response_types: response_types.iter().map(|t| (*t).to_owned()).collect(),
     };
     begin_login(state, request).await
 }

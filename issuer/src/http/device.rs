@@ -225,6 +225,7 @@ pub async fn verify(State(state): State<AppState>, peer: Peer, headers: HeaderMa
         expiry: (now + auth_life).min(device.expiry),
         device: Some(DeviceLogin { device_code: device.device_code, user_code: device.user_code }),
         connector_id: None,
+        response_types: vec![],
     };
     begin_login(&state, request).await
 }

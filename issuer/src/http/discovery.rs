@@ -21,8 +21,12 @@ pub fn document(config: &Config) -> Vec<u8> {
         "revocation_endpoint": config.endpoint("/revoke"),
         "end_session_endpoint": config.endpoint("/logout"),
         "device_authorization_endpoint": config.endpoint("/device/code"),
-        "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
+        "response_types_supported": response_types(&config.oauth2.response_types),
+        "response_modes_supported": if config.oauth2.response_types.iter().any(|t| t != "code") {
+            vec!["query", "fragment"]
+        } else {
+            vec!["query"]
+        },
         "grant_types_supported": config.oauth2.grant_types.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [config.signing.algorithm.as_str()],
@@ -41,6 +45,18 @@ pub fn document(config: &Config) -> Vec<u8> {
         }
     }
     serde_json::to_vec_pretty(&doc).unwrap_or_default()
+}
+
+/// Every combination of the enabled response types (OAuth 2.0 Multiple Response Types §3), in the usual
+/// order: `code`, `id_token`, `token`, `code id_token`, ...
+fn response_types(enabled: &[String]) -> Vec<String> {
+    let order = ["code", "id_token", "token"];
+    let on: Vec<&str> = order.into_iter().filter(|t| enabled.iter().any(|e| e == t)).collect();
+    let mut out: Vec<String> = (1..1usize << on.len())
+        .map(|mask| on.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, t)| *t).collect::<Vec<_>>().join(" "))
+        .collect();
+    out.sort_by_key(|s| (s.split(' ').count(), s.clone()));
+    out
 }
 
 /// A public JSON document. Without a `web.allowedOrigins` policy any page may read it (`*`: it holds no

@@ -87,6 +87,7 @@ fn auth_request(id: &str, expiry: i64) -> AuthRequest {
         expiry,
         device: None,
         connector_id: None,
+        response_types: vec!["code".into(), "id_token".into()],
     }
 }
 
