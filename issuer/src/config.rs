@@ -211,6 +211,8 @@ pub struct Signing {
 pub struct OAuth2 {
     /// Dex's `skipApprovalScreen`; only `true` is supported.
     pub skip_approval_screen: bool,
+    /// `accessTokenFormat` (tokengate's own key): `jwt` (default) or `opaque`.
+    pub access_token_format: crate::token::AccessTokenFormat,
 }
 
 /// `bruteForce:` — token buckets for password logins.
@@ -597,6 +599,7 @@ struct RawSigning {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawOAuth2 {
     skip_approval_screen: Option<bool>,
+    access_token_format: Option<crate::token::AccessTokenFormat>,
 }
 
 #[derive(Deserialize, Default)]
@@ -977,7 +980,10 @@ impl Validator<'_> {
             storage: storage?,
             expiry,
             signing: Signing { algorithm },
-            oauth2: OAuth2 { skip_approval_screen },
+            oauth2: OAuth2 {
+                skip_approval_screen,
+                access_token_format: raw.oauth2.access_token_format.unwrap_or_default(),
+            },
             brute_force,
             logger,
             telemetry: raw.telemetry.clone(),
