@@ -919,6 +919,7 @@ impl Validator<'_> {
         };
 
         let skip_approval_screen = raw.oauth2.skip_approval_screen.unwrap_or(true);
+        let access_token_format = raw.oauth2.access_token_format.unwrap_or_default();
         if !skip_approval_screen {
             self.problem("oauth2.skipApprovalScreen", "true (an approval screen is not implemented)");
         }
@@ -980,10 +981,7 @@ impl Validator<'_> {
             storage: storage?,
             expiry,
             signing: Signing { algorithm },
-            oauth2: OAuth2 {
-                skip_approval_screen,
-                access_token_format: raw.oauth2.access_token_format.unwrap_or_default(),
-            },
+            oauth2: OAuth2 { skip_approval_screen, access_token_format },
             brute_force,
             logger,
             telemetry: raw.telemetry.clone(),

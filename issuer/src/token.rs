@@ -156,16 +156,6 @@ pub enum AccessTokenFormat {
     Opaque,
 }
 
-impl AccessTokenFormat {
-    /// The configuration value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccessTokenFormat::Jwt => "jwt",
-            AccessTokenFormat::Opaque => "opaque",
-        }
-    }
-}
-
 /// RFC 9068 §2.1: the JWS `typ` of a JWT access token.
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 

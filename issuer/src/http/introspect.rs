@@ -33,6 +33,16 @@ use crate::state::AppState;
 use crate::storage::StorageError;
 use crate::token::{audience, verify_access_token, AccessTokenError, Audience, Mint, RefreshTokenString};
 
+/// Dex's `token_use`: which kind of token was introspected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenUse {
+    /// `access_token`.
+    AccessToken,
+    /// `refresh_token`.
+    RefreshToken,
+}
+
 /// RFC 7662 §2.2: what an active token is. Times are Unix seconds.
 #[derive(Debug, Serialize)]
 pub struct Introspection {
@@ -55,8 +65,8 @@ pub struct Introspection {
     /// `Bearer` for access tokens; absent for refresh tokens.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_type: Option<&'static str>,
-    /// Dex's `token_use`: `access_token` or `refresh_token`.
-    pub token_use: &'static str,
+    /// Dex's `token_use`.
+    pub token_use: TokenUse,
     /// The access token's id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
@@ -101,7 +111,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<O
             iss: c.iss,
             aud: c.aud,
             token_type: Some("Bearer"),
-            token_use: "access_token",
+            token_use: TokenUse::AccessToken,
             jti: Some(c.jti),
             username: username(&c.profile),
             ext: c.profile.clone(),
@@ -160,7 +170,7 @@ async fn refresh_token(state: &AppState, client: &Client, token: &str) -> Result
         iss: state.config.issuer.as_str().trim_end_matches('/').to_owned(),
         aud: audience(&stored.client_id, &stored.scopes),
         token_type: None,
-        token_use: "refresh_token",
+        token_use: TokenUse::RefreshToken,
         jti: None,
         username: username(&profile),
         ext: profile.clone(),
