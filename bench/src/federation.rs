@@ -64,14 +64,14 @@ pub(crate) async fn measure(work: &Path, quick: bool) -> anyhow::Result<Federati
     let upstream = format!("http://127.0.0.1:{up_port}");
     let downstream = format!("http://127.0.0.1:{down_port}");
     // The upstream registers the downstream issuer as a client (its /callback, on a loopback port).
-    let up_text = config(up_port, &dir.join("upstream.db"), "RS256").replace(
+    let up_text = config(up_port, &dir.join("upstream.db"), "RS256", "jwt").replace(
         "staticClients:\n",
         "staticClients:\n  - id: downstream\n    secret: downstream-secret\n    redirectURIs: [\"http://127.0.0.1/callback\"]\n",
     );
     serve("upstream", up_text).await?;
     let down_text = format!(
         "{}connectors:\n  - type: oidc\n    id: upstream\n    name: Upstream\n    config:\n      issuer: {upstream}\n      clientID: downstream\n      clientSecret: downstream-secret\n      redirectURI: {downstream}/callback\n      scopes: [profile, email, groups]\n      insecureEnableGroups: true\n",
-        config(down_port, &dir.join("downstream.db"), "RS256")
+        config(down_port, &dir.join("downstream.db"), "RS256", "jwt")
     );
     serve("downstream", down_text).await?;
 

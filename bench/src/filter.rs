@@ -213,7 +213,7 @@ pub(crate) async fn run_profile(
     control: Option<&Path>,
 ) -> anyhow::Result<u64> {
     tests::preload(wasm).map_err(anyhow::Error::msg)?;
-    let mut server = issuer::start(issuer_bin, &work.join("profile-issuer"), "RS256").await?;
+    let mut server = issuer::start(issuer_bin, &work.join("profile-issuer"), "RS256", "jwt").await?;
     let result = async {
         let worker = Worker::start(&filter_config(&server.url), options(&[("issuer", &server.url)])).await?;
         let make: Box<dyn Fn() -> Request> = match case {
@@ -261,7 +261,7 @@ pub(crate) async fn run_filter(
     tests::preload(wasm).map_err(anyhow::Error::msg)?;
     let mut out = FilterOutput::default();
     for alg in ["RS256", "ES256", "EdDSA"] {
-        let mut server = issuer::start(issuer_bin, &work.join(format!("filter-issuer-{alg}")), alg).await?;
+        let mut server = issuer::start(issuer_bin, &work.join(format!("filter-issuer-{alg}")), alg, "jwt").await?;
         let result = filter_against(&server.url, alg, sizes, &mut out).await;
         server.stop().await;
         result?;

@@ -22,8 +22,9 @@ pub(crate) const SCOPE: &str = "openid email profile groups offline_access";
 pub(crate) const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
-/// The issuer's configuration for a benchmark: like `dev.yaml`, with the database at `db`.
-pub(crate) fn config(port: u16, db: &Path, alg: &str) -> String {
+/// The issuer's configuration for a benchmark: like `dev.yaml`, with the database at `db`, signing with `alg`
+/// and issuing access tokens in `format` (`oauth2.accessTokenFormat`: `jwt` or `opaque`).
+pub(crate) fn config(port: u16, db: &Path, alg: &str, format: &str) -> String {
     format!(
         r#"issuer: http://127.0.0.1:{port}
 web:
@@ -41,6 +42,8 @@ expiry:
     reuseInterval: 2m
 signing:
   algorithm: {alg}
+oauth2:
+  accessTokenFormat: {format}
 logger:
   level: info
   format: text
@@ -62,13 +65,13 @@ staticPasswords:
     )
 }
 
-/// Starts `bin serve` with a fresh database under `dir`, signing with `alg`.
-pub(crate) async fn start(bin: &Path, dir: &Path, alg: &str) -> anyhow::Result<Server> {
+/// Starts `bin serve` with a fresh database under `dir`, signing with `alg`, access tokens in `format`.
+pub(crate) async fn start(bin: &Path, dir: &Path, alg: &str, format: &str) -> anyhow::Result<Server> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let port = free_port()?;
     let config_path: PathBuf = dir.join("issuer.yaml");
-    std::fs::write(&config_path, config(port, &dir.join("issuer.db"), alg))?;
+    std::fs::write(&config_path, config(port, &dir.join("issuer.db"), alg, format))?;
     let config_arg = config_path.display().to_string();
     Server::start(bin, &["serve", "--config", &config_arg], dir, port, "/healthz", &dir.join("issuer.log")).await
 }

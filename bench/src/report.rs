@@ -48,8 +48,18 @@ fn case<'a>(r: &'a Results, prefix: &str) -> Option<&'a Case> {
     r.filter.cases.iter().find(|c| c.name.starts_with(prefix))
 }
 
-fn run_for<'a>(runs: &'a [RefreshRun], alg: &str) -> Option<&'a RefreshRun> {
-    runs.iter().find(|r| r.alg == alg)
+/// The run of `alg` with access tokens in `format` (`jwt` or `opaque`; oidc-provider's are `opaque`).
+fn run_for<'a>(runs: &'a [RefreshRun], alg: &str, format: &str) -> Option<&'a RefreshRun> {
+    runs.iter().find(|r| r.alg == alg && r.access_token_format == format)
+}
+
+/// Signatures per refresh on our issuer: the ID token's, and the access token's when it is a JWT.
+fn signatures(format: &str) -> f64 {
+    if format == "jwt" {
+        2.0
+    } else {
+        1.0
+    }
 }
 
 /// The report.
@@ -122,9 +132,11 @@ pub(crate) fn markdown(r: &Results, quick: bool) -> String {
          same claims, the default in-memory adapter) each get {} keep-alive connections from `bench`'s client \
          (one thread, HTTP/1.1), each chaining its own refresh tokens: {} s warm-up, then {} s measured. Our \
          issuer's first refresh tokens come from real sign-ins and code exchanges; oidc-provider's from grants \
-         seeded through its model API (it ships no password login). Each refresh signs one JWT on \
-         both servers: the ID token (our access tokens are opaque, sealed with a server key and not stored; \
-         oidc-provider's are opaque and stored in memory).",
+         seeded through its model API (it ships no password login). Our issuer runs twice per algorithm: \
+         with the default `oauth2.accessTokenFormat: jwt` each refresh signs two JWTs (the access token, then \
+         the ID token, whose `at_hash` covers it), with `opaque` one (the ID token; the access token is sealed \
+         with a server key and not stored); oidc-provider signs one (the ID token; its access tokens are opaque \
+         and stored in memory).",
         p.refresh_connections, p.warmup_secs, p.measure_secs
     );
     let _ = writeln!(
@@ -177,11 +189,22 @@ fn targets(s: &mut String, r: &Results) {
     let kb = r.filter_wasm_bytes as f64 / 1000.0;
     let _ = writeln!(s, "| `.wasm` ≤ 800 KB | {kb:.0} KB ({} bytes) | {} |", r.filter_wasm_bytes, verdict(kb <= 800.0));
     for (alg, factor) in [("RS256", 1.8), ("ES256", 5.0)] {
-        if let (Some(ours), Some(theirs)) = (run_for(&r.issuer, alg), run_for(&r.oidc_provider, alg)) {
+        // The verdict is for the default (JWT access tokens: two signatures per refresh, oidc-provider signs
+        // one); the opaque setting is the like-for-like comparison.
+        if let (Some(ours), Some(theirs)) = (run_for(&r.issuer, alg, "jwt"), run_for(&r.oidc_provider, alg, "opaque")) {
             let ratio = ours.refresh.per_sec / theirs.refresh.per_sec;
+            let opaque = run_for(&r.issuer, alg, "opaque")
+                .map(|o| {
+                    format!(
+                        " (`accessTokenFormat: opaque`: {} /s = {:.2}x)",
+                        per_sec(o.refresh.per_sec),
+                        o.refresh.per_sec / theirs.refresh.per_sec
+                    )
+                })
+                .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "| {alg} refreshes ≥ {factor}x oidc-provider | {} /s vs {} /s = **{ratio:.2}x** | {} |",
+                "| {alg} refreshes ≥ {factor}x oidc-provider | {} /s vs {} /s = **{ratio:.2}x**{opaque} | {} |",
                 per_sec(ours.refresh.per_sec),
                 per_sec(theirs.refresh.per_sec),
                 verdict(ratio >= factor)
@@ -209,7 +232,7 @@ fn targets(s: &mut String, r: &Results) {
             verdict(ratio <= 1.2)
         );
     }
-    if let Some(run) = run_for(&r.issuer, "RS256") {
+    if let Some(run) = run_for(&r.issuer, "RS256", "jwt") {
         let _ = writeln!(
             s,
             "| idle RSS ≤ 20 MiB | {} | {} |",
@@ -353,15 +376,19 @@ fn issuer_section(s: &mut String, r: &Results) {
         "| server | alg | storage | refreshes/s | p50 | p99 | connections | ratio | server CPU per refresh | server cores busy | load client cores |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for alg in ["RS256", "ES256"] {
-        let theirs = run_for(&r.oidc_provider, alg);
-        if let Some(o) = run_for(&r.issuer, alg) {
-            let ratio = theirs
-                .map(|t| format!("**{:.2}x**", o.refresh.per_sec / t.refresh.per_sec))
-                .unwrap_or_else(|| "—".into());
-            refresh_row(s, "tokengate issuer", alg, "SQLite file, durable", &o.refresh, &ratio);
+        let theirs = run_for(&r.oidc_provider, alg, "opaque");
+        for (format, server) in
+            [("jwt", "tokengate issuer, JWT access tokens"), ("opaque", "tokengate issuer, opaque access tokens")]
+        {
+            if let Some(o) = run_for(&r.issuer, alg, format) {
+                let ratio = theirs
+                    .map(|t| format!("**{:.2}x**", o.refresh.per_sec / t.refresh.per_sec))
+                    .unwrap_or_else(|| "—".into());
+                refresh_row(s, server, alg, "SQLite file, durable", &o.refresh, &ratio);
+            }
         }
         if let Some(t) = theirs {
-            refresh_row(s, "oidc-provider", alg, "in-memory adapter", &t.refresh, "1.00x");
+            refresh_row(s, "oidc-provider, opaque access tokens", alg, "in-memory adapter", &t.refresh, "1.00x");
         }
     }
     let _ = writeln!(
@@ -399,7 +426,8 @@ fn issuer_section(s: &mut String, r: &Results) {
         for run in runs.iter() {
             let _ = writeln!(
                 s,
-                "| {name} | {} | {} | {} | {} |",
+                "| {name}, {} access tokens | {} | {} | {} | {} |",
+                run.access_token_format,
                 run.alg,
                 mib(run.idle.now_kib),
                 mib(run.loaded.now_kib),
@@ -455,9 +483,16 @@ fn bounds(s: &mut String, r: &Results) {
         n.bcrypt_per_sec,
         n.bcrypt_threads
     );
-    for alg in ["RS256", "ES256"] {
-        let (Some(o), theirs) = (run_for(&r.issuer, alg), run_for(&r.oidc_provider, alg)) else { continue };
+    for (alg, format) in [("RS256", "jwt"), ("RS256", "opaque"), ("ES256", "jwt"), ("ES256", "opaque")] {
+        let (Some(o), theirs) = (run_for(&r.issuer, alg, format), run_for(&r.oidc_provider, alg, "opaque")) else {
+            continue;
+        };
         let sign_us = if alg == "RS256" { n.rs256_sign_us } else { n.es256_sign_us };
+        let signed = if format == "jwt" {
+            "two JWTs, one after the other (the access token, then the ID token whose `at_hash` covers it)"
+        } else {
+            "one JWT (the ID token; the opaque access token is an HMAC)"
+        };
         let theirs_text = theirs
             .map(|t| {
                 format!(
@@ -469,8 +504,8 @@ fn bounds(s: &mut String, r: &Results) {
             .unwrap_or_default();
         let _ = writeln!(
             s,
-            "- **{alg} refreshes.** Each refresh signs one JWT (the ID token), {} at the reference rate above \
-             (measured on the same busy cores, so an upper estimate); the issuer used {} of CPU per refresh in \
+            "- **{alg} refreshes, {format} access tokens.** Each refresh signs {signed}, {} each at the reference \
+             rate above (measured on the same busy cores, so an upper estimate); the issuer used {} of CPU per refresh in \
              all{theirs_text}. The issuer kept {:.2} of the {} cores busy and the load client {:.2}; the rest \
              went to other processes on the machine (load average above). At its CPU per refresh, the issuer alone \
              on {} cores would do at most {} /s; at the reference signing rate, signing alone caps it at {} /s.{}",
@@ -481,7 +516,7 @@ fn bounds(s: &mut String, r: &Results) {
             o.refresh.client_cores,
             r.machine.nproc,
             per_sec(cores * 1e3 / o.refresh.server_cpu_ms.max(1e-9)),
-            per_sec(cores * 1e6 / sign_us),
+            per_sec(cores * 1e6 / (signatures(format) * sign_us)),
             if o.refresh.server_cores < 0.8 * cores {
                 format!(
                     " With {} requests in flight the issuer was not CPU-bound, so requests spent part of their time \

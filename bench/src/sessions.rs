@@ -81,7 +81,7 @@ impl InProcessIssuer {
         let port = listener.local_addr()?.port();
         let url = format!("http://127.0.0.1:{port}");
         // The benchmark issuer's own configuration (the `bench` client, RS256, SQLite), as the binary runs it.
-        let text = crate::issuer::config(port, &dir.join("issuer.db"), "RS256");
+        let text = crate::issuer::config(port, &dir.join("issuer.db"), "RS256", "jwt");
         let config =
             ::issuer::config::Config::parse("issuer.yaml", &text, &|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
         let storage = ::issuer::state::open_storage(&config).await.map_err(|e| anyhow::anyhow!("{e}"))?;

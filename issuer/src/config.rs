@@ -250,6 +250,8 @@ pub struct OAuth2 {
     pub password_connector: Option<String>,
     /// `pkce:`.
     pub pkce: Pkce,
+    /// `accessTokenFormat` (tokengate's own key): `jwt` (default, RFC 9068) or `opaque`.
+    pub access_token_format: crate::token::AccessTokenFormat,
 }
 
 impl OAuth2 {
@@ -747,6 +749,7 @@ struct RawOAuth2 {
     #[serde(default)]
     pkce: RawPkce,
     subject_format: Option<String>,
+    access_token_format: Option<crate::token::AccessTokenFormat>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1244,6 +1247,7 @@ impl Validator<'_> {
             }
         };
         let oauth2 = OAuth2 {
+            access_token_format: o.access_token_format.unwrap_or_default(),
             grant_types,
             response_types,
             always_show_login_screen: o.always_show_login_screen.unwrap_or(false),

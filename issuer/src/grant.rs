@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use crate::oauth::TokenError;
 use crate::state::AppState;
 use crate::storage::{Identity, RefreshToken};
-use crate::token::{random_b64, Mint, RefreshTokenString};
+use crate::token::{random_b64, AccessTokenFormat, Mint, RefreshTokenString, ACCESS_TOKEN_TYP};
 
 pub mod authorization_code;
 pub mod device_code;
@@ -17,7 +17,7 @@ pub mod refresh_token;
 /// RFC 6749 §5.1 successful response, plus the OIDC `id_token`.
 #[derive(Debug, Serialize)]
 pub struct TokenResponse {
-    /// JWT access token for `/userinfo`.
+    /// The access token: a JWT (RFC 9068) or an opaque string, per `oauth2.accessTokenFormat`.
     pub access_token: String,
     /// Always `Bearer`.
     pub token_type: &'static str,
@@ -59,8 +59,14 @@ pub(crate) async fn issue(state: &AppState, i: Issue<'_>) -> Result<TokenRespons
         sid: i.sid,
     };
     let sign_err = |e: crate::keys::KeyError| TokenError::Internal(e.to_string());
-    let access_token = crate::token::seal_access_token(&state.server_key, &mint.access_token(random_b64::<16>()))
-        .map_err(|e| TokenError::Internal(e.to_string()))?;
+    let claims = mint.access_token(random_b64::<16>());
+    // One signature after the other: the ID token's `at_hash` covers the access token's, so the two
+    // cannot be signed at once.
+    let access_token = match state.config.oauth2.access_token_format {
+        AccessTokenFormat::Jwt => keys.signer.sign_typed_jwt(ACCESS_TOKEN_TYP, &claims).map_err(sign_err)?,
+        AccessTokenFormat::Opaque => crate::token::seal_access_token(&state.server_key, &claims)
+            .map_err(|e| TokenError::Internal(e.to_string()))?,
+    };
     let id_token = keys.signer.sign_jwt(&mint.id_token(keys.signer.alg(), &access_token)).map_err(sign_err)?;
     Metrics::count(&state.metrics.tokens, i.grant);
     tracing::info!(target: "audit", event = "token_issued", grant = i.grant, sub = %state.config.subject(i.identity), client = i.client_id, refresh = i.refresh_token.is_some());

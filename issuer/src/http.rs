@@ -24,6 +24,7 @@ pub mod assets;
 pub mod authorize;
 pub mod device;
 pub mod discovery;
+pub mod introspect;
 pub mod kubeconfig;
 pub mod login;
 pub mod logout;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
         .route("/keys", get(discovery::keys))
         .route("/token", post(token::token))
+        .route("/token/introspect", post(introspect::introspect))
         .route("/device/code", post(device::device_authorization))
         .route("/userinfo", get(userinfo::userinfo).post(userinfo::userinfo))
         .route("/revoke", post(revoke::revoke));

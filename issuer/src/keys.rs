@@ -254,9 +254,15 @@ impl Signer {
         PublicKey { kid: kid.clone(), alg: self.alg, bytes: self.public_bytes(), jwk }
     }
 
-    /// Signs `claims` as a compact JWS.
+    /// Signs `claims` as a compact JWS with `typ: JWT` (ID tokens).
     pub fn sign_jwt(&self, claims: &impl Serialize) -> Result<String, KeyError> {
-        let header = json!({ "alg": self.alg.as_str(), "kid": self.kid, "typ": "JWT" });
+        self.sign_typed_jwt("JWT", claims)
+    }
+
+    /// Signs `claims` as a compact JWS whose header names `typ` (RFC 7515 §4.1.9; RFC 9068 §2.1 `at+jwt`
+    /// for access tokens, so that no verifier takes one kind of token for the other).
+    pub fn sign_typed_jwt(&self, typ: &str, claims: &impl Serialize) -> Result<String, KeyError> {
+        let header = json!({ "alg": self.alg.as_str(), "kid": self.kid, "typ": typ });
         let mut jws = format!(
             "{}.{}",
             B64.encode(serde_json::to_vec(&header).map_err(|_| KeyError::Crypto)?),
@@ -285,6 +291,11 @@ impl Signer {
 /// Verifies a compact JWS made by one of `keys` and returns its claims. Checks the signature only: the
 /// caller checks `exp`, `aud` and the rest, because what they must be depends on the use.
 pub fn verify_jwt(token: &str, keys: &[PublicKey]) -> Option<Value> {
+    verify_jws(token, keys).map(|(_, claims)| claims)
+}
+
+/// Like [`verify_jwt`], returning the protected header too (`typ` tells an access token from an ID token).
+pub fn verify_jws(token: &str, keys: &[PublicKey]) -> Option<(Value, Value)> {
     let mut parts = token.split('.');
     let (h, p, s) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -302,7 +313,7 @@ pub fn verify_jwt(token: &str, keys: &[PublicKey]) -> Option<Value> {
     let sig = B64.decode(s).ok()?;
     let signed = &token[..h.len() + 1 + p.len()];
     UnparsedPublicKey::new(verify_alg, &key.bytes).verify(signed.as_bytes(), &sig).ok()?;
-    serde_json::from_slice(&B64.decode(p).ok()?).ok()
+    Some((header, serde_json::from_slice(&B64.decode(p).ok()?).ok()?))
 }
 
 /// OIDC Core §3.1.3.6 `at_hash`: the left half of the hash that goes with `alg`, base64url. SHA-256 for

@@ -154,26 +154,48 @@ pub struct IdTokenClaims {
     pub groups: Option<Vec<String>>,
 }
 
-/// Access-token claims (RFC 9068 shape); `/userinfo` reads them back.
+/// What access tokens look like on the wire: `oauth2.accessTokenFormat` (tokengate's own key).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessTokenFormat {
+    /// A JWT any resource server can verify against JWKS (RFC 9068, header `typ: at+jwt`), as Dex's access
+    /// tokens are JWTs. Costs a second signature per token response.
+    #[default]
+    Jwt,
+    /// [`seal_access_token`]: readable by this issuer only (`/userinfo`, `/token/introspect`).
+    Opaque,
+}
+
+/// RFC 9068 §2.1: the JWS `typ` of a JWT access token.
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// Access-token claims (RFC 9068 §2.2), the same in both formats. `/userinfo` and introspection read them
+/// back.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccessTokenClaims {
     /// Issuer.
     pub iss: String,
-    /// Subject.
+    /// Subject: the ID token's `sub`.
     pub sub: String,
-    /// The issuer's userinfo endpoint is the resource this token is for.
-    pub aud: String,
-    /// The client.
+    /// The ID token's audience: the client, after the peers of any cross-client scope. RFC 9068 §3 would
+    /// name the resource server; Dex's access tokens carry the client, and setups that check `aud` against
+    /// the client id (kube-apiserver, Envoy `jwt_authn` `audiences`) keep working.
+    pub aud: Audience,
+    /// The client the token was issued to.
     pub client_id: String,
-    /// Expiry.
+    /// Expiry (Unix seconds): the ID token's.
     pub exp: i64,
-    /// Issued at.
+    /// Issued at (Unix seconds).
     pub iat: i64,
+    /// Time of the login (Unix seconds); absent from opaque tokens sealed before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
     /// Granted scopes, space-separated.
     pub scope: String,
     /// Unique id.
     pub jti: String,
-    /// The user's claims as of issue, filtered by scope.
+    /// The user's claims as of issue, filtered by scope (`email`, `email_verified`, `name`,
+    /// `preferred_username`, `groups`), as in the ID token.
     #[serde(flatten)]
     pub profile: serde_json::Map<String, Value>,
 }
@@ -228,23 +250,11 @@ impl Mint<'_> {
 
     /// ID-token claims; `access_token` feeds `at_hash`, computed for the signing algorithm `alg`.
     pub fn id_token(&self, alg: crate::keys::Algorithm, access_token: &str) -> IdTokenClaims {
-        let mut aud: Vec<String> =
-            self.scopes.iter().filter_map(|s| s.strip_prefix(CROSS_CLIENT_PREFIX)).map(str::to_owned).collect();
-        // Dex semantics: cross-client scopes name the peers, and the requester is always in `aud` too, after
-        // them (OIDC Core §3.1.3.7 step 3: a client rejects an ID token whose `aud` lacks its client_id);
-        // `azp` names the requester (§2).
-        if !aud.iter().any(|a| a == self.client_id) {
-            aud.push(self.client_id.to_owned());
-        }
-        let aud = match <[String; 1]>::try_from(aud) {
-            Ok([one]) => Audience::One(one),
-            Err(many) => Audience::Many(many),
-        };
         let id = self.identity;
         IdTokenClaims {
             iss: self.config.issuer.as_str().trim_end_matches('/').to_owned(),
             sub: self.config.subject(id),
-            aud,
+            aud: audience(self.client_id, self.scopes),
             azp: self.client_id.to_owned(),
             exp: self.iat + self.config.expiry.id_tokens.as_secs() as i64,
             iat: self.iat,
@@ -265,14 +275,30 @@ impl Mint<'_> {
         AccessTokenClaims {
             iss: self.config.issuer.as_str().trim_end_matches('/').to_owned(),
             sub: self.config.subject(self.identity),
-            aud: self.config.endpoint("/userinfo"),
+            aud: audience(self.client_id, self.scopes),
             client_id: self.client_id.to_owned(),
             exp: self.iat + self.config.expiry.id_tokens.as_secs() as i64,
             iat: self.iat,
+            auth_time: Some(self.auth_time),
             scope: self.scopes.join(" "),
             jti,
             profile: self.profile(),
         }
+    }
+}
+
+/// The audience of tokens issued to `client_id` with `scopes`. Dex semantics: cross-client scopes name the
+/// peers, and the requester is always in `aud` too, after them (OIDC Core §3.1.3.7 step 3: a client rejects
+/// an ID token whose `aud` lacks its client_id); `azp` names the requester (§2).
+pub fn audience(client_id: &str, scopes: &[String]) -> Audience {
+    let mut aud: Vec<String> =
+        scopes.iter().filter_map(|s| s.strip_prefix(CROSS_CLIENT_PREFIX)).map(str::to_owned).collect();
+    if !aud.iter().any(|a| a == client_id) {
+        aud.push(client_id.to_owned());
+    }
+    match <[String; 1]>::try_from(aud) {
+        Ok([one]) => Audience::One(one),
+        Err(many) => Audience::Many(many),
     }
 }
 
@@ -283,10 +309,10 @@ fn access_token_key(server_key: &[u8]) -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
 }
 
-/// An access token: the claims (base64url JSON) and an HMAC-SHA256 over them, keyed from the server key.
-/// Opaque to clients, as RFC 6749 §1.4 has it: only this issuer reads them (at `/userinfo`), so they need
-/// no signature others can verify, and a token response costs one asymmetric signature (the ID token's)
-/// instead of two. Resource servers verify ID tokens, as kube-apiserver and the filter do.
+/// An opaque access token (`oauth2.accessTokenFormat: opaque`): the claims (base64url JSON) and an
+/// HMAC-SHA256 over them, keyed from the server key. Opaque to clients, as RFC 6749 §1.4 has it: only this
+/// issuer reads them (at `/userinfo` and `/token/introspect`), so they need no signature others can verify,
+/// and a token response costs one asymmetric signature (the ID token's) instead of two.
 pub fn seal_access_token(server_key: &[u8], claims: &AccessTokenClaims) -> Result<String, serde_json::Error> {
     let payload = B64.encode(serde_json::to_vec(claims)?);
     let mac = hmac::sign(&access_token_key(server_key), payload.as_bytes());
@@ -299,6 +325,66 @@ pub fn open_access_token(server_key: &[u8], token: &str) -> Option<AccessTokenCl
     // Constant-time comparison inside `verify`.
     hmac::verify(&access_token_key(server_key), payload.as_bytes(), &B64.decode(mac).ok()?).ok()?;
     serde_json::from_slice(&B64.decode(payload).ok()?).ok()
+}
+
+/// Why an access token is refused at `/userinfo` (and inactive at introspection).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AccessTokenError {
+    /// Neither a JWT signed by a published key nor an opaque token sealed with the server key.
+    #[error("{}", self.description())]
+    Invalid,
+    /// A JWT of this issuer whose `typ` is not `at+jwt` (an ID token, RFC 9068 §4 step 2).
+    #[error("{}", self.description())]
+    NotAnAccessToken,
+    /// Signed or sealed here, for another issuer URL (the configuration changed).
+    #[error("{}", self.description())]
+    WrongIssuer,
+    /// `exp` is before `now`.
+    #[error("{}", self.description())]
+    Expired,
+}
+
+impl AccessTokenError {
+    /// The message, for an RFC 6750 `error_description`.
+    pub fn description(&self) -> &'static str {
+        match self {
+            AccessTokenError::Invalid => "the access token is not valid",
+            AccessTokenError::NotAnAccessToken => "the token is not an access token",
+            AccessTokenError::WrongIssuer => "the token is not an access token of this issuer",
+            AccessTokenError::Expired => "the access token has expired",
+        }
+    }
+}
+
+/// The claims of an access token in either format, whatever `oauth2.accessTokenFormat` says now (so
+/// tokens issued before a format change keep working until they expire): a JWT must verify against one
+/// of `keys` (JWKS: signing, next and retired keys) with `typ` `at+jwt` (or `application/at+jwt`, RFC
+/// 9068 §4), anything else must open with `server_key`. Then `iss` must be `issuer` and `exp` not before
+/// `now` (Unix seconds).
+pub fn verify_access_token(
+    issuer: &str,
+    server_key: &[u8],
+    keys: &[crate::keys::PublicKey],
+    token: &str,
+    now: i64,
+) -> Result<AccessTokenClaims, AccessTokenError> {
+    let claims = if token.split('.').count() == 3 {
+        let (header, claims) = crate::keys::verify_jws(token, keys).ok_or(AccessTokenError::Invalid)?;
+        let typ = header.get("typ").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
+        if typ.strip_prefix("application/").unwrap_or(&typ) != ACCESS_TOKEN_TYP {
+            return Err(AccessTokenError::NotAnAccessToken);
+        }
+        serde_json::from_value::<AccessTokenClaims>(claims).map_err(|_| AccessTokenError::Invalid)?
+    } else {
+        open_access_token(server_key, token).ok_or(AccessTokenError::Invalid)?
+    };
+    if claims.iss != issuer {
+        return Err(AccessTokenError::WrongIssuer);
+    }
+    if claims.exp < now {
+        return Err(AccessTokenError::Expired);
+    }
+    Ok(claims)
 }
 
 // === refresh-token strings ===
@@ -442,6 +528,75 @@ mod tests {
         );
         assert!(open_access_token(b"key", &forged).is_none(), "changed claims are refused");
         assert!(open_access_token(b"key", "no-dot").is_none());
+    }
+
+    #[test]
+    fn access_token_format_defaults_to_jwt_and_opaque_is_a_setting() {
+        assert_eq!(config().oauth2.access_token_format, AccessTokenFormat::Jwt);
+        let base = "issuer: http://127.0.0.1:5556\nweb: {http: '127.0.0.1:5556'}\nstorage: {type: memory}\n";
+        let opaque = Config::parse("t.yaml", &format!("{base}oauth2: {{accessTokenFormat: opaque}}\n"), &|_| None);
+        assert_eq!(opaque.unwrap().oauth2.access_token_format, AccessTokenFormat::Opaque);
+        let bad = Config::parse("t.yaml", &format!("{base}oauth2: {{accessTokenFormat: paseto}}\n"), &|_| None);
+        let message = bad.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("accessTokenFormat") && message.contains("opaque"), "{message}");
+    }
+
+    #[test]
+    fn access_tokens_verify_in_either_format_and_nothing_else_passes() {
+        let c = config();
+        let scopes = vec!["openid".to_owned(), "groups".to_owned(), "audience:server:client_id:kubernetes".to_owned()];
+        let identity = crate::storage::conformance::identity();
+        let mint = Mint {
+            config: &c,
+            client_id: "app",
+            scopes: &scopes,
+            identity: &identity,
+            nonce: None,
+            auth_time: 1,
+            iat: 100,
+            sid: None,
+        };
+        let signer =
+            crate::keys::Signer::from_stored(&crate::keys::generate(crate::keys::Algorithm::Es256).unwrap()).unwrap();
+        let keys = [signer.public_key()];
+        let iss = "http://127.0.0.1:5556";
+        let claims = mint.access_token("j".into());
+        let jwt = signer.sign_typed_jwt(ACCESS_TOKEN_TYP, &claims).unwrap();
+        let media_type = signer.sign_typed_jwt("application/AT+JWT", &claims).unwrap();
+        let opaque = seal_access_token(b"key", &claims).unwrap();
+        let id_token = signer.sign_jwt(&mint.id_token(signer.alg(), &jwt)).unwrap();
+        let mut other_issuer = claims.clone();
+        other_issuer.iss = "https://elsewhere".into();
+        let other_issuer = signer.sign_typed_jwt(ACCESS_TOKEN_TYP, &other_issuer).unwrap();
+        let stranger = crate::keys::Signer::from_stored(&crate::keys::generate(crate::keys::Algorithm::Es256).unwrap())
+            .unwrap()
+            .sign_typed_jwt(ACCESS_TOKEN_TYP, &claims)
+            .unwrap();
+        let exp = 100 + 600;
+        let cases: &[(&str, &str, i64, Result<(), AccessTokenError>)] = &[
+            ("jwt", &jwt, exp, Ok(())),
+            ("typ application/at+jwt, any case", &media_type, exp, Ok(())),
+            ("opaque", &opaque, exp, Ok(())),
+            ("jwt one second late", &jwt, exp + 1, Err(AccessTokenError::Expired)),
+            ("opaque one second late", &opaque, exp + 1, Err(AccessTokenError::Expired)),
+            ("an ID token", &id_token, exp, Err(AccessTokenError::NotAnAccessToken)),
+            ("another issuer", &other_issuer, exp, Err(AccessTokenError::WrongIssuer)),
+            ("a key not in JWKS", &stranger, exp, Err(AccessTokenError::Invalid)),
+            ("garbage", "a.b.c", exp, Err(AccessTokenError::Invalid)),
+            ("a refresh token", &RefreshTokenString::random().encode(), exp, Err(AccessTokenError::Invalid)),
+        ];
+        for (what, token, now, want) in cases {
+            let got = verify_access_token(iss, b"key", &keys, token, *now);
+            assert_eq!(&got.as_ref().map(|_| ()).map_err(Clone::clone), want, "{what}");
+        }
+        let got = verify_access_token(iss, b"key", &keys, &jwt, exp).unwrap();
+        assert_eq!(got.aud, Audience::Many(vec!["kubernetes".into(), "app".into()]), "the ID token's audience");
+        assert_eq!(
+            (got.auth_time, got.scope.as_str()),
+            (Some(1), "openid groups audience:server:client_id:kubernetes")
+        );
+        assert_eq!(got.profile["groups"], serde_json::json!(["developers"]));
+        assert!(got.profile.get("email").is_none(), "no email without the email scope");
     }
 
     #[test]

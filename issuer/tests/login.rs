@@ -190,6 +190,7 @@ async fn discovery_advertises_every_endpoint_under_an_issuer_path() {
         "jwks_uri",
         "userinfo_endpoint",
         "revocation_endpoint",
+        "introspection_endpoint",
         "end_session_endpoint",
     ] {
         let url = doc[key].as_str().unwrap();

@@ -13,7 +13,12 @@ use issuer::config::{Client, Config};
 const SCOPES: &str = "openid email profile groups offline_access";
 const DOWNSTREAM_SECRET: &str = "downstream-secret";
 /// The password database's admin in the dev config, as the upstream knows them.
-const UPSTREAM_SUB: &str = "08a8684b-db88-4b73-90a9-3cd1661f5466";
+const UPSTREAM_USER_ID: &str = "08a8684b-db88-4b73-90a9-3cd1661f5466";
+
+/// The upstream (another tokengate issuer, password database) mints Dex's subject for its user.
+fn upstream_sub() -> String {
+    issuer::connector::dex_subject(UPSTREAM_USER_ID, "local")
+}
 
 /// The upstream registers the downstream issuer as a client; its `/callback` on any loopback port
 /// (RFC 8252 §7.3). Strict rotation upstream: a refresh token used twice revokes the upstream session.
@@ -109,7 +114,7 @@ async fn users_of_an_upstream_provider_sign_in_with_its_claims_and_a_dex_subject
     assert_eq!(c["email_verified"], true);
     assert_eq!(c["preferred_username"], "admin");
     assert_eq!(c["groups"], serde_json::json!(["admins", "developers"]));
-    assert_eq!(c["sub"], issuer::connector::dex_subject(UPSTREAM_SUB, "upstream"));
+    assert_eq!(c["sub"], issuer::connector::dex_subject(&upstream_sub(), "upstream"));
     assert_eq!(c["iss"], downstream.url, "the downstream issuer signs its own tokens");
 }
 
@@ -161,7 +166,7 @@ async fn refresh_goes_upstream_once_per_family_even_when_refreshed_concurrently(
     assert_eq!(upstream_refreshes(&upstream) - before, 2);
     assert_eq!(
         claims(body["id_token"].as_str().unwrap())["sub"],
-        issuer::connector::dex_subject(UPSTREAM_SUB, "upstream")
+        issuer::connector::dex_subject(&upstream_sub(), "upstream")
     );
 
     // A second login of the same user (another device) has its own upstream refresh token.
@@ -390,7 +395,7 @@ async fn a_device_login_can_go_through_the_upstream_provider() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         claims(body["id_token"].as_str().unwrap())["sub"],
-        issuer::connector::dex_subject(UPSTREAM_SUB, "upstream")
+        issuer::connector::dex_subject(&upstream_sub(), "upstream")
     );
 }
 

@@ -66,7 +66,6 @@ async fn invalid_bearer_tokens_get_401_with_a_bearer_challenge() {
         (none.as_str(), "alg none"),
         (hs256.as_str(), "HS256 with the public key"),
         ("not-a-jwt", "garbage"),
-        (t["access_token"].as_str().unwrap(), "an access token (aud is the userinfo endpoint)"),
     ] {
         let (r, seen) = send(&w, api(token)).await;
         assert!(seen.is_none(), "{what} must not reach the upstream");
@@ -116,4 +115,24 @@ async fn an_unknown_kid_triggers_one_jwks_refetch() {
     let (r, seen) = send(&w, api(t["id_token"].as_str().unwrap())).await;
     assert_eq!(r.status, 200, "the filter refetched JWKS and found the new kid: {}", r.text());
     assert!(seen.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_access_token_is_accepted_like_an_id_token_and_an_opaque_one_is_not() {
+    // Access tokens are JWTs by default (RFC 9068, `typ: at+jwt`) with the client in `aud`, as Dex's are,
+    // and a resource server accepts them: so does the filter.
+    let issuer = Issuer::start().await;
+    let w = worker(&issuer, json!({})).await;
+    let t = issuer.tokens_for("admin@example.com", "openid email groups").await;
+    let (r, seen) = send(&w, api(t["access_token"].as_str().unwrap())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(header(&seen.unwrap(), "x-auth-request-email"), Some("admin@example.com"));
+
+    // `oauth2.accessTokenFormat: opaque`: only the issuer reads them.
+    let opaque = Issuer::start_live(|c| c.oauth2.access_token_format = issuer::token::AccessTokenFormat::Opaque).await;
+    let w = worker(&opaque, json!({})).await;
+    let t = opaque.tokens_for("jane@example.com", "openid email").await;
+    let (r, seen) = send(&w, api(t["access_token"].as_str().unwrap())).await;
+    assert!(seen.is_none(), "an opaque access token must not reach the upstream");
+    assert_invalid_token(&r, "an opaque access token");
 }

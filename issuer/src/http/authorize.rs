@@ -70,8 +70,11 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
         };
     let client_state = form.get("state");
     let response_types: Vec<&str> = form.get("response_type").unwrap_or("").split(' ').filter(|t| !t.is_empty()).collect();
-    // OAuth 2.0 Multiple Response Types §5: anything but `code` alone answers in the fragment, errors too.
-    let in_fragment = response_types.iter().any(|t| *t != "code");
+    let enabled = &state.config.oauth2.response_types;
+    // OAuth 2.0 Multiple Response Types §5: an enabled flow other than `code` alone answers in the fragment,
+    // errors too; a response type this issuer does not serve is refused in the query.
+    let in_fragment = response_types.iter().any(|t| *t != "code")
+        && response_types.iter().all(|t| enabled.iter().any(|e| e == t));
     let fail = |code: Code, description: &str| -> Response {
         let mut params = vec![("error", code.as_str()), ("error_description", description)];
         if let Some(s) = client_state {
@@ -86,7 +89,6 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
         Redirect::to(&redirect_with(&redirect_uri, &params)).into_response()
     };
 
-    let enabled = &state.config.oauth2.response_types;
     if response_types.is_empty() {
         return fail(Code::InvalidRequest, "missing parameter response_type");
     }

@@ -19,6 +19,7 @@ pub fn document(config: &Config) -> Vec<u8> {
         "jwks_uri": config.endpoint("/keys"),
         "userinfo_endpoint": config.endpoint("/userinfo"),
         "revocation_endpoint": config.endpoint("/revoke"),
+        "introspection_endpoint": config.endpoint("/token/introspect"),
         "end_session_endpoint": config.endpoint("/logout"),
         "device_authorization_endpoint": config.endpoint("/device/code"),
         "response_types_supported": response_types(&config.oauth2.response_types),
@@ -34,6 +35,8 @@ pub fn document(config: &Config) -> Vec<u8> {
         "scopes_supported": SCOPES,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        // Public clients cannot introspect (see `introspect`).
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "claims_supported": CLAIMS,
         "request_parameter_supported": false,
         "claims_parameter_supported": false,

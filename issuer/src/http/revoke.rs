@@ -1,6 +1,7 @@
 //! Token revocation (RFC 7009). Revoking a refresh token revokes its whole family: every token descended
-//! from the same login. Access tokens are self-contained JWTs that expire on their own; revoking one is
-//! accepted and has no further effect (§2.2 lets a server answer 200 for tokens it cannot revoke).
+//! from the same login. Access tokens (JWTs or opaque) are self-contained and expire on their own;
+//! revoking one is accepted and has no further effect (§2.2 lets a server answer 200 for tokens it cannot
+//! revoke).
 
 use axum::body::Bytes;
 use axum::extract::State;

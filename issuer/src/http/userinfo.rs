@@ -1,4 +1,4 @@
-//! The UserInfo endpoint (OIDC Core §5.3) with bearer access tokens (RFC 6750).
+//! The UserInfo endpoint (OIDC Core §5.3) with bearer access tokens (RFC 6750) in either format.
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::oauth::TokenError;
 use crate::state::AppState;
-use crate::token::{open_access_token, AccessTokenClaims};
+use crate::token::{verify_access_token, AccessTokenClaims};
 
 /// `GET|POST /userinfo`.
 pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -30,15 +30,8 @@ async fn claims(state: &AppState, headers: &HeaderMap) -> Result<AccessTokenClai
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim())
         .ok_or(TokenError::InvalidToken("a bearer access token is required"))?;
-    let claims =
-        open_access_token(&state.server_key, token).ok_or(TokenError::InvalidToken("the access token is not valid"))?;
-    if claims.iss != state.config.issuer.as_str().trim_end_matches('/')
-        || claims.aud != state.config.endpoint("/userinfo")
-    {
-        return Err(TokenError::InvalidToken("the token is not an access token of this issuer"));
-    }
-    if claims.exp < state.clock.now() {
-        return Err(TokenError::InvalidToken("the access token has expired"));
-    }
-    Ok(claims)
+    let keys = state.keys().await?;
+    let issuer = state.config.issuer.as_str().trim_end_matches('/');
+    verify_access_token(issuer, &state.server_key, &keys.public, token, state.clock.now())
+        .map_err(|e| TokenError::InvalidToken(e.description()))
 }

@@ -74,12 +74,24 @@ access to * by * read
             dir,
             child: None,
         };
-        s.run().await;
+        // A port picked free can be taken by another test's server before slapd binds it: pick again.
+        for attempt in 1.. {
+            match s.run().await {
+                Ok(()) => break,
+                Err(log) if attempt < 5 => {
+                    eprintln!("slapd did not start (attempt {attempt}), new ports: {log}");
+                    s.ldap = format!("127.0.0.1:{}", free_port());
+                    s.ldaps = format!("127.0.0.1:{}", free_port());
+                }
+                Err(log) => panic!("slapd did not start: {log}"),
+            }
+        }
         s.seed().await;
         s
     }
 
-    async fn run(&mut self) {
+    /// Starts slapd and waits until both listeners accept; `Err` with its log when it exits first.
+    async fn run(&mut self) -> Result<(), String> {
         let log = std::fs::File::create(self.dir.path().join("slapd.log")).unwrap();
         let child = Command::new(slapd_binary())
             .arg("-f")
@@ -97,12 +109,13 @@ access to * by * read
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 let log = std::fs::read_to_string(self.dir.path().join("slapd.log")).unwrap_or_default();
-                panic!("slapd exited with {status}: {log}");
+                self.child = None;
+                return Err(format!("slapd exited with {status}: {log}"));
             }
             if tokio::net::TcpStream::connect(&self.ldap).await.is_ok()
                 && tokio::net::TcpStream::connect(&self.ldaps).await.is_ok()
             {
-                return;
+                return Ok(());
             }
             assert!(Instant::now() < deadline, "slapd did not listen within 30 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -120,7 +133,7 @@ access to * by * read
     /// Starts slapd again on the same ports and database.
     pub async fn restart(&mut self) {
         self.stop();
-        self.run().await;
+        self.run().await.unwrap_or_else(|log| panic!("{log}"));
     }
 
     /// A connection bound as the directory's administrator.
