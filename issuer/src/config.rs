@@ -138,6 +138,7 @@ pub struct Telemetry {
 
 /// `storage:` — the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // built once at start-up; boxing would only add noise to every match
 pub enum StorageConfig {
     /// Process memory; lost on restart.
     Memory,

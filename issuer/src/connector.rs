@@ -115,6 +115,35 @@ pub trait RefreshConnector: Send + Sync {
     }
 }
 
+/// Kinds of subject token a token exchange presents (RFC 8693 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectTokenType {
+    /// `urn:ietf:params:oauth:token-type:id_token`.
+    IdToken,
+    /// `urn:ietf:params:oauth:token-type:access_token`.
+    AccessToken,
+}
+
+impl SubjectTokenType {
+    /// The token type named `s`, if it is one of these.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "urn:ietf:params:oauth:token-type:id_token" => Some(Self::IdToken),
+            "urn:ietf:params:oauth:token-type:access_token" => Some(Self::AccessToken),
+            _ => None,
+        }
+    }
+}
+
+/// Tells who a token its upstream issued belongs to (Dex's `TokenIdentityConnector`), for the token
+/// exchange grant: an upstream ID token is verified (signature, `iss`, `aud`, `exp`), an upstream access
+/// token is sent to the upstream's userinfo endpoint.
+#[async_trait]
+pub trait TokenIdentityConnector: Send + Sync {
+    /// The identity the token stands for; `Upstream` when the token is not valid.
+    async fn token_identity(&self, kind: SubjectTokenType, token: &str) -> Result<Identity, ConnectorError>;
+}
+
 /// What `check-config --probe` learned about one connector's upstream.
 #[derive(Debug, Clone, Default)]
 pub struct ProbeReport {
@@ -158,6 +187,8 @@ pub struct Connector {
     pub refresh: Arc<dyn RefreshConnector>,
     /// How `check-config --probe` reaches its upstream (`None` for the password database).
     pub probe: Option<Arc<dyn Probe>>,
+    /// How its upstream's tokens are exchanged (RFC 8693); `None` when they cannot be.
+    pub token_identity: Option<Arc<dyn TokenIdentityConnector>>,
     /// Who it lets in.
     pub policy: Policy,
 }
@@ -467,11 +498,13 @@ impl Connectors {
                 login: Login::Password(local.clone()),
                 refresh: local,
                 probe: None,
+                token_identity: None,
                 policy: Policy::default(),
             });
         }
         for c in &config.connectors {
             let err = |message: String| BuildError { id: c.id.clone(), message };
+            let mut token_identity: Option<Arc<dyn TokenIdentityConnector>> = None;
             let (kind, login, refresh, probe): (&'static str, Login, Arc<dyn RefreshConnector>, Arc<dyn Probe>) =
                 match &c.kind {
                     ConnectorKind::Ldap(cfg) => {
@@ -480,6 +513,7 @@ impl Connectors {
                     }
                     ConnectorKind::Oidc(cfg) => {
                         let o = Arc::new(oidc::Oidc::new(&c.id, cfg.clone()).map_err(err)?);
+                        token_identity = Some(o.clone());
                         ("oidc", Login::Callback(o.clone()), o.clone(), o)
                     }
                     ConnectorKind::BitbucketCloud(cfg) => {
@@ -508,6 +542,7 @@ impl Connectors {
                 login,
                 refresh,
                 probe: Some(probe),
+                token_identity,
                 policy: c.policy.clone(),
             });
         }

@@ -118,7 +118,7 @@ impl std::fmt::Debug for Password {
 }
 
 /// Who logged in, as the connector reported it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     /// Stable user id, the `sub`.
     pub user_id: String,

@@ -134,6 +134,9 @@ pub struct IdTokenClaims {
     /// Access-token hash.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub at_hash: Option<String>,
+    /// Hash of the authorization code issued with the ID token at the authorization endpoint (hybrid flow).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c_hash: Option<String>,
     /// Session id (the refresh-token family): what RP-initiated logout ends.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
@@ -227,9 +230,16 @@ pub struct Mint<'a> {
     pub iat: i64,
     /// Session id.
     pub sid: Option<&'a str>,
+    /// `sub` when the tokens are not a user's: the client id for the client credentials grant (RFC 9068
+    /// §2.2). `None`: the identity's subject.
+    pub subject: Option<&'a str>,
 }
 
 impl Mint<'_> {
+    fn sub(&self) -> String {
+        self.subject.map_or_else(|| self.config.subject(self.identity), str::to_owned)
+    }
+
     /// The profile claims the scopes allow.
     pub fn profile(&self) -> serde_json::Map<String, Value> {
         let mut m = serde_json::Map::new();
@@ -248,19 +258,27 @@ impl Mint<'_> {
         m
     }
 
-    /// ID-token claims; `access_token` feeds `at_hash`, computed for the signing algorithm `alg`.
-    pub fn id_token(&self, alg: crate::keys::Algorithm, access_token: &str) -> IdTokenClaims {
+    /// ID-token claims. The access token issued with it, if any, feeds `at_hash` and the authorization code
+    /// issued with it (hybrid flow), if any, `c_hash` (OIDC Core §3.3.2.11), both for the signing algorithm
+    /// `alg`.
+    pub fn id_token(
+        &self,
+        alg: crate::keys::Algorithm,
+        access_token: Option<&str>,
+        code: Option<&str>,
+    ) -> IdTokenClaims {
         let id = self.identity;
         IdTokenClaims {
             iss: self.config.issuer.as_str().trim_end_matches('/').to_owned(),
-            sub: self.config.subject(id),
+            sub: self.sub(),
             aud: audience(self.client_id, self.scopes),
             azp: self.client_id.to_owned(),
             exp: self.iat + self.config.expiry.id_tokens.as_secs() as i64,
             iat: self.iat,
             auth_time: self.auth_time,
             nonce: self.nonce.map(str::to_owned),
-            at_hash: Some(crate::keys::left_half_hash(alg, access_token)),
+            at_hash: access_token.map(|t| crate::keys::left_half_hash(alg, t)),
+            c_hash: code.map(|c| crate::keys::left_half_hash(alg, c)),
             sid: self.sid.map(str::to_owned),
             email: has(self.scopes, "email").then(|| id.email.clone()),
             email_verified: has(self.scopes, "email").then_some(id.email_verified),
@@ -274,7 +292,7 @@ impl Mint<'_> {
     pub fn access_token(&self, jti: String) -> AccessTokenClaims {
         AccessTokenClaims {
             iss: self.config.issuer.as_str().trim_end_matches('/').to_owned(),
-            sub: self.config.subject(self.identity),
+            sub: self.sub(),
             aud: audience(self.client_id, self.scopes),
             client_id: self.client_id.to_owned(),
             exp: self.iat + self.config.expiry.id_tokens.as_secs() as i64,
@@ -490,8 +508,9 @@ mod tests {
             auth_time: 1,
             iat: 2,
             sid: None,
+            subject: None,
         };
-        let claims = mint.id_token(crate::keys::Algorithm::Rs256, "at");
+        let claims = mint.id_token(crate::keys::Algorithm::Rs256, Some("at"), None);
         assert_eq!(claims.aud, Audience::Many(vec!["kubernetes".into(), "app".into()]), "the requester is added");
         assert_eq!(claims.azp, "app");
         assert_eq!(claims.groups, Some(vec!["developers".into()]));
@@ -513,6 +532,7 @@ mod tests {
             auth_time: 1,
             iat: 2,
             sid: None,
+            subject: None,
         };
         let token = seal_access_token(b"key", &mint.access_token("j".into())).unwrap();
         let claims = open_access_token(b"key", &token).unwrap();
@@ -555,6 +575,7 @@ mod tests {
             auth_time: 1,
             iat: 100,
             sid: None,
+            subject: None,
         };
         let signer =
             crate::keys::Signer::from_stored(&crate::keys::generate(crate::keys::Algorithm::Es256).unwrap()).unwrap();
@@ -564,7 +585,7 @@ mod tests {
         let jwt = signer.sign_typed_jwt(ACCESS_TOKEN_TYP, &claims).unwrap();
         let media_type = signer.sign_typed_jwt("application/AT+JWT", &claims).unwrap();
         let opaque = seal_access_token(b"key", &claims).unwrap();
-        let id_token = signer.sign_jwt(&mint.id_token(signer.alg(), &jwt)).unwrap();
+        let id_token = signer.sign_jwt(&mint.id_token(signer.alg(), Some(&jwt), None)).unwrap();
         let mut other_issuer = claims.clone();
         other_issuer.iss = "https://elsewhere".into();
         let other_issuer = signer.sign_typed_jwt(ACCESS_TOKEN_TYP, &other_issuer).unwrap();

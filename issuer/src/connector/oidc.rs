@@ -827,6 +827,27 @@ impl CallbackConnector for Oidc {
 }
 
 #[async_trait]
+impl super::TokenIdentityConnector for Oidc {
+    async fn token_identity(&self, kind: super::SubjectTokenType, token: &str) -> Result<Identity, ConnectorError> {
+        let claims = match kind {
+            super::SubjectTokenType::IdToken => {
+                let id_claims = self.verify_id_token(token, None).await?;
+                // Userinfo needs an access token, which an exchanged ID token does not come with.
+                id_claims
+            }
+            super::SubjectTokenType::AccessToken => self.claims(None, Some(token)).await?,
+        };
+        let data = Data {
+            iss: self.config.issuer.clone(),
+            sub: claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            refresh_token: None,
+            access_token: None,
+        };
+        self.identity(&claims, data)
+    }
+}
+
+#[async_trait]
 impl RefreshConnector for Oidc {
     async fn refresh(&self, identity: &Identity) -> Result<Option<Identity>, ConnectorError> {
         let data: Data = identity

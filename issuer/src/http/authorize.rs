@@ -69,12 +69,13 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
             ),
         };
     let client_state = form.get("state");
-    let response_types: Vec<&str> = form.get("response_type").unwrap_or("").split(' ').filter(|t| !t.is_empty()).collect();
+    let response_types: Vec<&str> =
+        form.get("response_type").unwrap_or("").split(' ').filter(|t| !t.is_empty()).collect();
     let enabled = &state.config.oauth2.response_types;
     // OAuth 2.0 Multiple Response Types §5: an enabled flow other than `code` alone answers in the fragment,
     // errors too; a response type this issuer does not serve is refused in the query.
-    let in_fragment = response_types.iter().any(|t| *t != "code")
-        && response_types.iter().all(|t| enabled.iter().any(|e| e == t));
+    let in_fragment =
+        response_types.iter().any(|t| *t != "code") && response_types.iter().all(|t| enabled.iter().any(|e| e == t));
     let fail = |code: Code, description: &str| -> Response {
         let mut params = vec![("error", code.as_str()), ("error_description", description)];
         if let Some(s) = client_state {
@@ -123,7 +124,9 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
         (None, None) if client.public && wants_code => {
             return fail(Code::InvalidRequest, "public clients must use PKCE (code_challenge)")
         }
-        (None, None) if pkce.enforce && wants_code => return fail(Code::InvalidRequest, "PKCE is required (code_challenge)"),
+        (None, None) if pkce.enforce && wants_code => {
+            return fail(Code::InvalidRequest, "PKCE is required (code_challenge)")
+        }
         (None, None) => None,
         (Some(_), m) if !pkce.code_challenge_methods_supported.iter().any(|s| s == m.unwrap_or("plain")) => {
             return fail(Code::InvalidRequest, "code_challenge_method is not supported by this issuer")

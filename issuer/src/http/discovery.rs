@@ -56,7 +56,9 @@ fn response_types(enabled: &[String]) -> Vec<String> {
     let order = ["code", "id_token", "token"];
     let on: Vec<&str> = order.into_iter().filter(|t| enabled.iter().any(|e| e == t)).collect();
     let mut out: Vec<String> = (1..1usize << on.len())
-        .map(|mask| on.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, t)| *t).collect::<Vec<_>>().join(" "))
+        .map(|mask| {
+            on.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, t)| *t).collect::<Vec<_>>().join(" ")
+        })
         .collect();
     out.sort_by_key(|s| (s.split(' ').count(), s.clone()));
     out

@@ -158,6 +158,7 @@ async fn refresh_token(state: &AppState, client: &Client, token: &str) -> Result
         auth_time: stored.auth_time,
         iat: stored.created_at,
         sid: Some(&stored.family_id),
+        subject: None,
     };
     let profile = mint.profile();
     Ok(Some(Introspection {

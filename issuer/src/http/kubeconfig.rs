@@ -137,8 +137,8 @@ pub async fn callback(State(state): State<AppState>, uri: Uri, headers: HeaderMa
         Err(crate::oauth::TokenError::Internal(e)) => return internal(e),
         Err(e) => return restart(StatusCode::BAD_REQUEST, &format!("The code could not be redeemed ({e}).")),
     };
-    let Some(claims) = tokens
-        .id_token
+    let id_token = tokens.id_token.clone().unwrap_or_default();
+    let Some(claims) = id_token
         .split('.')
         .nth(1)
         .and_then(|p| B64.decode(p).ok())
@@ -154,7 +154,7 @@ pub async fn callback(State(state): State<AppState>, uri: Uri, headers: HeaderMa
         client_id: &client.id,
         client_secret: client.secret.as_deref(),
         issuer_ca,
-        id_token: &tokens.id_token,
+        id_token: &id_token,
         refresh_token: tokens.refresh_token.as_deref(),
     };
     let example = k.clusters.is_empty();

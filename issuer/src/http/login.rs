@@ -444,6 +444,32 @@ async fn finish(
         return super::device::approve(state, device, identity, ip).await;
     }
     let now = state.clock.now();
+    if request.response_types.iter().any(|t| t != "code") {
+        return front_channel_tokens(state, &request, identity, now).await;
+    }
+    let code_id = match store_code(state, &request, identity.clone(), now).await {
+        Ok(id) => id,
+        Err(e) => return storage_failure(e),
+    };
+    let mut params = vec![("code", code_id.as_str())];
+    if let Some(s) = request.state.as_deref() {
+        params.push(("state", s));
+    }
+    if request.redirect_uri == OOB_REDIRECT_URI {
+        let client = client.map_or(request.client_id.clone(), |c| c.name.clone());
+        return page(StatusCode::OK, &OobPage { client, code: code_id.clone() });
+    }
+    // 303: the browser follows with a GET, never re-posting the password.
+    (StatusCode::SEE_OTHER, [(header::LOCATION, redirect_with(&request.redirect_uri, &params))]).into_response()
+}
+
+/// Stores the authorization code of a finished login and returns it.
+async fn store_code(
+    state: &AppState,
+    request: &AuthRequest,
+    identity: Identity,
+    now: i64,
+) -> Result<String, StorageError> {
     let code = AuthCode {
         id: random_b64::<32>(),
         client_id: request.client_id.clone(),
@@ -458,20 +484,58 @@ async fn finish(
         redeemed_at: None,
         family_id: None,
     };
-    let code_id = code.id.clone();
-    if let Err(e) = state.storage.create_auth_code(code).await {
-        return storage_failure(e);
+    let id = code.id.clone();
+    state.storage.create_auth_code(code).await?;
+    Ok(id)
+}
+
+/// The implicit and hybrid flows (OIDC Core §3.2, §3.3): what `response_type` asked for — a code, an ID
+/// token (with `c_hash` beside a code, `at_hash` beside an access token), an access token — in the
+/// redirect URI's fragment (OAuth 2.0 Multiple Response Types §5). Only reachable when
+/// `oauth2.responseTypes` enables these types. No refresh token travels through the browser.
+async fn front_channel_tokens(state: &AppState, request: &AuthRequest, identity: Identity, now: i64) -> Response {
+    let wants = |t: &str| request.response_types.iter().any(|r| r == t);
+    let code_id = if wants("code") {
+        match store_code(state, request, identity.clone(), now).await {
+            Ok(id) => Some(id),
+            Err(e) => return storage_failure(e),
+        }
+    } else {
+        None
+    };
+    let m = crate::token::Mint {
+        config: &state.config,
+        client_id: &request.client_id,
+        scopes: &request.scopes,
+        identity: &identity,
+        nonce: request.nonce.as_deref(),
+        auth_time: now,
+        iat: now,
+        sid: None,
+        subject: None,
+    };
+    let parts =
+        crate::grant::Parts { access_token: wants("token"), id_token: wants("id_token"), code: code_id.as_deref() };
+    let minted = match crate::grant::mint(state, &m, parts, "implicit").await {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    let expires_in = state.config.expiry.id_tokens.as_secs().to_string();
+    let mut params: Vec<(&str, &str)> = Vec::new();
+    if let Some(c) = code_id.as_deref() {
+        params.push(("code", c));
     }
-    let mut params = vec![("code", code_id.as_str())];
+    if let Some(at) = minted.access_token.as_deref() {
+        params.extend([("access_token", at), ("token_type", "Bearer"), ("expires_in", expires_in.as_str())]);
+    }
+    if let Some(it) = minted.id_token.as_deref() {
+        params.push(("id_token", it));
+    }
     if let Some(s) = request.state.as_deref() {
         params.push(("state", s));
     }
-    if request.redirect_uri == OOB_REDIRECT_URI {
-        let client = client.map_or(request.client_id.clone(), |c| c.name.clone());
-        return page(StatusCode::OK, &OobPage { client, code: code_id.clone() });
-    }
-    // 303: the browser follows with a GET, never re-posting the password.
-    (StatusCode::SEE_OTHER, [(header::LOCATION, redirect_with(&request.redirect_uri, &params))]).into_response()
+    let location = crate::oauth::redirect_with_fragment(&request.redirect_uri, &params);
+    (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
 }
 
 /// The out-of-band "copy this code" page.

@@ -35,8 +35,8 @@ async fn handle(state: &AppState, peer: &Peer, headers: &HeaderMap, body: &Bytes
             let ip = client_ip(state, peer, headers).map_or_else(|| "-".to_owned(), |i| i.to_string());
             grant::password::exchange(state, &client, &form, &ip).await
         }
-        GrantType::ClientCredentials | GrantType::TokenExchange | GrantType::Implicit => {
-            Err(TokenError::UnsupportedGrantType)
-        }
+        GrantType::ClientCredentials => grant::client_credentials::exchange(state, &client, &form).await,
+        GrantType::TokenExchange => grant::token_exchange::exchange(state, &client, &form).await,
+        GrantType::Implicit => Err(TokenError::UnsupportedGrantType),
     }
 }
