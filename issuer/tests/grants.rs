@@ -329,3 +329,27 @@ fn left_half_sha256(s: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16])
 }
+
+#[tokio::test]
+async fn pkce_can_be_enforced_for_every_client_and_plain_switched_off() {
+    let issuer =
+        Issuer::start_with("oauth2:\n  pkce:\n    enforce: true\n    codeChallengeMethodsSupported: [S256]\n", |c| {
+            c.static_clients.iter_mut().for_each(|c| c.allow_plain_pkce = true)
+        })
+        .await;
+    assert_eq!(discovery(&issuer).await["code_challenge_methods_supported"], serde_json::json!(["S256"]));
+    let error = |url: String| async move {
+        let r = http().get(url).send().await.unwrap();
+        let location = r.headers()["location"].to_str().unwrap().to_owned();
+        (query_param(&location, "error"), query_param(&location, "error_description"))
+    };
+    let base = issuer.auth_url("openid", "s");
+    let without = base.split("&code_challenge=").next().unwrap().to_owned();
+    let (code, why) = error(without).await;
+    assert_eq!(code.as_deref(), Some("invalid_request"));
+    assert!(why.unwrap().contains("PKCE is required"), "a confidential client too");
+    let (code, _) = error(base.replace("code_challenge_method=S256", "code_challenge_method=plain")).await;
+    assert_eq!(code.as_deref(), Some("invalid_request"), "plain is off even for allowPlainPKCE clients");
+    let r = http().get(base).send().await.unwrap();
+    assert!(r.headers()["location"].to_str().unwrap().contains("/login?req="), "S256 goes on to the login");
+}

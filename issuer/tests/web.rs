@@ -135,3 +135,57 @@ fn telemetry_keys_are_validated() {
     let line = dev.lines().count() + 3;
     assert!(warning.contains(&format!("dex.yaml:{line}: telemetry.enableProfiling: Go's pprof")), "{warning}");
 }
+
+#[tokio::test]
+async fn tls_min_version_keeps_older_clients_out_of_the_https_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let (web, https) = (free_port(), free_port());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_issuer"))
+        .args(["dev-certs", "--out"])
+        .arg(dir.path())
+        .args(["--host", "localhost"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = dir.path().display();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml"))
+        .unwrap()
+        .replace("http: 127.0.0.1:5556", &format!("http: 127.0.0.1:{web}\n  https: 127.0.0.1:{https}\n  tlsCert: {d}/cert.pem\n  tlsKey: {d}/key.pem\n  tlsMinVersion: \"1.3\""))
+        .replace("./data/issuer.db", &dir.path().join("db").display().to_string());
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_issuer"))
+        .arg("serve")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.pem")).unwrap()).unwrap();
+    let client = |max: Option<reqwest::tls::Version>| {
+        let b = reqwest::Client::builder()
+            .add_root_certificate(ca.clone())
+            .resolve("localhost", ([127, 0, 0, 1], https).into());
+        match max {
+            Some(v) => b.max_tls_version(v),
+            None => b,
+        }
+        .build()
+        .unwrap()
+    };
+    let url = format!("https://localhost:{https}/healthz/live");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client(None).get(&url).send().await {
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.version(), reqwest::Version::HTTP_11);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the https listener did not come up");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let old = client(Some(reqwest::tls::Version::TLS_1_2)).get(&url).send().await;
+    assert!(old.is_err(), "a TLS 1.2-only client is refused: {old:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
