@@ -134,7 +134,8 @@ pub struct IdTokenClaims {
     /// Access-token hash.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub at_hash: Option<String>,
-    /// Session id (the refresh-token family): what RP-initiated logout ends.
+    /// Session id: the browser session (`crate::session`), or for grants without a browser (device,
+    /// password) the refresh-token family. What RP-initiated logout ends.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
     /// With the `email` scope.
@@ -173,6 +174,9 @@ pub struct AccessTokenClaims {
     pub scope: String,
     /// Unique id.
     pub jti: String,
+    /// The session the token was minted in, as in the ID token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
     /// The user's claims as of issue, filtered by scope.
     #[serde(flatten)]
     pub profile: serde_json::Map<String, Value>,
@@ -271,6 +275,7 @@ impl Mint<'_> {
             iat: self.iat,
             scope: self.scopes.join(" "),
             jti,
+            sid: self.sid.map(str::to_owned),
             profile: self.profile(),
         }
     }

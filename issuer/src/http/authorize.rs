@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
 
-use super::{error_page, storage_failure, Form};
+use super::{client_ip, error_page, storage_failure, Form, Peer};
 use crate::oauth::{redirect_with, AuthorizeErrorCode as Code, OOB_REDIRECT_URI};
 use crate::state::AppState;
 use crate::storage::AuthRequest;
@@ -20,17 +20,17 @@ use crate::token::{parse_scopes, random_b64};
 pub(crate) const CSRF_COOKIE: &str = "issuer_csrf";
 
 /// `GET /auth`.
-pub async fn authorize(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+pub async fn authorize(State(state): State<AppState>, peer: Peer, uri: Uri, headers: HeaderMap) -> Response {
     match Form::from_query(uri.query()) {
-        Ok(form) => start(&state, &headers, &form).await,
+        Ok(form) => start(&state, &peer, &headers, &form).await,
         Err(e) => error_page(StatusCode::BAD_REQUEST, "Bad request", e),
     }
 }
 
 /// `POST /auth` (OIDC Core §3.1.2.1 allows both).
-pub async fn authorize_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn authorize_post(State(state): State<AppState>, peer: Peer, headers: HeaderMap, body: Bytes) -> Response {
     match Form::parse(&headers, &body) {
-        Ok(form) => start(&state, &headers, &form).await,
+        Ok(form) => start(&state, &peer, &headers, &form).await,
         Err(e) => error_page(StatusCode::BAD_REQUEST, "Bad request", e),
     }
 }
@@ -39,7 +39,7 @@ fn valid_pkce_value(v: &str) -> bool {
     (43..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
-pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
+pub(super) async fn start(state: &AppState, peer: &Peer, headers: &HeaderMap, form: &Form) -> Response {
     let Some(client_id) = form.get("client_id") else {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -120,10 +120,10 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
     if challenge.is_some_and(|c| !valid_pkce_value(c)) {
         return fail(Code::InvalidRequest, "code_challenge must be 43 to 128 characters of [A-Za-z0-9-._~]");
     }
-    if form.get("prompt").is_some_and(|p| p.split(' ').any(|v| v == "none")) {
-        // OIDC Core §3.1.2.6: the issuer keeps no login session, so it can never log in silently.
-        return fail(Code::LoginRequired, "the user must sign in");
-    }
+    let prompt = match crate::session::Prompt::parse(form.get("prompt"), form.get("max_age")) {
+        Ok(p) => p,
+        Err(e) => return fail(Code::InvalidRequest, e),
+    };
 
     // Dex's `connector_id`: skip the choice of connector.
     let connector_id = match form.get("connector_id") {
@@ -131,6 +131,15 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
         Some(id) if state.connectors.get(id).is_some() && client.allows_connector(id) => Some(id.to_owned()),
         Some(_) => return fail(Code::InvalidRequest, "connector_id names no connector this client may use"),
     };
+    // Single sign-on (`crate::session`): a browser session this client may use answers at once.
+    let resumed = match crate::session::resume(state, headers, &client, connector_id.as_deref(), &prompt).await {
+        Ok(r) => r,
+        Err(e) => return storage_failure(e),
+    };
+    if resumed.is_none() && prompt.none {
+        // OIDC Core §3.1.2.6.
+        return fail(Code::LoginRequired, "the user must sign in");
+    }
     let now = state.clock.now();
     let csrf = csrf_value(headers);
     let request = AuthRequest {
@@ -147,6 +156,10 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
         device: None,
         connector_id,
     };
+    if let Some((session, connector)) = resumed {
+        let ip = client_ip(state, peer, headers).map_or_else(|| "-".to_owned(), |i| i.to_string());
+        return super::login::resume(state, request, &connector, &session, &ip).await;
+    }
     begin_login(state, request).await
 }
 

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::oauth::{redirect_with, OOB_REDIRECT_URI};
 use crate::password_attempt::{self, Attempt, AttemptError, MAX_LOGIN_CHARS};
 use crate::state::AppState;
-use crate::storage::{AuthCode, AuthRequest, Identity, StorageError};
+use crate::storage::{AuthCode, AuthRequest, StorageError};
 use crate::token::random_b64;
 
 /// A password connector's form on the login page.
@@ -61,6 +61,8 @@ struct LoginPage<'a> {
     issuer: &'a str,
     /// For a device login: the user code to compare, and where "Deny" posts.
     device: Option<(String, String)>,
+    /// Whether "Remember me" starts checked (`sessions.rememberMeCheckedByDefault`).
+    remember_me: bool,
 }
 
 /// The connectors a pending login may use: the client's `allowedConnectors`, narrowed to `connector_id`
@@ -124,6 +126,7 @@ async fn login_form(
             .device
             .as_ref()
             .map(|d| (super::device::display_user_code(&d.user_code), format!("{prefix}/device/deny"))),
+        remember_me: state.config.sessions.remember_me_checked_by_default,
     };
     page(status, &t)
 }
@@ -174,6 +177,7 @@ pub async fn login_page(State(state): State<AppState>, uri: Uri) -> Response {
 /// connector route); without it, an authorization request that skips the choice (like `connector_id`).
 pub async fn connector_route(
     State(state): State<AppState>,
+    peer: Peer,
     Path(connector_id): Path<String>,
     uri: Uri,
     headers: HeaderMap,
@@ -185,7 +189,7 @@ pub async fn connector_route(
     if form.get("req").is_none() {
         let mut params = form.0.clone();
         params.insert("connector_id".into(), connector_id);
-        return super::authorize::start(&state, &headers, &Form(params)).await;
+        return super::authorize::start(&state, &peer, &headers, &Form(params)).await;
     }
     let request = match pending_request(&state, form.get("req")).await {
         Ok(r) => r,
@@ -269,8 +273,12 @@ pub async fn callback(State(state): State<AppState>, peer: Peer, uri: Uri, heade
     let started = std::time::Instant::now();
     let result = c.handle_callback(&callback_request(&state, &request, &connector.id), &query).await;
     state.metrics.observe_connector(&connector.id, "login", &result, started.elapsed());
+    let remember_me = state.config.sessions.remember_me_checked_by_default;
     match result {
-        Ok(identity) => finish(&state, request, &connector, identity, &ip).await,
+        Ok(identity) => {
+            let start = crate::session::Start::Login { headers: &headers, remember_me, identity };
+            finish(&state, request, &connector, &ip, start).await
+        }
         Err(e) => connector_failure(&state, &request, &connector, e, &ip),
     }
 }
@@ -362,7 +370,8 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
         Err(AttemptError::Connector(e)) => return connector_failure(&state, &request, &connector, e, &ip_text),
         Err(AttemptError::Storage(e)) => return storage_failure(e),
     };
-    finish(&state, request, &connector, identity, &ip_text).await
+    let start = crate::session::Start::Login { headers: &headers, remember_me: form.get("remember_me").is_some(), identity };
+    finish(&state, request, &connector, &ip_text, start).await
 }
 
 /// A connector failure as a page: 503 for an unreachable upstream, 403 for a refusal, 400 otherwise.
@@ -410,15 +419,32 @@ fn connector_failure(
     }
 }
 
-/// Every successful login ends here: the connector's and the client's policy, then the code (or the
-/// device approval).
+/// `/auth` with a browser session that may answer it (`crate::session::resume`): the code at once, as a
+/// login would issue it, in that session.
+pub(crate) async fn resume(
+    state: &AppState,
+    request: AuthRequest,
+    connector: &Connector,
+    session: &crate::storage::Session,
+    ip: &str,
+) -> Response {
+    finish(state, request, connector, ip, crate::session::Start::Resumed(session)).await
+}
+
+/// Every successful login ends here (and every sign-in through a browser session, whose request was never
+/// stored): the connector's and the client's policy, then the browser session and the code (or the device
+/// approval).
 async fn finish(
     state: &AppState,
     request: AuthRequest,
     connector: &Connector,
-    identity: Identity,
     ip: &str,
+    start: crate::session::Start<'_>,
 ) -> Response {
+    let identity = match &start {
+        crate::session::Start::Login { identity, .. } => identity.clone(),
+        crate::session::Start::Resumed(s) => s.identity.clone(),
+    };
     let client = match state.client(&request.client_id).await {
         Ok(c) => c,
         Err(e) => return storage_failure(e),
@@ -427,22 +453,29 @@ async fn finish(
         Ok(i) => i,
         Err(reason) => return connector_failure(state, &request, connector, ConnectorError::Refused { reason }, ip),
     };
-    match state.storage.delete_auth_request(&request.id).await {
-        Ok(()) => {}
-        Err(StorageError::NotFound) => {
-            return error_page(
-                StatusCode::BAD_REQUEST,
-                "Login expired",
-                "This login was already completed. Go back to the application.",
-            )
+    if let crate::session::Start::Login { .. } = start {
+        match state.storage.delete_auth_request(&request.id).await {
+            Ok(()) => {}
+            Err(StorageError::NotFound) => {
+                return error_page(
+                    StatusCode::BAD_REQUEST,
+                    "Login expired",
+                    "This login was already completed. Go back to the application.",
+                )
+            }
+            Err(e) => return storage_failure(e),
         }
+        Metrics::count(&state.metrics.logins, "success");
+        tracing::info!(target: "audit", event = "login", result = "success", user = %identity.email, sub = %state.config.subject(&identity), connector = %connector.id, client = %request.client_id, ip);
+        if let Some(device) = &request.device {
+            return super::device::approve(state, device, identity, ip).await;
+        }
+    }
+    // Single sign-on: the browser session this code is issued in (`crate::session`).
+    let signed_in = match crate::session::signed_in(state, &request.client_id, start).await {
+        Ok(s) => s,
         Err(e) => return storage_failure(e),
-    }
-    Metrics::count(&state.metrics.logins, "success");
-    tracing::info!(target: "audit", event = "login", result = "success", user = %identity.email, sub = %state.config.subject(&identity), connector = %connector.id, client = %request.client_id, ip);
-    if let Some(device) = &request.device {
-        return super::device::approve(state, device, identity, ip).await;
-    }
+    };
     let now = state.clock.now();
     let code = AuthCode {
         id: random_b64::<32>(),
@@ -453,10 +486,11 @@ async fn finish(
         code_challenge: request.code_challenge.clone(),
         code_challenge_method: request.code_challenge_method.clone(),
         identity,
-        auth_time: now,
+        auth_time: signed_in.auth_time,
         expiry: now + state.config.expiry.auth_codes.as_secs() as i64,
         redeemed_at: None,
         family_id: None,
+        session_id: Some(signed_in.id.clone()),
     };
     let code_id = code.id.clone();
     if let Err(e) = state.storage.create_auth_code(code).await {
@@ -466,12 +500,15 @@ async fn finish(
     if let Some(s) = request.state.as_deref() {
         params.push(("state", s));
     }
-    if request.redirect_uri == OOB_REDIRECT_URI {
+    let mut r = if request.redirect_uri == OOB_REDIRECT_URI {
         let client = client.map_or(request.client_id.clone(), |c| c.name.clone());
-        return page(StatusCode::OK, &OobPage { client, code: code_id.clone() });
-    }
-    // 303: the browser follows with a GET, never re-posting the password.
-    (StatusCode::SEE_OTHER, [(header::LOCATION, redirect_with(&request.redirect_uri, &params))]).into_response()
+        page(StatusCode::OK, &OobPage { client, code: code_id.clone() })
+    } else {
+        // 303: the browser follows with a GET, never re-posting the password.
+        (StatusCode::SEE_OTHER, [(header::LOCATION, redirect_with(&request.redirect_uri, &params))]).into_response()
+    };
+    signed_in.set_cookie(&mut r);
+    r
 }
 
 /// The out-of-band "copy this code" page.
