@@ -1794,6 +1794,7 @@ mod tests {
             allowed_connectors: vec![],
             policy: Default::default(),
             logo_url: None,
+            sso_shared_with: None,
         };
         let cases: &[(&str, &str, bool)] = &[
             ("http://127.0.0.1/callback", "http://127.0.0.1:49152/callback", true),
