@@ -140,6 +140,8 @@ pub struct Telemetry {
 
 /// `storage:` — the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// One value per process, read once at start-up: boxing the PostgreSQL variant would save nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum StorageConfig {
     /// Process memory; lost on restart.
     Memory,
@@ -1227,12 +1229,18 @@ impl Validator<'_> {
             );
         }
         if response_types.iter().any(|t| t != "code") && !grant_types.contains(&GrantType::Implicit) {
-            self.problem("oauth2.grantTypes", "implicit among the grant types when responseTypes has id_token or token");
+            self.problem(
+                "oauth2.grantTypes",
+                "implicit among the grant types when responseTypes has id_token or token",
+            );
         }
         let methods = o.pkce.code_challenge_methods_supported.unwrap_or_else(|| vec!["S256".into(), "plain".into()]);
         for (i, m) in methods.iter().enumerate() {
             if !["S256", "plain"].contains(&m.as_str()) {
-                self.problem(format!("oauth2.pkce.codeChallengeMethodsSupported[{i}]"), format!("S256 or plain, got {m:?}"));
+                self.problem(
+                    format!("oauth2.pkce.codeChallengeMethodsSupported[{i}]"),
+                    format!("S256 or plain, got {m:?}"),
+                );
             }
         }
         if methods.is_empty() {
@@ -1310,7 +1318,8 @@ impl Validator<'_> {
                     &c.id == id
                         && matches!(
                             c.kind,
-                            crate::connector::ConnectorKind::Ldap(_) | crate::connector::ConnectorKind::AtlassianCrowd(_)
+                            crate::connector::ConnectorKind::Ldap(_)
+                                | crate::connector::ConnectorKind::AtlassianCrowd(_)
                         )
                 });
             if !password_capable {

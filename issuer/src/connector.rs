@@ -261,14 +261,15 @@ impl ConnectorConfig {
             "github" => config_values::typed(&config_key, value, problems).map(ConnectorKind::GitHub),
             "gitlab" => config_values::typed(&config_key, value, problems).map(ConnectorKind::GitLab),
             other if NOT_IMPLEMENTED.contains(&other) => {
-                problems.push(Problem::new(format!("{key}.type"), format!(
-                        "one of {} (Dex's {other:?} connector is not supported by this issuer)",
-                        TYPES.join(", ")
-                    ),));
+                problems.push(Problem::new(
+                    format!("{key}.type"),
+                    format!("one of {} (Dex's {other:?} connector is not supported by this issuer)", TYPES.join(", ")),
+                ));
                 None
             }
             other => {
-                problems.push(Problem::new(format!("{key}.type"), format!("one of {}, got {other:?}", TYPES.join(", ")),));
+                problems
+                    .push(Problem::new(format!("{key}.type"), format!("one of {}, got {other:?}", TYPES.join(", "))));
                 None
             }
         }?;
@@ -323,7 +324,8 @@ pub(crate) mod config_values {
         match value {
             Value::String(s) => match expand_string(s, env) {
                 Ok(expanded) => *s = expanded,
-                Err(name) => problems.push(Problem::new(key.to_owned(), format!("environment variable {name} to be set and non-empty"),)),
+                Err(name) => problems
+                    .push(Problem::new(key.to_owned(), format!("environment variable {name} to be set and non-empty"))),
             },
             Value::Sequence(items) => {
                 for (i, v) in items.iter_mut().enumerate() {
@@ -343,14 +345,20 @@ pub(crate) mod config_values {
                         continue;
                     };
                     if m.contains_key(*secret) {
-                        problems.push(Problem::new(format!("{key}.{file_key}"), format!("either {secret} or {file_key}, not both"),));
+                        problems.push(Problem::new(
+                            format!("{key}.{file_key}"),
+                            format!("either {secret} or {file_key}, not both"),
+                        ));
                         continue;
                     }
                     match std::fs::read_to_string(&path) {
                         Ok(text) => {
                             m.insert(Value::from(*secret), Value::from(text.trim_end_matches(['\n', '\r'])));
                         }
-                        Err(e) => problems.push(Problem::new(format!("{key}.{file_key}"), format!("a readable file, but {path}: {e}"),)),
+                        Err(e) => problems.push(Problem::new(
+                            format!("{key}.{file_key}"),
+                            format!("a readable file, but {path}: {e}"),
+                        )),
                     }
                 }
             }

@@ -42,7 +42,11 @@ impl TextExcluding {
 }
 
 impl<'w> FormatFields<'w> for TextExcluding {
-    fn format_fields<R: tracing_subscriber::field::RecordFields>(&self, writer: Writer<'w>, fields: R) -> std::fmt::Result {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
         let mut visitor = TextVisitor { writer, excluded: &self.excluded, first: true, result: Ok(()) };
         fields.record(&mut visitor);
         visitor.result
@@ -208,7 +212,13 @@ mod tests {
             .fmt_fields(TextExcluding::new(vec!["ip".into(), "user".into()]))
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            tracing::info!(event = "login", user = "jane@example.com", ip = "192.0.2.1", client = "kubernetes", "signed in");
+            tracing::info!(
+                event = "login",
+                user = "jane@example.com",
+                ip = "192.0.2.1",
+                client = "kubernetes",
+                "signed in"
+            );
         });
         let line = text(&out);
         assert!(line.contains("signed in event=\"login\" client=\"kubernetes\""), "{line}");
@@ -218,10 +228,8 @@ mod tests {
     #[test]
     fn excluded_fields_are_left_out_of_json_lines() {
         let out = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(JsonExcluding::new(vec!["ip".into()], out.clone()))
-            .finish();
+        let subscriber =
+            tracing_subscriber::fmt().json().with_writer(JsonExcluding::new(vec!["ip".into()], out.clone())).finish();
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(event = "login", ip = "192.0.2.1", "signed in");
         });

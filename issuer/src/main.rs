@@ -335,18 +335,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
 /// The HTTPS listener's TLS: the certificate chain and key, the versions `web.tlsMinVersion` /
 /// `web.tlsMaxVersion` allow (TLS 1.2 and 1.3 by default), ALPN h2 and http/1.1.
-fn web_tls(web: &issuer::config::Web, cert: &Path, key: &Path) -> anyhow::Result<axum_server::tls_rustls::RustlsConfig> {
+fn web_tls(
+    web: &issuer::config::Web,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<axum_server::tls_rustls::RustlsConfig> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(key)?;
     let min = web.tls_min_version.as_deref().unwrap_or("1.2");
     let max = web.tls_max_version.as_deref().unwrap_or("1.3");
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [("1.2", &rustls::version::TLS12), ("1.3", &rustls::version::TLS13)]
-        .into_iter()
-        .filter(|(v, _)| *v >= min && *v <= max)
-        .map(|(_, p)| p)
-        .collect();
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+        [("1.2", &rustls::version::TLS12), ("1.3", &rustls::version::TLS13)]
+            .into_iter()
+            .filter(|(v, _)| *v >= min && *v <= max)
+            .map(|(_, p)| p)
+            .collect();
     let mut tls = rustls::ServerConfig::builder_with_protocol_versions(&versions)
         .with_no_client_auth()
         .with_single_cert(chain, key)?;

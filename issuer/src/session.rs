@@ -130,7 +130,10 @@ impl Sessions {
             match humantime::parse_duration(value.trim()) {
                 Ok(v) if !v.is_zero() => v,
                 _ => {
-                    problems.push(Problem::new(key, format!("a positive duration such as \"1h\" or \"24h\", got {value:?}")));
+                    problems.push(Problem::new(
+                        key,
+                        format!("a positive duration such as \"1h\" or \"24h\", got {value:?}"),
+                    ));
                     default
                 }
             }
@@ -164,7 +167,8 @@ impl Sessions {
             Some("all") => SsoSharing::All,
             Some("none") => SsoSharing::None,
             Some(other) => {
-                problems.push(Problem::new("sessions.ssoSharedWithDefault", format!("\"all\" or \"none\", got {other:?}")));
+                problems
+                    .push(Problem::new("sessions.ssoSharedWithDefault", format!("\"all\" or \"none\", got {other:?}")));
                 d.sso_shared_with_default
             }
         };
@@ -181,7 +185,9 @@ impl Sessions {
             cookie_name,
             absolute_lifetime,
             valid_if_not_used_for,
-            remember_me_checked_by_default: raw.remember_me_checked_by_default.unwrap_or(d.remember_me_checked_by_default),
+            remember_me_checked_by_default: raw
+                .remember_me_checked_by_default
+                .unwrap_or(d.remember_me_checked_by_default),
             sso_shared_with_default,
         }
     }
@@ -443,8 +449,7 @@ pub(crate) async fn signed_in(state: &AppState, client_id: &str, start: Start<'_
     let fresh = SessionCookie::random();
     let mut session = None;
     if let Some(old) = current(state, headers).await? {
-        let same_user =
-            old.identity.connector_id == identity.connector_id && old.identity.user_id == identity.user_id;
+        let same_user = old.identity.connector_id == identity.connector_id && old.identity.user_id == identity.user_id;
         if same_user {
             let (hash, new_hash, id, client) =
                 (old.secret_hash.clone(), fresh.secret_hash(), identity.clone(), client_id.to_owned());
@@ -508,7 +513,7 @@ pub(crate) async fn signed_in(state: &AppState, client_id: &str, start: Start<'_
             fresh
         }
     };
-    let max_age = remember_me.then(|| cfg.absolute_lifetime.as_secs());
+    let max_age = remember_me.then_some(cfg.absolute_lifetime.as_secs());
     Ok(SignedIn { auth_time: now, cookie: set_cookie_value(state, &cookie.encode(), max_age), id: cookie.id })
 }
 
@@ -567,7 +572,8 @@ pub(crate) async fn end(
         Err(e) => return Err(e.into()),
     }
     if let Some(client) = client_id {
-        let tokens = state.storage.list_user_refresh_tokens(&session.identity.connector_id, &session.identity.user_id).await?;
+        let tokens =
+            state.storage.list_user_refresh_tokens(&session.identity.connector_id, &session.identity.user_id).await?;
         let mut families: Vec<&str> = tokens
             .iter()
             .filter(|t| t.client_id == client && t.session_id.as_deref() == Some(session.id.as_str()))
@@ -624,7 +630,10 @@ mod tests {
         );
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(warnings, ["sessions.cookieEncryptionKey"]);
-        assert_eq!((s.cookie_name.as_str(), s.absolute_lifetime.as_secs(), s.valid_if_not_used_for.as_secs()), ("sso", 7200, 600));
+        assert_eq!(
+            (s.cookie_name.as_str(), s.absolute_lifetime.as_secs(), s.valid_if_not_used_for.as_secs()),
+            ("sso", 7200, 600)
+        );
         assert!(!s.remember_me_checked_by_default);
         assert_eq!(s.sso_shared_with_default, SsoSharing::None);
 

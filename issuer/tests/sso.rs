@@ -25,7 +25,8 @@ struct App {
 
 const EXAMPLE: App = App { id: common::CLIENT, secret: common::SECRET, redirect: common::REDIRECT };
 const GATEWAY: App = App { id: "gateway", secret: "gateway-secret", redirect: "http://127.0.0.1:8080/oauth2/callback" };
-const KUBERNETES: App = App { id: "kubernetes", secret: "kubernetes-secret", redirect: "http://127.0.0.1:8000/callback" };
+const KUBERNETES: App =
+    App { id: "kubernetes", secret: "kubernetes-secret", redirect: "http://127.0.0.1:8000/callback" };
 
 const SCOPE: &str = "openid email offline_access";
 
@@ -66,7 +67,8 @@ async fn shows_login(browser: &Browser, issuer: &Issuer, app: &App, extra: &str)
 /// Signs in through the form for `app` as jane; returns the code and the response's `Set-Cookie` values.
 async fn sign_in(browser: &Browser, issuer: &Issuer, app: &App, remember_me: bool) -> (String, Vec<String>) {
     let (login_url, req, csrf) = browser.open_login(&auth_url(issuer, app, "")).await;
-    let mut form = vec![("req", req.as_str()), ("csrf", csrf.as_str()), ("login", "jane@example.com"), ("password", "password")];
+    let mut form =
+        vec![("req", req.as_str()), ("csrf", csrf.as_str()), ("login", "jane@example.com"), ("password", "password")];
     if remember_me {
         form.push(("remember_me", "1"));
     }
@@ -85,14 +87,16 @@ async fn exchange(issuer: &Issuer, app: &App, code: &str) -> Value {
         ("redirect_uri", app.redirect),
         ("code_verifier", VERIFIER),
     ];
-    let r = http().post(issuer.endpoint("/token")).basic_auth(app.id, Some(app.secret)).form(&form).send().await.unwrap();
+    let r =
+        http().post(issuer.endpoint("/token")).basic_auth(app.id, Some(app.secret)).form(&form).send().await.unwrap();
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
 }
 
 async fn refresh(issuer: &Issuer, app: &App, tokens: &Value) -> (u16, Value) {
     let form = [("grant_type", "refresh_token"), ("refresh_token", tokens["refresh_token"].as_str().unwrap())];
-    let r = http().post(issuer.endpoint("/token")).basic_auth(app.id, Some(app.secret)).form(&form).send().await.unwrap();
+    let r =
+        http().post(issuer.endpoint("/token")).basic_auth(app.id, Some(app.secret)).form(&form).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
@@ -137,7 +141,11 @@ async fn a_login_for_one_client_signs_the_browser_in_to_another_at_once() {
     let sid = ca["sid"].as_str().expect("a sid").to_owned();
     assert_eq!(cb["sid"], sid, "one session, one sid for both clients");
     assert_eq!(cb["aud"], "gateway");
-    assert_eq!((ca["auth_time"].as_i64(), cb["auth_time"].as_i64()), (Some(login_time), Some(login_time)), "auth_time is the login");
+    assert_eq!(
+        (ca["auth_time"].as_i64(), cb["auth_time"].as_i64()),
+        (Some(login_time), Some(login_time)),
+        "auth_time is the login"
+    );
     assert_eq!(cb["iat"].as_i64(), Some(login_time + 30));
     assert_eq!((access_claims(&a)["sid"].as_str(), access_claims(&b)["sid"].as_str()), (Some(&*sid), Some(&*sid)));
 

@@ -128,8 +128,9 @@ fn telemetry_keys_are_validated() {
     .to_string();
     assert!(err.contains("telemetry.http: expected an address"), "{err}");
     // Dex's profiling switch is accepted with a warning that names it: nothing is served for it.
-    let ok = issuer::config::Config::parse("dex.yaml", &format!("{dev}\ntelemetry:\n  enableProfiling: true\n"), &|_| None)
-        .unwrap();
+    let ok =
+        issuer::config::Config::parse("dex.yaml", &format!("{dev}\ntelemetry:\n  enableProfiling: true\n"), &|_| None)
+            .unwrap();
     let warning = ok.warnings.iter().map(|w| w.located("dex.yaml")).collect::<Vec<_>>().join("\n");
     let line = dev.lines().count() + 3;
     assert!(warning.contains(&format!("dex.yaml:{line}: telemetry.enableProfiling: Go's pprof")), "{warning}");

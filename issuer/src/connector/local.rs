@@ -143,7 +143,10 @@ pub(crate) mod tests {
     async fn right_password_gives_identity_and_login_is_case_insensitive() {
         let id = users().login("jane@example.COM", "password").await.unwrap().unwrap();
         assert_eq!((id.user_id.as_str(), id.groups.len()), ("42", 1));
-        assert_eq!((id.username.as_str(), id.preferred_username.as_str(), id.email_verified), ("Jane Doe", "jdoe", false));
+        assert_eq!(
+            (id.username.as_str(), id.preferred_username.as_str(), id.email_verified),
+            ("Jane Doe", "jdoe", false)
+        );
         assert!(users().login("jane", "password").await.unwrap().is_some(), "the username signs in too");
         assert!(users().login("jane@example.com", "Password").await.unwrap().is_none());
         assert!(users().login("nobody@example.com", "password").await.unwrap().is_none());

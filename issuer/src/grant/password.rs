@@ -41,7 +41,10 @@ pub async fn exchange(state: &AppState, client: &Client, form: &Form, ip: &str) 
         Err(AttemptError::Throttled { retry_after }) => return Err(TokenError::Throttled { retry_after }),
         Err(AttemptError::Invalid) => return Err(TokenError::InvalidGrant("invalid username or password")),
         Err(AttemptError::Connector(ConnectorError::Unavailable(_) | ConnectorError::Interrupted { .. })) => {
-            return Err(TokenError::TemporarilyUnavailable(format!("{} cannot be reached; retry shortly", connector.name)))
+            return Err(TokenError::TemporarilyUnavailable(format!(
+                "{} cannot be reached; retry shortly",
+                connector.name
+            )))
         }
         Err(AttemptError::Connector(ConnectorError::Refused { reason })) => {
             tracing::warn!(target: "audit", event = "login", result = "refused", grant = "password", connector = %connector.id, reason = %reason, client = %client.id, ip);

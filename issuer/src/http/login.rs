@@ -370,7 +370,8 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
         Err(AttemptError::Connector(e)) => return connector_failure(&state, &request, &connector, e, &ip_text),
         Err(AttemptError::Storage(e)) => return storage_failure(e),
     };
-    let start = crate::session::Start::Login { headers: &headers, remember_me: form.get("remember_me").is_some(), identity };
+    let start =
+        crate::session::Start::Login { headers: &headers, remember_me: form.get("remember_me").is_some(), identity };
     finish(&state, request, &connector, &ip_text, start).await
 }
 
