@@ -328,19 +328,45 @@ impl Prompt {
     }
 }
 
+/// Why an `id_token_hint` on `/auth` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HintError {
+    /// Not an ID token this issuer signed: `invalid_request`.
+    #[error("id_token_hint is not an ID token of this issuer")]
+    Forged,
+    /// The keys could not be loaded (a 500).
+    #[error(transparent)]
+    Keys(#[from] crate::keyring::KeyringError),
+}
+
+/// The `sub` of an `id_token_hint` (OIDC Core §3.1.2.1): a token this issuer signed, expired or not (the
+/// hint is often old). `None` without a hint.
+pub(crate) async fn hint_subject(state: &AppState, hint: Option<&str>) -> Result<Option<String>, HintError> {
+    let Some(hint) = hint else { return Ok(None) };
+    let keys = state.keys().await?;
+    let claims =
+        crate::keys::verify_jwt(hint, &keys.public).and_then(|v| serde_json::from_value::<IdTokenClaims>(v).ok());
+    claims.map(|c| Some(c.sub)).ok_or(HintError::Forged)
+}
+
 /// The browser's session, if it may sign `client` in at once for this request (see the module
 /// documentation): the session (with the client recorded in it) and its connector. `connector_id` is the
-/// request's `connector_id` parameter.
+/// request's `connector_id` parameter; `hint_sub` the `sub` of its `id_token_hint`, which a session of
+/// another user does not answer (OIDC Core §3.1.2.2).
 pub(crate) async fn resume(
     state: &AppState,
     headers: &HeaderMap,
     client: &Client,
     connector_id: Option<&str>,
+    hint_sub: Option<&str>,
     prompt: &Prompt,
 ) -> Result<Option<(Session, Connector)>, StorageError> {
     let Some(session) = current(state, headers).await? else { return Ok(None) };
     let now = state.clock.now();
-    if !prompt.accepts(session.auth_time, now) || !shared_with(state, &session, &client.id).await? {
+    if !prompt.accepts(session.auth_time, now)
+        || hint_sub.is_some_and(|s| s != state.config.subject(&session.identity))
+        || !shared_with(state, &session, &client.id).await?
+    {
         return Ok(None);
     }
     let used = &session.identity.connector_id;

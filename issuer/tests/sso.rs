@@ -195,6 +195,16 @@ async fn prompt_none_answers_with_a_code_or_login_required() {
     let code = silent_code(&browser, &issuer, &GATEWAY, "&prompt=none").await;
     assert!(id_claims(&exchange(&issuer, &GATEWAY, &code).await)["sid"].is_string());
 
+    // id_token_hint (OIDC Core §3.1.2.2): the session answers only for the user the hint names.
+    let jane = exchange(&issuer, &EXAMPLE, &silent_code(&browser, &issuer, &EXAMPLE, "").await).await;
+    let admin = issuer.tokens("admin@example.com").await;
+    let hint = |t: &Value| format!("&prompt=none&id_token_hint={}", t["id_token"].as_str().unwrap());
+    silent_code(&browser, &issuer, &GATEWAY, &hint(&jane)).await;
+    let (_, location) = get(&browser, &auth_url(&issuer, &GATEWAY, &hint(&admin))).await;
+    assert_eq!(query_param(&location, "error").as_deref(), Some("login_required"), "another user's hint: {location}");
+    let (_, location) = get(&browser, &auth_url(&issuer, &GATEWAY, "&prompt=none&id_token_hint=a.b.c")).await;
+    assert_eq!(query_param(&location, "error").as_deref(), Some("invalid_request"), "a forged hint: {location}");
+
     let (_, location) = get(&browser, &auth_url(&issuer, &GATEWAY, "&prompt=none%20login")).await;
     assert_eq!(query_param(&location, "error").as_deref(), Some("invalid_request"), "none with login: {location}");
     let (_, location) = get(&browser, &auth_url(&issuer, &GATEWAY, "&prompt=none&max_age=0")).await;

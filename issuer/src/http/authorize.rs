@@ -1,5 +1,6 @@
 //! The authorization endpoint and the login form: validating the request (RFC 6749 §4.1.1, RFC 7636,
-//! OIDC Core §3.1.2), CSRF binding, brute-force throttling, and issuing the code (§4.1.2).
+//! OIDC Core §3.1.2), CSRF binding, brute-force throttling, and issuing the code (§4.1.2) — at once when the
+//! browser's session may answer (`crate::session`: `prompt`, `max_age`, `id_token_hint`).
 //!
 //! A request from an unknown client or with an unregistered redirect URI is answered with an error page
 //! and never redirected (RFC 6749 §4.1.2.1); every later error goes back to the redirect URI.
@@ -132,7 +133,16 @@ pub(super) async fn start(state: &AppState, peer: &Peer, headers: &HeaderMap, fo
         Some(_) => return fail(Code::InvalidRequest, "connector_id names no connector this client may use"),
     };
     // Single sign-on (`crate::session`): a browser session this client may use answers at once.
-    let resumed = match crate::session::resume(state, headers, &client, connector_id.as_deref(), &prompt).await {
+    let hint_sub = match crate::session::hint_subject(state, form.get("id_token_hint")).await {
+        Ok(s) => s,
+        Err(crate::session::HintError::Forged) => {
+            return fail(Code::InvalidRequest, "id_token_hint is not an ID token of this issuer")
+        }
+        Err(e) => return crate::oauth::internal(e),
+    };
+    let resumed =
+        crate::session::resume(state, headers, &client, connector_id.as_deref(), hint_sub.as_deref(), &prompt);
+    let resumed = match resumed.await {
         Ok(r) => r,
         Err(e) => return storage_failure(e),
     };
