@@ -54,6 +54,8 @@ pub struct Config {
     pub warnings: Vec<Warning>,
     /// Dex's `frontend:`: the pages' name, logo, theme and extra strings.
     pub frontend: crate::frontend::Frontend,
+    /// Dex's `sessions:`: browser sessions (single sign-on).
+    pub sessions: crate::session::Sessions,
 }
 
 /// `web:` — where the issuer listens.
@@ -333,6 +335,9 @@ pub struct Client {
     pub policy: crate::connector::Policy,
     /// Dex's `logoURL`: shown on the login page beside the client's name.
     pub logo_url: Option<String>,
+    /// Dex's `ssoSharedWith`: the clients a browser session this client signed in may sign in silently
+    /// (`*`: all); `None` follows `sessions.ssoSharedWithDefault` ([`crate::session::Sessions::shares`]).
+    pub sso_shared_with: Option<Vec<String>>,
 }
 
 impl Client {
@@ -600,6 +605,8 @@ struct RawConfig {
     connectors: Vec<RawConnector>,
     #[serde(default)]
     frontend: crate::frontend::RawFrontend,
+    #[serde(default)]
+    sessions: crate::session::RawSessions,
 }
 
 #[derive(Deserialize)]
@@ -816,6 +823,8 @@ struct RawClient {
     allowed_groups: Vec<String>,
     #[serde(default, rename = "logoURL")]
     logo_url: Option<String>,
+    #[serde(default)]
+    sso_shared_with: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1297,6 +1306,7 @@ impl Validator<'_> {
         let kubernetes = raw.kubernetes.map(|k| self.kubernetes(k, issuer.as_ref(), &web, &mut static_clients));
         let connectors = self.connectors(raw.connectors, issuer.as_ref());
         let frontend = crate::frontend::Frontend::parse(raw.frontend, &mut self.problems);
+        let sessions = crate::session::Sessions::parse(raw.sessions, &mut self.problems, &mut self.warnings);
         for w in frontend.warnings() {
             let (key, message) = w.split_once(": ").unwrap_or(("frontend", w.as_str()));
             self.warning(key, message);
@@ -1353,6 +1363,7 @@ impl Validator<'_> {
             subject_format,
             warnings: Vec::new(),
             frontend,
+            sessions,
         })
     }
 
@@ -1638,6 +1649,11 @@ impl Validator<'_> {
             if let Some(Err(why)) = c.logo_url.as_deref().map(crate::frontend::check_image_url) {
                 self.problem(format!("{key}.logoURL"), why);
             }
+            for (j, peer) in c.sso_shared_with.iter().flatten().enumerate() {
+                if peer.is_empty() || !peer.chars().all(|ch| ch.is_ascii_graphic()) {
+                    self.problem(format!("{key}.ssoSharedWith[{j}]"), format!("a client id or \"*\", got {peer:?}"));
+                }
+            }
             for (j, peer) in c.trusted_peers.iter().enumerate() {
                 if !ids.contains(peer) {
                     self.problem(
@@ -1663,6 +1679,7 @@ impl Validator<'_> {
                     String::new(),
                 ),
                 logo_url: c.logo_url,
+                sso_shared_with: c.sso_shared_with,
             });
         }
         out
@@ -1789,6 +1806,7 @@ mod tests {
             allowed_connectors: vec![],
             policy: Default::default(),
             logo_url: None,
+            sso_shared_with: None,
         };
         let cases: &[(&str, &str, bool)] = &[
             ("http://127.0.0.1/callback", "http://127.0.0.1:49152/callback", true),

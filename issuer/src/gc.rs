@@ -14,7 +14,7 @@ pub async fn collect(state: &AppState) -> Result<u64, crate::storage::StorageErr
     loop {
         let r = state.storage.garbage_collect(state.clock.now(), BATCH).await?;
         total += r.total();
-        let full = [r.auth_requests, r.auth_codes, r.refresh_tokens, r.buckets, r.device_requests]
+        let full = [r.auth_requests, r.auth_codes, r.refresh_tokens, r.buckets, r.device_requests, r.sessions]
             .iter()
             .any(|n| *n == u64::from(BATCH));
         if !full {

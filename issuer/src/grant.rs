@@ -135,6 +135,8 @@ pub(crate) struct NewFamily<'a> {
     pub(crate) identity: &'a Identity,
     pub(crate) auth_time: i64,
     pub(crate) now: i64,
+    /// The browser session the family starts in (`crate::session`); `None` without a browser.
+    pub(crate) session_id: Option<&'a str>,
 }
 
 /// Stores the first refresh token of a login's family and returns the string to hand out, or `None`
@@ -162,6 +164,7 @@ pub(crate) async fn first_refresh_token(state: &AppState, f: NewFamily<'_>) -> R
             expiry,
             rotated_at: None,
             successor: None,
+            session_id: f.session_id.map(str::to_owned),
         })
         .await?;
     Ok(Some(t.encode()))

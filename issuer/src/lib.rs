@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod password_attempt;
 pub mod ratelimit;
+pub mod session;
 pub mod state;
 pub mod storage;
 pub mod token;

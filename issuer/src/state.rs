@@ -129,7 +129,7 @@ impl AppState {
 }
 
 /// A stored client as the HTTP layer uses clients: an empty secret means none; no login policy (the API
-/// has no `allowedEmails` and the like); plain PKCE refused.
+/// has no `allowedEmails` and the like); plain PKCE refused; SSO sharing by `sessions.ssoSharedWithDefault`.
 pub fn stored_client(c: crate::storage::Client) -> Client {
     Client {
         secret: Some(c.secret).filter(|s| !s.is_empty() && !c.public),
@@ -144,5 +144,7 @@ pub fn stored_client(c: crate::storage::Client) -> Client {
         policy: crate::connector::Policy::default(),
         // Shown only when it is a safe image reference (the API accepts any string).
         logo_url: Some(c.logo_url).filter(|l| !l.is_empty() && crate::frontend::check_image_url(l).is_ok()),
+        // The API has no field for it yet: `sessions.ssoSharedWithDefault` applies.
+        sso_shared_with: None,
     }
 }

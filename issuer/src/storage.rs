@@ -263,6 +263,9 @@ pub struct AuthCode {
     pub redeemed_at: Option<i64>,
     /// The refresh-token family the redemption created, revoked if the code is replayed.
     pub family_id: Option<String>,
+    /// The browser session ([`Session`]) the code was issued in: the `sid` of every token it leads to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
 }
 
 /// A refresh token. Only a hash of its secret is stored.
@@ -294,6 +297,48 @@ pub struct RefreshToken {
     pub rotated_at: Option<i64>,
     /// The successor's id.
     pub successor: Option<String>,
+    /// The browser session ([`Session`]) the family was started in, kept by every rotation: the `sid` of
+    /// the tokens it mints. `None` for grants without a browser (device, password), whose `sid` is the
+    /// family id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+/// A browser's single sign-on session (Dex's `AuthSession`): started by a login through the form or an
+/// upstream, named by the issuer's session cookie, and shared by every replica through storage. The cookie
+/// holds the id and a secret; only a hash of the secret is stored, so a database reader cannot forge the
+/// cookie, and the id alone (it is published as `sid`) proves nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Random id (128 bits, base64url); the storage key and the `sid` claim.
+    pub id: String,
+    /// SHA-256 of the cookie's secret, base64url.
+    pub secret_hash: String,
+    /// Who signed in, and through which connector (`identity.connector_id`).
+    pub identity: Identity,
+    /// Unix time of the last real authentication (the `auth_time` claim, OIDC Core §2).
+    pub auth_time: i64,
+    /// Unix time the session started.
+    pub created_at: i64,
+    /// Unix time of the last login or silent sign-in through it.
+    pub last_used: i64,
+    /// Unix time after which it is dead however often it is used (`sessions.absoluteLifetime`).
+    pub absolute_expiry: i64,
+    /// Unix time after which it is dead: the earlier of `absolute_expiry` and `last_used` plus
+    /// `sessions.validIfNotUsedFor`. Storage GC deletes it then.
+    pub expiry: i64,
+    /// The clients that received a code in it, in order of first use.
+    pub clients: Vec<SessionClient>,
+}
+
+/// A client that received a code in a [`Session`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClient {
+    /// `client_id`.
+    pub client_id: String,
+    /// Whether the user signed in for this client (not silently through another's session). Only such
+    /// clients share the session onwards (`ssoSharedWith`), so sharing never chains.
+    pub signed_in: bool,
 }
 
 /// A login-attempt token bucket.
@@ -320,12 +365,14 @@ pub struct GcResult {
     pub buckets: u64,
     /// Device authorizations.
     pub device_requests: u64,
+    /// Browser sessions.
+    pub sessions: u64,
 }
 
 impl GcResult {
     /// Total records removed.
     pub fn total(&self) -> u64 {
-        self.auth_requests + self.auth_codes + self.refresh_tokens + self.buckets + self.device_requests
+        self.auth_requests + self.auth_codes + self.refresh_tokens + self.buckets + self.device_requests + self.sessions
     }
 }
 
@@ -416,6 +463,15 @@ pub trait Storage: Send + Sync {
     async fn delete_password(&self, email: &str) -> Result<(), StorageError>;
     /// Every stored password, by key.
     async fn list_passwords(&self) -> Result<Vec<Password>, StorageError>;
+
+    /// Stores a new browser session; `AlreadyExists` on an id clash.
+    async fn create_session(&self, s: Session) -> Result<(), StorageError>;
+    /// Reads a browser session (expired ones too, until GC removes them: the caller judges `expiry`).
+    async fn get_session(&self, id: &str) -> Result<Session, StorageError>;
+    /// Atomically replaces a session with what `f` makes of it (`Conflict` if `f` changes the id).
+    async fn update_session(&self, id: &str, f: Update<Session>) -> Result<Session, StorageError>;
+    /// Removes a session; `NotFound` if absent.
+    async fn delete_session(&self, id: &str) -> Result<(), StorageError>;
 
     /// Removes up to `batch` expired records of each kind.
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError>;

@@ -137,7 +137,8 @@ pub struct IdTokenClaims {
     /// Hash of the authorization code issued with the ID token at the authorization endpoint (hybrid flow).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub c_hash: Option<String>,
-    /// Session id (the refresh-token family): what RP-initiated logout ends.
+    /// Session id: the browser session (`crate::session`), or for grants without a browser (device,
+    /// password) the refresh-token family. What RP-initiated logout ends.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
     /// With the `email` scope.
@@ -197,8 +198,10 @@ pub struct AccessTokenClaims {
     pub scope: String,
     /// Unique id.
     pub jti: String,
-    /// The user's claims as of issue, filtered by scope (`email`, `email_verified`, `name`,
-    /// `preferred_username`, `groups`), as in the ID token.
+    /// The session the token was minted in, as in the ID token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// The user's claims as of issue, filtered by scope.
     #[serde(flatten)]
     pub profile: serde_json::Map<String, Value>,
 }
@@ -300,6 +303,7 @@ impl Mint<'_> {
             auth_time: Some(self.auth_time),
             scope: self.scopes.join(" "),
             jti,
+            sid: self.sid.map(str::to_owned),
             profile: self.profile(),
         }
     }

@@ -223,6 +223,7 @@ async fn public_clients_send_only_their_id_and_confidential_ones_must_authentica
             allowed_connectors: vec![],
             policy: Default::default(),
             logo_url: None,
+            sso_shared_with: None,
         })
     })
     .await;

@@ -235,6 +235,7 @@ async fn token_exchange_takes_an_upstream_providers_id_token_through_its_connect
             allowed_connectors: vec![],
             policy: Default::default(),
             logo_url: None,
+            sso_shared_with: None,
         })
     })
     .await;

@@ -134,6 +134,7 @@ async fn bad_or_public_client_authentication_is_invalid_client_401() {
             allowed_connectors: vec![],
             policy: Default::default(),
             logo_url: None,
+            sso_shared_with: None,
         })
     })
     .await;

@@ -197,6 +197,7 @@ fn register_public_cli(c: &mut issuer::config::Config) {
         allowed_connectors: vec![],
         policy: Default::default(),
         logo_url: None,
+        sso_shared_with: None,
     });
 }
 

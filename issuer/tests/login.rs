@@ -221,6 +221,7 @@ async fn a_loopback_redirect_uri_matches_on_any_port_rfc8252() {
             allowed_connectors: vec![],
             policy: Default::default(),
             logo_url: None,
+            sso_shared_with: None,
         })
     })
     .await;

@@ -35,6 +35,7 @@ fn upstream_tune(c: &mut Config) {
         allowed_connectors: vec![],
         policy: Default::default(),
         logo_url: None,
+        sso_shared_with: None,
     });
     c.expiry.refresh_tokens.reuse_interval = std::time::Duration::ZERO;
 }

@@ -193,8 +193,9 @@ async fn five_concurrent_refreshes_of_one_token_all_succeed_with_one_rotation() 
         assert_eq!(claims(body["id_token"].as_str().unwrap())["sub"], claims(t["id_token"].as_str().unwrap())["sub"]);
     }
     assert_eq!(successors.len(), 1, "every replica got the same successor");
-    let sid = claims(t["id_token"].as_str().unwrap())["sid"].as_str().unwrap().to_owned();
-    let family = issuer.state.storage.list_refresh_family(&sid).await.unwrap();
+    let id = t["refresh_token"].as_str().unwrap().split('.').next().unwrap();
+    let family_id = issuer.state.storage.get_refresh_token(id).await.unwrap().family_id;
+    let family = issuer.state.storage.list_refresh_family(&family_id).await.unwrap();
     assert_eq!(family.len(), 2, "one rotation: the original and one successor");
 
     // The successor works and rotates again.

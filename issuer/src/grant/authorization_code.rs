@@ -103,6 +103,7 @@ pub async fn exchange(state: &AppState, client: &Client, form: &Form) -> Result<
             identity: &code.identity,
             auth_time: code.auth_time,
             now,
+            session_id: code.session_id.as_deref(),
         },
     )
     .await?;
@@ -115,7 +116,8 @@ pub async fn exchange(state: &AppState, client: &Client, form: &Form) -> Result<
             nonce: code.nonce.as_deref(),
             auth_time: code.auth_time,
             iat: now,
-            sid: Some(&family_id),
+            // The browser session's id; a code from before sessions existed names its family.
+            sid: Some(code.session_id.as_deref().unwrap_or(&family_id)),
             refresh_token,
             grant: "authorization_code",
         },

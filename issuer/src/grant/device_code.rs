@@ -111,6 +111,7 @@ async fn redeem(
             identity,
             auth_time,
             now,
+            session_id: None,
         },
     )
     .await?;

@@ -75,6 +75,7 @@ pub async fn exchange(state: &AppState, client: &Client, form: &Form, ip: &str) 
             identity: &identity,
             auth_time: now,
             now,
+            session_id: None,
         },
     )
     .await?;

@@ -76,7 +76,8 @@ pub async fn refresh(state: &AppState, client: &Client, form: &Form) -> Result<T
             auth_time: successor.record.auth_time,
             // The successor's issue time: a duplicate within the window gets the same claims.
             iat: successor.record.created_at,
-            sid: Some(&successor.record.family_id),
+            // The browser session the family started in, or (no browser: device, password) the family.
+            sid: Some(successor.record.session_id.as_deref().unwrap_or(&successor.record.family_id)),
             refresh_token: Some(successor.string.encode()),
             grant: "refresh_token",
         },

@@ -1,5 +1,6 @@
 //! The authorization endpoint and the login form: validating the request (RFC 6749 §4.1.1, RFC 7636,
-//! OIDC Core §3.1.2), CSRF binding, brute-force throttling, and issuing the code (§4.1.2).
+//! OIDC Core §3.1.2), CSRF binding, brute-force throttling, and issuing the code (§4.1.2) — at once when the
+//! browser's session may answer (`crate::session`: `prompt`, `max_age`, `id_token_hint`).
 //!
 //! A request from an unknown client or with an unregistered redirect URI is answered with an error page
 //! and never redirected (RFC 6749 §4.1.2.1); every later error goes back to the redirect URI.
@@ -10,7 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
 
-use super::{error_page, storage_failure, Form};
+use super::{client_ip, error_page, storage_failure, Form, Peer};
 use crate::oauth::{redirect_with, redirect_with_fragment, AuthorizeErrorCode as Code, OOB_REDIRECT_URI};
 use crate::state::AppState;
 use crate::storage::AuthRequest;
@@ -20,17 +21,17 @@ use crate::token::{parse_scopes, random_b64};
 pub(crate) const CSRF_COOKIE: &str = "issuer_csrf";
 
 /// `GET /auth`.
-pub async fn authorize(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+pub async fn authorize(State(state): State<AppState>, peer: Peer, uri: Uri, headers: HeaderMap) -> Response {
     match Form::from_query(uri.query()) {
-        Ok(form) => start(&state, &headers, &form).await,
+        Ok(form) => start(&state, &peer, &headers, &form).await,
         Err(e) => error_page(StatusCode::BAD_REQUEST, "Bad request", e),
     }
 }
 
 /// `POST /auth` (OIDC Core §3.1.2.1 allows both).
-pub async fn authorize_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn authorize_post(State(state): State<AppState>, peer: Peer, headers: HeaderMap, body: Bytes) -> Response {
     match Form::parse(&headers, &body) {
-        Ok(form) => start(&state, &headers, &form).await,
+        Ok(form) => start(&state, &peer, &headers, &form).await,
         Err(e) => error_page(StatusCode::BAD_REQUEST, "Bad request", e),
     }
 }
@@ -39,7 +40,7 @@ fn valid_pkce_value(v: &str) -> bool {
     (43..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
-pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
+pub(super) async fn start(state: &AppState, peer: &Peer, headers: &HeaderMap, form: &Form) -> Response {
     let Some(client_id) = form.get("client_id") else {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -142,10 +143,10 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
     if challenge.is_some_and(|c| !valid_pkce_value(c)) {
         return fail(Code::InvalidRequest, "code_challenge must be 43 to 128 characters of [A-Za-z0-9-._~]");
     }
-    if form.get("prompt").is_some_and(|p| p.split(' ').any(|v| v == "none")) {
-        // OIDC Core §3.1.2.6: the issuer keeps no login session, so it can never log in silently.
-        return fail(Code::LoginRequired, "the user must sign in");
-    }
+    let prompt = match crate::session::Prompt::parse(form.get("prompt"), form.get("max_age")) {
+        Ok(p) => p,
+        Err(e) => return fail(Code::InvalidRequest, e),
+    };
 
     // Dex's `connector_id`: skip the choice of connector.
     let connector_id = match form.get("connector_id") {
@@ -153,6 +154,24 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
         Some(id) if state.connectors.get(id).is_some() && client.allows_connector(id) => Some(id.to_owned()),
         Some(_) => return fail(Code::InvalidRequest, "connector_id names no connector this client may use"),
     };
+    // Single sign-on (`crate::session`): a browser session this client may use answers at once.
+    let hint_sub = match crate::session::hint_subject(state, form.get("id_token_hint")).await {
+        Ok(s) => s,
+        Err(crate::session::HintError::Forged) => {
+            return fail(Code::InvalidRequest, "id_token_hint is not an ID token of this issuer")
+        }
+        Err(e) => return crate::oauth::internal(e),
+    };
+    let resumed =
+        crate::session::resume(state, headers, &client, connector_id.as_deref(), hint_sub.as_deref(), &prompt);
+    let resumed = match resumed.await {
+        Ok(r) => r,
+        Err(e) => return storage_failure(e),
+    };
+    if resumed.is_none() && prompt.none {
+        // OIDC Core §3.1.2.6.
+        return fail(Code::LoginRequired, "the user must sign in");
+    }
     let now = state.clock.now();
     let csrf = csrf_value(headers);
     let request = AuthRequest {
@@ -170,6 +189,10 @@ pub(super) async fn start(state: &AppState, headers: &HeaderMap, form: &Form) ->
         connector_id,
         response_types: response_types.iter().map(|t| (*t).to_owned()).collect(),
     };
+    if let Some((session, connector)) = resumed {
+        let ip = client_ip(state, peer, headers).map_or_else(|| "-".to_owned(), |i| i.to_string());
+        return super::login::resume(state, request, &connector, &session, &ip).await;
+    }
     begin_login(state, request).await
 }
 

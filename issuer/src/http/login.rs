@@ -61,6 +61,8 @@ struct LoginPage<'a> {
     issuer: &'a str,
     /// For a device login: the user code to compare, and where "Deny" posts.
     device: Option<(String, String)>,
+    /// Whether "Remember me" starts checked (`sessions.rememberMeCheckedByDefault`).
+    remember_me: bool,
 }
 
 /// The connectors a pending login may use: the client's `allowedConnectors`, narrowed to `connector_id`
@@ -124,6 +126,7 @@ async fn login_form(
             .device
             .as_ref()
             .map(|d| (super::device::display_user_code(&d.user_code), format!("{prefix}/device/deny"))),
+        remember_me: state.config.sessions.remember_me_checked_by_default,
     };
     page(status, &t)
 }
@@ -174,6 +177,7 @@ pub async fn login_page(State(state): State<AppState>, uri: Uri) -> Response {
 /// connector route); without it, an authorization request that skips the choice (like `connector_id`).
 pub async fn connector_route(
     State(state): State<AppState>,
+    peer: Peer,
     Path(connector_id): Path<String>,
     uri: Uri,
     headers: HeaderMap,
@@ -185,7 +189,7 @@ pub async fn connector_route(
     if form.get("req").is_none() {
         let mut params = form.0.clone();
         params.insert("connector_id".into(), connector_id);
-        return super::authorize::start(&state, &headers, &Form(params)).await;
+        return super::authorize::start(&state, &peer, &headers, &Form(params)).await;
     }
     let request = match pending_request(&state, form.get("req")).await {
         Ok(r) => r,
@@ -269,8 +273,12 @@ pub async fn callback(State(state): State<AppState>, peer: Peer, uri: Uri, heade
     let started = std::time::Instant::now();
     let result = c.handle_callback(&callback_request(&state, &request, &connector.id), &query).await;
     state.metrics.observe_connector(&connector.id, "login", &result, started.elapsed());
+    let remember_me = state.config.sessions.remember_me_checked_by_default;
     match result {
-        Ok(identity) => finish(&state, request, &connector, identity, &ip).await,
+        Ok(identity) => {
+            let start = crate::session::Start::Login { headers: &headers, remember_me, identity };
+            finish(&state, request, &connector, &ip, start).await
+        }
         Err(e) => connector_failure(&state, &request, &connector, e, &ip),
     }
 }
@@ -362,7 +370,9 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
         Err(AttemptError::Connector(e)) => return connector_failure(&state, &request, &connector, e, &ip_text),
         Err(AttemptError::Storage(e)) => return storage_failure(e),
     };
-    finish(&state, request, &connector, identity, &ip_text).await
+    let start =
+        crate::session::Start::Login { headers: &headers, remember_me: form.get("remember_me").is_some(), identity };
+    finish(&state, request, &connector, &ip_text, start).await
 }
 
 /// A connector failure as a page: 503 for an unreachable upstream, 403 for a refusal, 400 otherwise.
@@ -410,15 +420,32 @@ fn connector_failure(
     }
 }
 
-/// Every successful login ends here: the connector's and the client's policy, then the code (or the
-/// device approval).
+/// `/auth` with a browser session that may answer it (`crate::session::resume`): the code at once, as a
+/// login would issue it, in that session.
+pub(crate) async fn resume(
+    state: &AppState,
+    request: AuthRequest,
+    connector: &Connector,
+    session: &crate::storage::Session,
+    ip: &str,
+) -> Response {
+    finish(state, request, connector, ip, crate::session::Start::Resumed(session)).await
+}
+
+/// Every successful login ends here (and every sign-in through a browser session, whose request was never
+/// stored): the connector's and the client's policy, then the browser session and the code (or the device
+/// approval).
 async fn finish(
     state: &AppState,
     request: AuthRequest,
     connector: &Connector,
-    identity: Identity,
     ip: &str,
+    start: crate::session::Start<'_>,
 ) -> Response {
+    let identity = match &start {
+        crate::session::Start::Login { identity, .. } => identity.clone(),
+        crate::session::Start::Resumed(s) => s.identity.clone(),
+    };
     let client = match state.client(&request.client_id).await {
         Ok(c) => c,
         Err(e) => return storage_failure(e),
@@ -427,47 +454,61 @@ async fn finish(
         Ok(i) => i,
         Err(reason) => return connector_failure(state, &request, connector, ConnectorError::Refused { reason }, ip),
     };
-    match state.storage.delete_auth_request(&request.id).await {
-        Ok(()) => {}
-        Err(StorageError::NotFound) => {
-            return error_page(
-                StatusCode::BAD_REQUEST,
-                "Login expired",
-                "This login was already completed. Go back to the application.",
-            )
+    if let crate::session::Start::Login { .. } = start {
+        match state.storage.delete_auth_request(&request.id).await {
+            Ok(()) => {}
+            Err(StorageError::NotFound) => {
+                return error_page(
+                    StatusCode::BAD_REQUEST,
+                    "Login expired",
+                    "This login was already completed. Go back to the application.",
+                )
+            }
+            Err(e) => return storage_failure(e),
         }
-        Err(e) => return storage_failure(e),
+        Metrics::count(&state.metrics.logins, "success");
+        tracing::info!(target: "audit", event = "login", result = "success", user = %identity.email, sub = %state.config.subject(&identity), connector = %connector.id, client = %request.client_id, ip);
+        if let Some(device) = &request.device {
+            return super::device::approve(state, device, identity, ip).await;
+        }
     }
-    Metrics::count(&state.metrics.logins, "success");
-    tracing::info!(target: "audit", event = "login", result = "success", user = %identity.email, sub = %state.config.subject(&identity), connector = %connector.id, client = %request.client_id, ip);
-    if let Some(device) = &request.device {
-        return super::device::approve(state, device, identity, ip).await;
-    }
-    let now = state.clock.now();
-    if request.response_types.iter().any(|t| t != "code") {
-        return front_channel_tokens(state, &request, identity, now).await;
-    }
-    let code_id = match store_code(state, &request, identity.clone(), now).await {
-        Ok(id) => id,
+    // Single sign-on: the browser session this code is issued in (`crate::session`).
+    let signed_in = match crate::session::signed_in(state, &request.client_id, start).await {
+        Ok(s) => s,
         Err(e) => return storage_failure(e),
     };
-    let mut params = vec![("code", code_id.as_str())];
-    if let Some(s) = request.state.as_deref() {
-        params.push(("state", s));
-    }
-    if request.redirect_uri == OOB_REDIRECT_URI {
-        let client = client.map_or(request.client_id.clone(), |c| c.name.clone());
-        return page(StatusCode::OK, &OobPage { client, code: code_id.clone() });
-    }
-    // 303: the browser follows with a GET, never re-posting the password.
-    (StatusCode::SEE_OTHER, [(header::LOCATION, redirect_with(&request.redirect_uri, &params))]).into_response()
+    let now = state.clock.now();
+    let mut r = if request.response_types.iter().any(|t| t != "code") {
+        front_channel_tokens(state, &request, identity, &signed_in, now).await
+    } else {
+        match store_code(state, &request, identity, &signed_in, now).await {
+            Ok(code_id) => {
+                let mut params = vec![("code", code_id.as_str())];
+                if let Some(s) = request.state.as_deref() {
+                    params.push(("state", s));
+                }
+                if request.redirect_uri == OOB_REDIRECT_URI {
+                    let client = client.map_or(request.client_id.clone(), |c| c.name.clone());
+                    page(StatusCode::OK, &OobPage { client, code: code_id.clone() })
+                } else {
+                    // 303: the browser follows with a GET, never re-posting the password.
+                    let location = redirect_with(&request.redirect_uri, &params);
+                    (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
+                }
+            }
+            Err(e) => storage_failure(e),
+        }
+    };
+    signed_in.set_cookie(&mut r);
+    r
 }
 
-/// Stores the authorization code of a finished login and returns it.
+/// Stores the authorization code of a finished login (in the browser session `signed_in`) and returns it.
 async fn store_code(
     state: &AppState,
     request: &AuthRequest,
     identity: Identity,
+    signed_in: &crate::session::SignedIn,
     now: i64,
 ) -> Result<String, StorageError> {
     let code = AuthCode {
@@ -479,10 +520,11 @@ async fn store_code(
         code_challenge: request.code_challenge.clone(),
         code_challenge_method: request.code_challenge_method.clone(),
         identity,
-        auth_time: now,
+        auth_time: signed_in.auth_time,
         expiry: now + state.config.expiry.auth_codes.as_secs() as i64,
         redeemed_at: None,
         family_id: None,
+        session_id: Some(signed_in.id.clone()),
     };
     let id = code.id.clone();
     state.storage.create_auth_code(code).await?;
@@ -493,10 +535,16 @@ async fn store_code(
 /// token (with `c_hash` beside a code, `at_hash` beside an access token), an access token — in the
 /// redirect URI's fragment (OAuth 2.0 Multiple Response Types §5). Only reachable when
 /// `oauth2.responseTypes` enables these types. No refresh token travels through the browser.
-async fn front_channel_tokens(state: &AppState, request: &AuthRequest, identity: Identity, now: i64) -> Response {
+async fn front_channel_tokens(
+    state: &AppState,
+    request: &AuthRequest,
+    identity: Identity,
+    signed_in: &crate::session::SignedIn,
+    now: i64,
+) -> Response {
     let wants = |t: &str| request.response_types.iter().any(|r| r == t);
     let code_id = if wants("code") {
-        match store_code(state, request, identity.clone(), now).await {
+        match store_code(state, request, identity.clone(), signed_in, now).await {
             Ok(id) => Some(id),
             Err(e) => return storage_failure(e),
         }
@@ -509,9 +557,9 @@ async fn front_channel_tokens(state: &AppState, request: &AuthRequest, identity:
         scopes: &request.scopes,
         identity: &identity,
         nonce: request.nonce.as_deref(),
-        auth_time: now,
+        auth_time: signed_in.auth_time,
         iat: now,
-        sid: None,
+        sid: Some(&signed_in.id),
         subject: None,
     };
     let parts =

@@ -1,6 +1,7 @@
-//! RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0). The `id_token_hint` names the session
-//! (`sid`, a refresh-token family), which is revoked; the browser goes to a registered
-//! `post_logout_redirect_uri` or sees a signed-out page. An unregistered URI is never redirected to.
+//! RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0). The browser session ends, with the
+//! refresh-token families minted in it for the client the `id_token_hint` (or `client_id`) names; what
+//! exactly is `crate::session::end`'s rule. The browser goes to a registered `post_logout_redirect_uri`
+//! or sees a signed-out page. An unregistered URI is never redirected to.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -8,7 +9,6 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::{error_page, page, Form};
-use crate::grant::revoke_family;
 use crate::keys::verify_jwt;
 use crate::oauth::{internal, redirect_with};
 use crate::state::AppState;
@@ -19,9 +19,9 @@ use crate::token::IdTokenClaims;
 struct SignedOut;
 
 /// `GET /logout`.
-pub async fn logout(State(state): State<AppState>, uri: Uri) -> Response {
+pub async fn logout(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     match Form::from_query(uri.query()) {
-        Ok(form) => handle(&state, &form).await,
+        Ok(form) => handle(&state, &headers, &form).await,
         Err(e) => error_page(StatusCode::BAD_REQUEST, "Bad request", e),
     }
 }
@@ -29,12 +29,12 @@ pub async fn logout(State(state): State<AppState>, uri: Uri) -> Response {
 /// `POST /logout`.
 pub async fn logout_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     match Form::parse(&headers, &body) {
-        Ok(form) => handle(&state, &form).await,
+        Ok(form) => handle(&state, &headers, &form).await,
         Err(e) => error_page(StatusCode::BAD_REQUEST, "Bad request", e),
     }
 }
 
-async fn handle(state: &AppState, form: &Form) -> Response {
+async fn handle(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
     let keys = match state.keys().await {
         Ok(k) => k,
         Err(e) => return internal(e),
@@ -82,17 +82,18 @@ async fn handle(state: &AppState, form: &Form) -> Response {
             Some(uri.to_owned())
         }
     };
-    if let Some(sid) = hint.as_ref().and_then(|h| h.sid.as_deref()) {
-        if let Err(e) = revoke_family(state, sid, "logout").await {
-            return e.into_response();
-        }
-        tracing::info!(target: "audit", event = "logout", sub = hint.as_ref().map_or("", |h| h.sub.as_str()), client = client_id.as_deref().unwrap_or(""));
-    }
-    match target {
+    let ended = match crate::session::end(state, headers, hint.as_ref(), client_id.as_deref()).await {
+        Ok(e) => e,
+        Err(e) => return e.into_response(),
+    };
+    tracing::info!(target: "audit", event = "logout", sub = hint.as_ref().map_or("", |h| h.sub.as_str()), client = client_id.as_deref().unwrap_or(""), families = ended.families);
+    let mut r = match target {
         Some(uri) => {
             let params: Vec<(&str, &str)> = form.get("state").map(|s| vec![("state", s)]).unwrap_or_default();
             Redirect::to(&redirect_with(&uri, &params)).into_response()
         }
         None => page(StatusCode::OK, &SignedOut),
-    }
+    };
+    ended.clear_cookie(state, &mut r);
+    r
 }

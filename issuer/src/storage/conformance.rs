@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::{
-    AuthCode, AuthRequest, Bucket, Client, DeviceRequest, DeviceStatus, Identity, Password, RefreshToken, Storage,
-    StorageError,
+    AuthCode, AuthRequest, Bucket, Client, DeviceRequest, DeviceStatus, Identity, Password, RefreshToken, Session,
+    SessionClient, Storage, StorageError,
 };
 use crate::keys::{self, Algorithm};
 
@@ -27,7 +27,8 @@ macro_rules! suite {
             garbage_collection_removes_only_expired_records_in_batches, timestamps_round_trip_exactly,
             device_request_crud, device_approval_has_exactly_one_winner, device_request_codes_never_change,
             client_crud, client_update_is_atomic_and_keeps_the_id, password_crud_matches_emails_case_insensitively,
-            refresh_tokens_are_listed_by_user);
+            refresh_tokens_are_listed_by_user, session_crud, session_update_is_atomic_and_keeps_the_id,
+            session_records_round_trip_exactly, garbage_collection_removes_expired_sessions);
     };
     (@each $attr:tt $make:expr; $($case:ident),*) => {
         $(
@@ -70,6 +71,7 @@ pub(crate) fn refresh_token(id: &str, family: &str, expiry: i64) -> RefreshToken
         expiry,
         rotated_at: None,
         successor: None,
+        session_id: None,
     }
 }
 
@@ -105,6 +107,7 @@ fn auth_code(id: &str, expiry: i64) -> AuthCode {
         expiry,
         redeemed_at: None,
         family_id: None,
+        session_id: None,
     }
 }
 
@@ -497,4 +500,111 @@ pub(crate) async fn refresh_tokens_are_listed_by_user<S: Storage>(s: Arc<S>) {
     assert!(s.list_user_refresh_tokens("local", "u3").await.unwrap().is_empty());
     s.delete_refresh_family("f1").await.unwrap();
     assert_eq!(ids(s.list_user_refresh_tokens("local", "u1").await.unwrap()), ["t3"]);
+}
+
+fn session(id: &str, expiry: i64) -> Session {
+    Session {
+        id: id.into(),
+        secret_hash: "h".into(),
+        identity: identity(),
+        auth_time: 100,
+        created_at: 100,
+        last_used: 100,
+        absolute_expiry: expiry + 1000,
+        expiry,
+        clients: vec![SessionClient { client_id: "c".into(), signed_in: true }],
+    }
+}
+
+pub(crate) async fn session_crud<S: Storage>(s: Arc<S>) {
+    s.create_session(session("s1", 500)).await.unwrap();
+    assert!(matches!(s.create_session(session("s1", 600)).await, Err(StorageError::AlreadyExists)));
+    assert_eq!(s.get_session("s1").await.unwrap(), session("s1", 500), "the first create stays");
+    assert!(matches!(s.get_session("s2").await, Err(StorageError::NotFound)));
+    let updated = s
+        .update_session(
+            "s1",
+            Box::new(|mut x| {
+                x.last_used = 200;
+                x.expiry = 700;
+                Ok(x)
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!((updated.last_used, updated.expiry), (200, 700));
+    assert_eq!(s.get_session("s1").await.unwrap(), updated);
+    assert!(matches!(s.update_session("s2", Box::new(Ok)).await, Err(StorageError::NotFound)));
+    let refused = s.update_session("s1", Box::new(|_| Err(StorageError::Conflict))).await;
+    assert!(matches!(refused, Err(StorageError::Conflict)), "{refused:?}");
+    assert_eq!(s.get_session("s1").await.unwrap(), updated, "a refused update changes nothing");
+    s.delete_session("s1").await.unwrap();
+    assert!(matches!(s.delete_session("s1").await, Err(StorageError::NotFound)));
+    assert!(matches!(s.get_session("s1").await, Err(StorageError::NotFound)));
+}
+
+pub(crate) async fn session_update_is_atomic_and_keeps_the_id<S: Storage + 'static>(s: Arc<S>) {
+    s.create_session(session("s", 500)).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.update_session(
+                    "s",
+                    Box::new(move |mut x| {
+                        x.clients.push(SessionClient { client_id: format!("c{i}"), signed_in: false });
+                        Ok(x)
+                    }),
+                )
+                .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(s.get_session("s").await.unwrap().clients.len(), 9, "no update was lost");
+    let renamed = s
+        .update_session(
+            "s",
+            Box::new(|mut x| {
+                x.id = "other".into();
+                Ok(x)
+            }),
+        )
+        .await;
+    assert!(matches!(renamed, Err(StorageError::Conflict)), "{renamed:?}");
+    assert!(matches!(s.get_session("other").await, Err(StorageError::NotFound)));
+}
+
+pub(crate) async fn session_records_round_trip_exactly<S: Storage>(s: Arc<S>) {
+    let mut x = session("rt", 4_102_444_800);
+    x.identity.connector_data = Some(super::ConnectorData(serde_json::json!({"refresh": "upstream"})));
+    x.auth_time = -86_400;
+    x.clients.push(SessionClient { client_id: "peer".into(), signed_in: false });
+    s.create_session(x.clone()).await.unwrap();
+    assert_eq!(s.get_session("rt").await.unwrap(), x);
+
+    // The session a code and a refresh token were minted in survives storage too.
+    let mut code = auth_code("code-in-session", 1000);
+    code.session_id = Some("rt".into());
+    s.create_auth_code(code.clone()).await.unwrap();
+    assert_eq!(s.get_auth_code("code-in-session").await.unwrap(), code);
+    let mut t = refresh_token("token-in-session", "f", 1000);
+    t.session_id = Some("rt".into());
+    s.create_refresh_token(t.clone()).await.unwrap();
+    assert_eq!(s.get_refresh_token("token-in-session").await.unwrap(), t);
+}
+
+pub(crate) async fn garbage_collection_removes_expired_sessions<S: Storage>(s: Arc<S>) {
+    for i in 0..3 {
+        s.create_session(session(&format!("old{i}"), 10)).await.unwrap();
+    }
+    s.create_session(session("live", 1000)).await.unwrap();
+    let first = s.garbage_collect(500, 2).await.unwrap();
+    assert_eq!(first.sessions, 2, "a pass removes at most one batch");
+    assert_eq!(s.garbage_collect(500, 2).await.unwrap().sessions, 1);
+    assert_eq!(s.garbage_collect(500, 2).await.unwrap().total(), 0);
+    assert!(s.get_session("live").await.is_ok());
+    assert!(matches!(s.get_session("old0").await, Err(StorageError::NotFound)));
 }

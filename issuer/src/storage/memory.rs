@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{
     keep_key, password_key, AuthCode, AuthRequest, Bucket, Client, DeviceRequest, GcResult, Password, RefreshToken,
-    Storage, StorageError, Update,
+    Session, Storage, StorageError, Update,
 };
 use crate::keys::Keys;
 
@@ -29,6 +29,7 @@ struct Tables {
     device_requests: HashMap<String, DeviceRequest>,
     clients: HashMap<String, Client>,
     passwords: HashMap<String, Password>,
+    sessions: HashMap<String, Session>,
 }
 
 impl Memory {
@@ -252,6 +253,23 @@ impl Storage for Memory {
         Ok(v)
     }
 
+    async fn create_session(&self, s: Session) -> Result<(), StorageError> {
+        let id = s.id.clone();
+        insert_new(&mut self.lock().sessions, &id, s)
+    }
+
+    async fn get_session(&self, id: &str) -> Result<Session, StorageError> {
+        self.lock().sessions.get(id).cloned().ok_or(StorageError::NotFound)
+    }
+
+    async fn update_session(&self, id: &str, f: Update<Session>) -> Result<Session, StorageError> {
+        update(&mut self.lock().sessions, id, keep_key(|s: &Session| s.id.clone(), f))
+    }
+
+    async fn delete_session(&self, id: &str) -> Result<(), StorageError> {
+        self.lock().sessions.remove(id).map(|_| ()).ok_or(StorageError::NotFound)
+    }
+
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError> {
         let mut t = self.lock();
         Ok(GcResult {
@@ -260,6 +278,7 @@ impl Storage for Memory {
             refresh_tokens: collect(&mut t.refresh_tokens, batch, |r| r.expiry < now),
             buckets: collect(&mut t.buckets, batch, |b| b.expiry < now),
             device_requests: collect(&mut t.device_requests, batch, |d| d.expiry < now),
+            sessions: collect(&mut t.sessions, batch, |s| s.expiry < now),
         })
     }
 }

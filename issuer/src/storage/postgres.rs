@@ -13,7 +13,7 @@ use sqlx::{PgPool, Postgres as Pg, Row, Transaction};
 
 use super::{
     keep_key, password_key, AuthCode, AuthRequest, Bucket, Client, DeviceRequest, GcResult, Password, RefreshToken,
-    Storage, StorageError, Update,
+    Session, Storage, StorageError, Update,
 };
 use crate::config::PostgresConfig;
 use crate::keys::Keys;
@@ -42,6 +42,8 @@ CREATE INDEX IF NOT EXISTS refresh_tokens_user ON refresh_tokens (
     (data::jsonb -> 'identity' ->> 'connector_id'), (data::jsonb -> 'identity' ->> 'user_id'));
 CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS passwords (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, data TEXT NOT NULL, expiry BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions (expiry);
 COMMIT;
 "#;
 
@@ -546,6 +548,22 @@ impl Storage for Postgres {
         self.list_records("passwords").await
     }
 
+    async fn create_session(&self, s: Session) -> Result<(), StorageError> {
+        self.insert_doc("sessions", &s.id, encode(&s)?, s.expiry).await
+    }
+
+    async fn get_session(&self, id: &str) -> Result<Session, StorageError> {
+        self.get_doc("sessions", id).await
+    }
+
+    async fn update_session(&self, id: &str, f: Update<Session>) -> Result<Session, StorageError> {
+        self.update_doc("sessions", id, |s: &Session| s.expiry, keep_key(|s: &Session| s.id.clone(), f)).await
+    }
+
+    async fn delete_session(&self, id: &str) -> Result<(), StorageError> {
+        self.delete_record("sessions", id).await
+    }
+
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError> {
         Ok(GcResult {
             auth_requests: self.collect("auth_requests", now, batch).await?,
@@ -553,6 +571,7 @@ impl Storage for Postgres {
             refresh_tokens: self.collect("refresh_tokens", now, batch).await?,
             buckets: self.collect("buckets", now, batch).await?,
             device_requests: self.collect("device_requests", now, batch).await?,
+            sessions: self.collect("sessions", now, batch).await?,
         })
     }
 }

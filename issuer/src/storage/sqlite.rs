@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use super::{
     keep_key, password_key, AuthCode, AuthRequest, Bucket, Client, DeviceRequest, GcResult, Password, RefreshToken,
-    Storage, StorageError, Update,
+    Session, Storage, StorageError, Update,
 };
 use crate::keys::Keys;
 
@@ -49,6 +49,8 @@ CREATE INDEX IF NOT EXISTS refresh_tokens_user ON refresh_tokens (
     json_extract(data, '$.identity.connector_id'), json_extract(data, '$.identity.user_id'));
 CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS passwords (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, data TEXT NOT NULL, expiry INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions (expiry);
 "#;
 
 /// SQLite backend.
@@ -555,6 +557,22 @@ impl Storage for Sqlite {
         self.select_all("SELECT data FROM passwords ORDER BY id", &[])
     }
 
+    async fn create_session(&self, s: Session) -> Result<(), StorageError> {
+        self.insert_doc("sessions", &s.id, encode(&s)?, s.expiry).await
+    }
+
+    async fn get_session(&self, id: &str) -> Result<Session, StorageError> {
+        self.get_doc("sessions", id)
+    }
+
+    async fn update_session(&self, id: &str, f: Update<Session>) -> Result<Session, StorageError> {
+        self.update_doc("sessions", id, |s: &Session| s.expiry, keep_key(|s: &Session| s.id.clone(), f)).await
+    }
+
+    async fn delete_session(&self, id: &str) -> Result<(), StorageError> {
+        self.delete_record("sessions", id).await
+    }
+
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError> {
         Ok(GcResult {
             auth_requests: self.collect("auth_requests", now, batch).await?,
@@ -562,6 +580,7 @@ impl Storage for Sqlite {
             refresh_tokens: self.collect("refresh_tokens", now, batch).await?,
             buckets: self.collect("buckets", now, batch).await?,
             device_requests: self.collect("device_requests", now, batch).await?,
+            sessions: self.collect("sessions", now, batch).await?,
         })
     }
 }
