@@ -46,6 +46,6 @@ async fn the_token_the_upstream_gets_is_accepted_by_kube_apiserver_before_and_af
         seen.push(token);
     }
     let sid = claims(&seen[1])["sid"].as_str().unwrap().to_owned();
-    let family = issuer.state.storage.list_refresh_family(&sid).await.unwrap();
+    let family = issuer.session_refresh_tokens(&sid).await;
     assert!(family.len() >= 3, "the login's refresh token and a rotation per request: {}", family.len());
 }

@@ -191,9 +191,9 @@ async fn sign_out_revokes_the_refresh_token_clears_cookies_and_goes_to_the_issue
     assert_eq!(r.status, 302, "asked to log in again");
 }
 
-/// Live refresh tokens of the session (the ID token's `sid` is its refresh-token family).
+/// Refresh tokens of the families started in the session the ID token's `sid` names.
 async fn live_refresh_tokens(issuer: &Issuer, sid: &str) -> usize {
-    issuer.state.storage.list_refresh_family(sid).await.unwrap().len()
+    issuer.session_refresh_tokens(sid).await.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

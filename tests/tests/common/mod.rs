@@ -30,6 +30,35 @@ pub struct Issuer {
 }
 
 impl Issuer {
+    /// Every refresh token (rotated ones included) of the refresh-token families started in the browser
+    /// session `sid` (an ID token's `sid` names the session; each login in it starts a family).
+    pub async fn session_refresh_tokens(&self, sid: &str) -> Vec<issuer::storage::RefreshToken> {
+        let mut out = Vec::new();
+        for family in self.session_families(sid).await {
+            out.extend(self.state.storage.list_refresh_family(&family).await.unwrap());
+        }
+        out
+    }
+
+    /// The refresh-token families started in the browser session `sid`.
+    pub async fn session_families(&self, sid: &str) -> Vec<String> {
+        let Ok(session) = self.state.storage.get_session(sid).await else { return vec![] };
+        let id = &session.identity;
+        let mut families: Vec<String> = self
+            .state
+            .storage
+            .list_user_refresh_tokens(&id.connector_id, &id.user_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.session_id.as_deref() == Some(sid))
+            .map(|t| t.family_id)
+            .collect();
+        families.sort();
+        families.dedup();
+        families
+    }
+
     pub async fn start() -> Self {
         Self::start_at(Arc::new(tempfile::tempdir().unwrap()), None, Clock::frozen(), |_| {}).await
     }
