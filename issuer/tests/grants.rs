@@ -203,7 +203,7 @@ async fn token_exchange_trades_this_issuers_tokens_for_a_trusting_audience() {
     let tampered: &'static str = Box::leak(format!("{}x", &id_token[..id_token.len() - 1]).into_boxed_str());
     let (status, body) = issuer.token(&form(tampered, "urn:ietf:params:oauth:token-type:id_token")).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
-    // An audience that does not trust the requester.
+    // Another client's token is not the requester's to exchange.
     let (status, body) = token_as(
         &issuer,
         "kubernetes",
@@ -212,10 +212,14 @@ async fn token_exchange_trades_this_issuers_tokens_for_a_trusting_audience() {
             ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
             ("subject_token", id_token),
             ("subject_token_type", "urn:ietf:params:oauth:token-type:id_token"),
-            ("audience", "gateway"),
         ],
     )
     .await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    // An audience that does not trust the requester (the gateway lists no trusted peers).
+    let mut f = form(id_token, "urn:ietf:params:oauth:token-type:id_token");
+    f[3] = ("audience", "gateway");
+    let (status, body) = issuer.token(&f).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_scope")), "{body}");
 }
 

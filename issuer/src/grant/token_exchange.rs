@@ -5,7 +5,8 @@
 //!
 //! The subject token (`subject_token_type` an ID token or an access token, §3) is:
 //! - one of this issuer's: a JWT that verifies against its keys (an ID token, or an RFC 9068 access
-//!   token), unexpired, with this `iss`. The user keeps its `sub` and claims;
+//!   token), unexpired, with this `iss`, issued to the requesting client (its `aud`, `azp` or
+//!   `client_id`). The user keeps its `sub` and claims;
 //! - or an upstream's, when `connector_id` names an `oidc` connector (Dex's parameter): that connector
 //!   verifies it ([`crate::connector::TokenIdentityConnector`]), and the user passes the connector's and
 //!   the client's policy as at a login.
@@ -83,7 +84,7 @@ pub async fn exchange(state: &AppState, client: &Client, form: &Form) -> Result<
             (identity, None, connector.id.clone())
         }
         None => {
-            let (identity, sub) = own_token(state, kind, token).await?;
+            let (identity, sub) = own_token(state, client, kind, token).await?;
             (identity, Some(sub), "issuer".to_owned())
         }
     };
@@ -130,8 +131,15 @@ pub async fn exchange(state: &AppState, client: &Client, form: &Form) -> Result<
     })
 }
 
-/// A token this issuer signed: its user (from the claims it carries) and its `sub`, kept as is.
-async fn own_token(state: &AppState, kind: SubjectTokenType, token: &str) -> Result<(Identity, String), TokenError> {
+/// A token this issuer signed for `client` (in its `aud`, or its `azp`/`client_id`): its user (from the
+/// claims it carries) and its `sub`, kept as is. A client exchanges the tokens it was given, never another
+/// client's it happened to see.
+async fn own_token(
+    state: &AppState,
+    client: &Client,
+    kind: SubjectTokenType,
+    token: &str,
+) -> Result<(Identity, String), TokenError> {
     let invalid = TokenError::InvalidGrant("the subject token is not a valid token of this issuer");
     let keys = state.keys().await?;
     let (header, claims) = crate::keys::verify_jws(token, &keys.public).ok_or(invalid)?;
@@ -146,6 +154,15 @@ async fn own_token(state: &AppState, kind: SubjectTokenType, token: &str) -> Res
     let live = claims.get("exp").and_then(Value::as_i64).is_some_and(|exp| exp >= state.clock.now());
     if !declared_ok || text("iss").as_deref() != Some(issuer) || !live {
         return Err(TokenError::InvalidGrant("the subject token is not a valid token of this issuer"));
+    }
+    let in_aud = match claims.get("aud") {
+        Some(Value::String(a)) => a == &client.id,
+        Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(&client.id)),
+        _ => false,
+    };
+    let issued_to = [text("azp"), text("client_id")].iter().flatten().any(|c| c == &client.id);
+    if !in_aud && !issued_to {
+        return Err(TokenError::InvalidGrant("the subject token was not issued to this client"));
     }
     let sub = text("sub").ok_or(TokenError::InvalidGrant("the subject token has no sub"))?;
     let identity = Identity {
