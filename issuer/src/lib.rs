@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod password_attempt;
 pub mod ratelimit;
+pub mod revocation;
 pub mod session;
 pub mod state;
 pub mod storage;
