@@ -5,6 +5,7 @@
 //! `main.rs` only parses arguments and serves.
 #![warn(missing_docs)]
 
+pub mod backchannel;
 pub mod clock;
 pub mod config;
 pub mod connector;

@@ -156,6 +156,13 @@ fn revoke(file: &Path, t: RevokeTarget) -> anyhow::Result<()> {
         for (kind, value, seq) in &summary.logged {
             println!("logged {} {value:?} as revocation {seq}", kind.as_str());
         }
+        // The process ends with this command: wait for the back-channel logouts (each is bounded).
+        for (sid, delivery) in summary.deliveries {
+            match delivery.await {
+                Ok(outcome) => println!("back-channel logout for session {sid}: {outcome:?}"),
+                Err(e) => println!("back-channel logout for session {sid}: task failed: {e}"),
+            }
+        }
         Ok(())
     })
 }

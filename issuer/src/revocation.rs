@@ -2,7 +2,8 @@
 //! and browser sessions and appends what it revoked to the log; RP-initiated logout appends the `sid` it
 //! ended. Gateways learn of both through the feed (`GET /revocations`, `http/revocations.rs`), since the
 //! ID and access tokens already out stay valid until they expire. Storage GC drops log entries older than
-//! [`horizon`]: by then every token they could match has expired.
+//! [`horizon`]: by then every token they could match has expired. Sessions removed here get back-channel
+//! logouts (`crate::backchannel`).
 
 use std::time::Duration;
 
@@ -44,7 +45,7 @@ pub enum Target {
 }
 
 /// What [`revoke`] did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Summary {
     /// Refresh-token families removed.
     pub families: usize,
@@ -52,6 +53,9 @@ pub struct Summary {
     pub sessions: usize,
     /// Log entries appended, as `(kind, value, seq)`.
     pub logged: Vec<(RevocationKind, String, i64)>,
+    /// The back-channel logouts sent for the sessions removed, still running: a caller about to exit
+    /// awaits them.
+    pub deliveries: Vec<(String, tokio::task::JoinHandle<crate::backchannel::Outcome>)>,
 }
 
 /// Revokes `target`: removes the matching refresh-token families and browser sessions (sessions are found
@@ -85,10 +89,19 @@ pub async fn revoke(state: &AppState, target: &Target) -> Result<Summary, TokenE
     sessions.sort_unstable();
     sessions.dedup();
     for sid in &sessions {
+        // Read first: the session names the clients to send back-channel logouts to.
+        let session = match state.storage.get_session(sid).await {
+            Ok(s) => s,
+            Err(StorageError::NotFound) => continue,
+            Err(e) => return Err(e.into()),
+        };
         match state.storage.delete_session(sid).await {
             Ok(()) => summary.sessions += 1,
-            Err(StorageError::NotFound) => {}
+            Err(StorageError::NotFound) => continue,
             Err(e) => return Err(e.into()),
+        }
+        for d in crate::backchannel::notify(state, &session).await {
+            summary.deliveries.push((sid.clone(), d));
         }
     }
 

@@ -599,6 +599,8 @@ pub(crate) async fn end(
     }
     // Gateways learn of the ended session through the revocation feed.
     crate::revocation::record(state, crate::storage::RevocationKind::Sid, &session.id).await?;
+    // The deliveries run on after the response (dropping a handle detaches its task).
+    drop(crate::backchannel::notify(state, &session).await);
     if let Some(client) = client_id {
         let tokens =
             state.storage.list_user_refresh_tokens(&session.identity.connector_id, &session.identity.user_id).await?;
