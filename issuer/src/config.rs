@@ -1884,6 +1884,25 @@ mod tests {
     }
 
     #[test]
+    fn backchannel_logout_keys_are_read_and_a_bad_uri_named() {
+        let client = |uri: &str| {
+            minimal(&format!(
+                "staticClients:\n- id: a\n  secret: s\n  redirectURIs: ['http://127.0.0.1/cb']\n  \
+                 backchannelLogoutURI: '{uri}'\n  backchannelLogoutSessionRequired: true\n"
+            ))
+        };
+        let c = parse(&client("https://app.example.com/logout")).unwrap();
+        assert_eq!(c.static_clients[0].backchannel_logout_uri.as_deref(), Some("https://app.example.com/logout"));
+        assert!(c.static_clients[0].backchannel_logout_session_required);
+        assert_eq!(
+            problems(&client("/relative")),
+            vec!["staticClients[0].backchannelLogoutURI: expected an absolute http(s) URL without fragment (Back-Channel \
+                  Logout §2.2), got \"/relative\""]
+        );
+        assert_eq!(problems(&client("https://app.example.com/logout#x")).len(), 1);
+    }
+
+    #[test]
     fn minimal_config_gets_dex_like_defaults() {
         let c = parse(&minimal("")).unwrap();
         assert_eq!(c.issuer.as_str(), "http://127.0.0.1:5556/dex");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::grant::revoke_family;
 use crate::oauth::TokenError;
 use crate::state::AppState;
-use crate::storage::{RefreshToken, RevocationKind, StorageError};
+use crate::storage::{Identity, RefreshToken, RevocationKind, StorageError};
 
 /// Added to the longest token lifetime so that a token minted just before a revocation, checked by a
 /// gateway with a slow clock, is still covered by the log.
@@ -58,21 +58,27 @@ pub struct Summary {
     pub deliveries: Vec<(String, tokio::task::JoinHandle<crate::backchannel::Outcome>)>,
 }
 
-/// Revokes `target`: removes the matching refresh-token families and browser sessions (sessions are found
-/// through the families' `session_id`, or by id for [`Target::Session`]), then appends the log entries
-/// (`sub` per user matched by email, `sid` per session, or the group / `all`). Errors are storage
-/// failures; what was removed before one stays removed.
+/// Revokes `target`: removes the matching refresh-token families and browser sessions (a session matches
+/// by its user, or as the one a matching family was minted in, or by id for [`Target::Session`]), sends
+/// back-channel logouts for the sessions removed, then appends the log entries (`sub` per user matched by
+/// email, the `sub`, group or `all` asked for, and `sid` per session). Errors are storage failures; what
+/// was removed before one stays removed.
 pub async fn revoke(state: &AppState, target: &Target) -> Result<Summary, TokenError> {
-    let tokens = state.storage.list_refresh_tokens().await?;
-    let subject = |t: &RefreshToken| state.config.subject(&t.identity);
-    let matches = |t: &RefreshToken| match target {
-        Target::User(email) => t.identity.email.eq_ignore_ascii_case(email),
-        Target::Sub(sub) => subject(t) == *sub,
-        Target::Group(g) => t.identity.groups.iter().any(|x| x == g),
-        Target::Session(sid) => t.session_id.as_deref() == Some(sid.as_str()) || t.family_id == *sid,
+    let config = &state.config;
+    let matches = |identity: &Identity| match target {
+        Target::User(email) => identity.email.eq_ignore_ascii_case(email),
+        Target::Sub(sub) => config.subject(identity) == *sub,
+        Target::Group(g) => identity.groups.iter().any(|x| x == g),
+        Target::Session(_) => false,
         Target::All => true,
     };
-    let matched: Vec<&RefreshToken> = tokens.iter().filter(|t| matches(t)).collect();
+    let tokens = state.storage.list_refresh_tokens().await?;
+    let matched: Vec<&RefreshToken> = (tokens.iter())
+        .filter(|t| match target {
+            Target::Session(sid) => t.session_id.as_deref() == Some(sid.as_str()) || t.family_id == *sid,
+            _ => matches(&t.identity),
+        })
+        .collect();
     let mut families: Vec<&str> = matched.iter().map(|t| t.family_id.as_str()).collect();
     families.sort_unstable();
     families.dedup();
@@ -82,12 +88,17 @@ pub async fn revoke(state: &AppState, target: &Target) -> Result<Summary, TokenE
     }
     summary.families = families.len();
 
+    // The sessions: those the families were minted in, and those (perhaps without any refresh token)
+    // whose user matches.
+    let all_sessions = state.storage.list_sessions().await?;
     let mut sessions: Vec<String> = matched.iter().filter_map(|t| t.session_id.clone()).collect();
+    sessions.extend(all_sessions.iter().filter(|s| matches(&s.identity)).map(|s| s.id.clone()));
     if let Target::Session(sid) = target {
         sessions.push(sid.clone());
     }
     sessions.sort_unstable();
     sessions.dedup();
+    let mut subjects: Vec<String> = matched.iter().map(|t| config.subject(&t.identity)).collect();
     for sid in &sessions {
         // Read first: the session names the clients to send back-channel logouts to.
         let session = match state.storage.get_session(sid).await {
@@ -100,6 +111,7 @@ pub async fn revoke(state: &AppState, target: &Target) -> Result<Summary, TokenE
             Err(StorageError::NotFound) => continue,
             Err(e) => return Err(e.into()),
         }
+        subjects.push(config.subject(&session.identity));
         for d in crate::backchannel::notify(state, &session).await {
             summary.deliveries.push((sid.clone(), d));
         }
@@ -107,17 +119,18 @@ pub async fn revoke(state: &AppState, target: &Target) -> Result<Summary, TokenE
 
     let mut entries: Vec<(RevocationKind, String)> = match target {
         Target::User(_) => {
-            let mut subs: Vec<String> = matched.iter().map(|t| subject(t)).collect();
-            subs.sort_unstable();
-            subs.dedup();
-            subs.into_iter().map(|s| (RevocationKind::Sub, s)).collect()
+            subjects.sort_unstable();
+            subjects.dedup();
+            subjects.into_iter().map(|s| (RevocationKind::Sub, s)).collect()
         }
         Target::Sub(sub) => vec![(RevocationKind::Sub, sub.clone())],
         Target::Group(g) => vec![(RevocationKind::Group, g.clone())],
         Target::Session(_) => vec![],
         Target::All => vec![(RevocationKind::All, String::new())],
     };
-    // Every session ended is named too, so a gateway that keys on `sid` alone learns of it.
+    // Every session is named too, so a gateway that keys on `sid` alone learns of it; one no longer stored
+    // (a browserless family's `sid`, a session another replica just ended) as well, since tokens naming it
+    // may still be out.
     entries.extend(sessions.into_iter().map(|s| (RevocationKind::Sid, s)));
     for (kind, value) in entries {
         let seq = record(state, kind, &value).await?;

@@ -528,6 +528,9 @@ pub trait Storage: Send + Sync {
     async fn update_session(&self, id: &str, f: Update<Session>) -> Result<Session, StorageError>;
     /// Removes a session; `NotFound` if absent.
     async fn delete_session(&self, id: &str) -> Result<(), StorageError>;
+    /// Every stored session (expired ones too, until GC), by id: a full scan, for administrative
+    /// revocation (`issuer revoke`), never on a request path.
+    async fn list_sessions(&self) -> Result<Vec<Session>, StorageError>;
 
     /// Appends an entry to the revocation log; returns the `seq` the backend assigned (greater than every
     /// `seq` before it).

@@ -280,3 +280,31 @@ async fn a_back_channel_logout_is_retried_after_503() {
     assert!(got.iter().all(|t| t == &got[0]), "each attempt carries the same token");
     assert!(receiver.statuses.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn revoking_a_group_ends_its_members_sessions_even_without_refresh_tokens() {
+    let (issuer, config) = Issuer::start_with_file(|t| t).await;
+    let jane = issuer.tokens("jane@example.com").await;
+    let admin_browser = Browser::new();
+    let auth_url = issuer.auth_url("openid email groups", "st");
+    let (status, location) = admin_browser.sign_in(&auth_url, "admin@example.com", "password").await;
+    assert_eq!(status, 303);
+    assert!(location.unwrap().starts_with(REDIRECT));
+    let silent = |browser: &Browser| {
+        let (client, url) = (browser.client.clone(), auth_url.clone());
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            r.headers()["location"].to_str().unwrap().to_owned()
+        }
+    };
+    assert!(silent(&admin_browser).await.starts_with(REDIRECT), "the admin's session signs in silently");
+
+    let out = revoke(&config, &["--group", "admins"]).await;
+    assert!(out.contains("revoked 0 refresh-token famil(ies) and 1 browser session(s)"), "{out}");
+    assert!(silent(&admin_browser).await.contains("/login?req="), "the admin's session is gone");
+    let (status, body) = issuer.refresh(jane["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "jane is not an admin: {body}");
+    let body: Value = feed(&issuer, "0", None).await.json().await.unwrap();
+    assert!(lists(&body, "group", "admins"), "{body}");
+    assert_eq!(body["revocations"].as_array().unwrap().len(), 2, "the group and the admin's sid: {body}");
+}

@@ -521,7 +521,12 @@ fn session(id: &str, expiry: i64) -> Session {
 }
 
 pub(crate) async fn session_crud<S: Storage>(s: Arc<S>) {
+    assert!(s.list_sessions().await.unwrap().is_empty());
     s.create_session(session("s1", 500)).await.unwrap();
+    s.create_session(session("s0", 500)).await.unwrap();
+    let listed: Vec<String> = s.list_sessions().await.unwrap().into_iter().map(|x| x.id).collect();
+    assert_eq!(listed, ["s0", "s1"], "every session, by id");
+    s.delete_session("s0").await.unwrap();
     assert!(matches!(s.create_session(session("s1", 600)).await, Err(StorageError::AlreadyExists)));
     assert_eq!(s.get_session("s1").await.unwrap(), session("s1", 500), "the first create stays");
     assert!(matches!(s.get_session("s2").await, Err(StorageError::NotFound)));

@@ -280,6 +280,12 @@ impl Storage for Memory {
         self.lock().sessions.remove(id).map(|_| ()).ok_or(StorageError::NotFound)
     }
 
+    async fn list_sessions(&self) -> Result<Vec<Session>, StorageError> {
+        let mut v: Vec<Session> = self.lock().sessions.values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+
     async fn create_revocation(&self, kind: RevocationKind, value: &str, revoked_at: i64) -> Result<i64, StorageError> {
         let mut t = self.lock();
         t.revocation_seq += 1;

@@ -575,6 +575,10 @@ impl Storage for Postgres {
         self.delete_record("sessions", id).await
     }
 
+    async fn list_sessions(&self) -> Result<Vec<Session>, StorageError> {
+        self.list_records("sessions").await
+    }
+
     async fn create_revocation(&self, kind: RevocationKind, value: &str, revoked_at: i64) -> Result<i64, StorageError> {
         let row = sqlx::query("INSERT INTO revocations (kind, value, revoked_at) VALUES ($1, $2, $3) RETURNING seq")
             .bind(kind.as_str())

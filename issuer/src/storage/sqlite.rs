@@ -582,6 +582,10 @@ impl Storage for Sqlite {
         self.delete_record("sessions", id).await
     }
 
+    async fn list_sessions(&self) -> Result<Vec<Session>, StorageError> {
+        self.select_all("SELECT data FROM sessions ORDER BY id", &[])
+    }
+
     async fn create_revocation(&self, kind: RevocationKind, value: &str, revoked_at: i64) -> Result<i64, StorageError> {
         let value = value.to_owned();
         self.write(move |conn| {
