@@ -57,6 +57,8 @@ async fn revoking_a_user_through_the_cli_ends_their_refresh_and_shows_in_the_fee
     let admin = issuer.tokens("admin@example.com").await;
     let jane_id = claims(jane["id_token"].as_str().unwrap());
 
+    let r = feed(&issuer, "0", Some("\"0\"")).await;
+    assert_eq!(r.status(), 304, "an empty log has nothing after 0");
     let r = feed(&issuer, "0", None).await;
     assert_eq!(r.status(), 200);
     let empty: Value = r.json().await.unwrap();
@@ -124,6 +126,9 @@ async fn a_cursor_older_than_the_retained_log_resets_the_feed() {
     assert_eq!(body["cursor"], kept.to_string());
     let body: Value = feed(&issuer, "2", None).await.json().await.unwrap();
     assert!(body.get("reset").is_none(), "nothing after 2 is missing: {body}");
+    let body: Value = feed(&issuer, "99", None).await.json().await.unwrap();
+    assert_eq!(body["reset"], true, "a cursor this log never handed out: {body}");
+    assert_eq!(body["cursor"], kept.to_string());
 }
 
 /// A client's back-channel logout endpoint: records every `logout_token` and answers with the statuses
@@ -307,4 +312,17 @@ async fn revoking_a_group_ends_its_members_sessions_even_without_refresh_tokens(
     let body: Value = feed(&issuer, "0", None).await.json().await.unwrap();
     assert!(lists(&body, "group", "admins"), "{body}");
     assert_eq!(body["revocations"].as_array().unwrap().len(), 2, "the group and the admin's sid: {body}");
+}
+
+#[tokio::test]
+async fn a_back_channel_logout_answered_400_is_not_retried() {
+    let receiver = Receiver::default();
+    receiver.statuses.lock().unwrap().push_back(400);
+    let (issuer, config) = issuer_with_backchannel(&receiver.start().await).await;
+    let tokens = browser_tokens(&issuer, &Browser::new()).await;
+    let sid = claims(tokens["id_token"].as_str().unwrap())["sid"].as_str().unwrap().to_owned();
+    // The command waits for its deliveries to end, so what arrived by then is all there is.
+    let out = revoke(&config, &["--session", &sid]).await;
+    assert!(out.contains("Rejected"), "{out}");
+    assert_eq!(receiver.tokens.lock().unwrap().len(), 1, "400 is final");
 }

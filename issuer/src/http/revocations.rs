@@ -23,12 +23,13 @@ pub const POLL_INTERVAL_SECS: u64 = 5;
 /// The feed's body.
 #[derive(Debug, Serialize)]
 pub struct Feed {
-    /// The `seq` of the last entry listed, else the `after` asked for (or the log's newest entry when
-    /// that is newer): the `after` of the next poll. A decimal string, also sent as the `ETag`.
+    /// The `seq` of the last entry listed, else the `after` asked for (`0` after a reset of an empty log):
+    /// the `after` of the next poll. A decimal string, also sent as the `ETag`.
     pub cursor: String,
     /// Present and true when entries after `after` were already dropped by GC (the cursor is older than
-    /// the retention horizon): the page then starts at the oldest retained entry, and the gateway should
-    /// rebuild its revocation set from the pages that follow rather than add to it.
+    /// the retention horizon) or the cursor is not one of this log's: the page then starts at the oldest
+    /// retained entry, and the gateway should rebuild its revocation set from this and the following pages
+    /// rather than add to it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reset: bool,
     /// The entries, oldest first.
@@ -73,18 +74,19 @@ async fn handle(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Result<Resp
             .ok_or_else(|| TokenError::InvalidRequest("after must be a non-negative integer".into()))?,
     };
     let bounds = state.storage.get_revocation_bounds().await?;
+    // GC always keeps the newest entry, so `newest` is the highest `seq` ever assigned (0: none yet).
     let newest = bounds.map_or(0, |(_, max)| max);
-    // The cursor a caller already at the end would get, for `If-None-Match`.
-    let current = after.max(newest);
-    if after >= newest && if_none_match(headers, current) {
-        return Ok((StatusCode::NOT_MODIFIED, etag_headers(current)).into_response());
+    // Reset when entries in (after, oldest) were collected, or when the cursor is beyond anything this log
+    // ever assigned (it came from another database, say one restored from a backup). Gaps in `seq` from
+    // aborted inserts (PostgreSQL) can make this say reset when nothing was lost, which only costs a
+    // rebuild.
+    let reset = after > newest || bounds.is_some_and(|(oldest, _)| after < oldest - 1);
+    if !reset && after == newest && if_none_match(headers, newest) {
+        return Ok((StatusCode::NOT_MODIFIED, etag_headers(newest)).into_response());
     }
-    // Entries in (after, oldest) are gone when the log starts later. Gaps in `seq` from aborted inserts
-    // (PostgreSQL) can make this say reset when nothing was lost, which only costs a rebuild.
-    let reset = bounds.is_some_and(|(oldest, _)| after < oldest - 1);
     let from = if reset { 0 } else { after };
     let rows = state.storage.list_revocations_after(from, PAGE).await?;
-    let cursor = rows.last().map_or(current, |r| r.seq);
+    let cursor = rows.last().map_or(from, |r| r.seq);
     let feed = Feed {
         cursor: cursor.to_string(),
         reset,
