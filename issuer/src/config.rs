@@ -338,6 +338,12 @@ pub struct Client {
     /// Dex's `ssoSharedWith`: the clients a browser session this client signed in may sign in silently
     /// (`*`: all); `None` follows `sessions.ssoSharedWithDefault` ([`crate::session::Sessions::shares`]).
     pub sso_shared_with: Option<Vec<String>>,
+    /// Dex's `backchannelLogoutURI`: where the issuer POSTs a logout token when a browser session this
+    /// client received tokens in ends (OpenID Connect Back-Channel Logout 1.0 §2.2); `None`: never.
+    pub backchannel_logout_uri: Option<String>,
+    /// `backchannelLogoutSessionRequired` (§2.2): the client needs `sid` in logout tokens. The issuer
+    /// always sends it, so this only documents the client's expectation.
+    pub backchannel_logout_session_required: bool,
 }
 
 impl Client {
@@ -825,6 +831,10 @@ struct RawClient {
     logo_url: Option<String>,
     #[serde(default)]
     sso_shared_with: Option<Vec<String>>,
+    #[serde(default, rename = "backchannelLogoutURI")]
+    backchannel_logout_uri: Option<String>,
+    #[serde(default)]
+    backchannel_logout_session_required: bool,
 }
 
 #[derive(Deserialize)]
@@ -1646,6 +1656,17 @@ impl Validator<'_> {
                     );
                 }
             }
+            if let Some(uri) = &c.backchannel_logout_uri {
+                let ok = url::Url::parse(uri).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https") && u.fragment().is_none() && u.host().is_some()
+                });
+                if !ok {
+                    self.problem(
+                        format!("{key}.backchannelLogoutURI"),
+                        format!("an absolute http(s) URL without fragment (Back-Channel Logout §2.2), got {uri:?}"),
+                    );
+                }
+            }
             if let Some(Err(why)) = c.logo_url.as_deref().map(crate::frontend::check_image_url) {
                 self.problem(format!("{key}.logoURL"), why);
             }
@@ -1680,6 +1701,8 @@ impl Validator<'_> {
                 ),
                 logo_url: c.logo_url,
                 sso_shared_with: c.sso_shared_with,
+                backchannel_logout_uri: c.backchannel_logout_uri,
+                backchannel_logout_session_required: c.backchannel_logout_session_required,
             });
         }
         out
@@ -1807,6 +1830,8 @@ mod tests {
             policy: Default::default(),
             logo_url: None,
             sso_shared_with: None,
+            backchannel_logout_uri: None,
+            backchannel_logout_session_required: false,
         };
         let cases: &[(&str, &str, bool)] = &[
             ("http://127.0.0.1/callback", "http://127.0.0.1:49152/callback", true),
@@ -1856,6 +1881,25 @@ mod tests {
             problems(&minimal("expiry:\n  refreshTokens: {reuseInterval: soon}\n")),
             vec!["expiry.refreshTokens.reuseInterval: expected a duration such as \"0s\", \"10s\" or \"2m\", got \"soon\""]
         );
+    }
+
+    #[test]
+    fn backchannel_logout_keys_are_read_and_a_bad_uri_named() {
+        let client = |uri: &str| {
+            minimal(&format!(
+                "staticClients:\n- id: a\n  secret: s\n  redirectURIs: ['http://127.0.0.1/cb']\n  \
+                 backchannelLogoutURI: '{uri}'\n  backchannelLogoutSessionRequired: true\n"
+            ))
+        };
+        let c = parse(&client("https://app.example.com/logout")).unwrap();
+        assert_eq!(c.static_clients[0].backchannel_logout_uri.as_deref(), Some("https://app.example.com/logout"));
+        assert!(c.static_clients[0].backchannel_logout_session_required);
+        assert_eq!(
+            problems(&client("/relative")),
+            vec!["staticClients[0].backchannelLogoutURI: expected an absolute http(s) URL without fragment (Back-Channel \
+                  Logout §2.2), got \"/relative\""]
+        );
+        assert_eq!(problems(&client("https://app.example.com/logout#x")).len(), 1);
     }
 
     #[test]

@@ -12,11 +12,15 @@ pub const BATCH: u32 = 500;
 pub async fn collect(state: &AppState) -> Result<u64, crate::storage::StorageError> {
     let mut total = 0;
     loop {
-        let r = state.storage.garbage_collect(state.clock.now(), BATCH).await?;
-        total += r.total();
-        let full = [r.auth_requests, r.auth_codes, r.refresh_tokens, r.buckets, r.device_requests, r.sessions]
-            .iter()
-            .any(|n| *n == u64::from(BATCH));
+        let now = state.clock.now();
+        let r = state.storage.garbage_collect(now, BATCH).await?;
+        let cutoff = now - crate::revocation::horizon(&state.config).as_secs() as i64;
+        let revocations = state.storage.delete_revocations_before(cutoff, BATCH).await?;
+        total += r.total() + revocations;
+        let full =
+            [r.auth_requests, r.auth_codes, r.refresh_tokens, r.buckets, r.device_requests, r.sessions, revocations]
+                .iter()
+                .any(|n| *n == u64::from(BATCH));
         if !full {
             return Ok(total);
         }

@@ -28,6 +28,7 @@ pub mod introspect;
 pub mod kubeconfig;
 pub mod login;
 pub mod logout;
+pub mod revocations;
 pub mod revoke;
 pub mod token;
 pub mod userinfo;
@@ -45,7 +46,8 @@ pub fn router(state: AppState) -> Router {
         .route("/token/introspect", post(introspect::introspect))
         .route("/device/code", post(device::device_authorization))
         .route("/userinfo", get(userinfo::userinfo).post(userinfo::userinfo))
-        .route("/revoke", post(revoke::revoke));
+        .route("/revoke", post(revoke::revoke))
+        .route("/revocations", get(revocations::revocations));
     let api = match cors(&state.config.web) {
         Some(layer) => api.layer(layer),
         None => api,

@@ -5,6 +5,7 @@
 //! `main.rs` only parses arguments and serves.
 #![warn(missing_docs)]
 
+pub mod backchannel;
 pub mod clock;
 pub mod config;
 pub mod connector;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod password_attempt;
 pub mod ratelimit;
+pub mod revocation;
 pub mod session;
 pub mod state;
 pub mod storage;

@@ -76,6 +76,36 @@ enum Command {
         #[arg(long)]
         flags: bool,
     },
+    /// Revoke a user's, group's or session's logins (or all of them): removes the refresh-token families
+    /// and browser sessions from storage and appends the revocation to the feed gateways poll.
+    Revoke {
+        /// YAML configuration file (its storage is opened).
+        #[arg(long, short, env = "ISSUER_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        target: RevokeTarget,
+    },
+}
+
+/// What `issuer revoke` revokes: exactly one of these.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct RevokeTarget {
+    /// Every login of the user with this email (case-insensitively).
+    #[arg(long)]
+    user: Option<String>,
+    /// Every login with this `sub` claim.
+    #[arg(long)]
+    sub: Option<String>,
+    /// Every login whose groups hold this group.
+    #[arg(long)]
+    group: Option<String>,
+    /// One browser session (the `sid` claim).
+    #[arg(long)]
+    session: Option<String>,
+    /// Everything: every refresh token and browser session.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -97,7 +127,44 @@ fn main() -> anyhow::Result<()> {
         Command::KubeApiserverConfig { config, client_id, groups_prefix, api_version, ca_file, flags } => {
             kube_apiserver_config(&config, client_id, groups_prefix, api_version, ca_file, flags)
         }
+        Command::Revoke { config, target } => revoke(&config, target),
     }
+}
+
+#[allow(clippy::print_stdout)] // the command's output is its result
+fn revoke(file: &Path, t: RevokeTarget) -> anyhow::Result<()> {
+    use issuer::revocation::Target;
+    let target = match (t.user, t.sub, t.group, t.session, t.all) {
+        (Some(u), ..) => Target::User(u),
+        (_, Some(s), ..) => Target::Sub(s),
+        (_, _, Some(g), ..) => Target::Group(g),
+        (_, _, _, Some(s), _) => Target::Session(s),
+        _ => Target::All,
+    };
+    let config = Config::load(file)?;
+    issuer::logging::init(&config.logger)?;
+    if matches!(config.storage, issuer::config::StorageConfig::Memory) {
+        bail!("{}: storage is memory; nothing outside the serving process can revoke in it", file.display());
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
+        let storage = open_storage(&config).await.context("opening storage")?;
+        let state = AppState::new(config, storage, issuer::clock::Clock::system()).await?;
+        let summary =
+            issuer::revocation::revoke(&state, &target).await.map_err(|e| anyhow::anyhow!("revoking: {e}"))?;
+        tracing::info!(target: "audit", event = "admin_revoke", target = ?target, families = summary.families, sessions = summary.sessions);
+        println!("revoked {} refresh-token famil(ies) and {} browser session(s)", summary.families, summary.sessions);
+        for (kind, value, seq) in &summary.logged {
+            println!("logged {} {value:?} as revocation {seq}", kind.as_str());
+        }
+        // The process ends with this command: wait for the back-channel logouts (each is bounded).
+        for (sid, delivery) in summary.deliveries {
+            match delivery.await {
+                Ok(outcome) => println!("back-channel logout for session {sid}: {outcome:?}"),
+                Err(e) => println!("back-channel logout for session {sid}: task failed: {e}"),
+            }
+        }
+        Ok(())
+    })
 }
 
 #[allow(clippy::print_stdout, clippy::print_stderr)] // the command's output is its result; warnings go to stderr

@@ -597,6 +597,10 @@ pub(crate) async fn end(
         Ok(()) | Err(StorageError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
+    // Gateways learn of the ended session through the revocation feed.
+    crate::revocation::record(state, crate::storage::RevocationKind::Sid, &session.id).await?;
+    // The deliveries run on after the response (dropping a handle detaches its task).
+    drop(crate::backchannel::notify(state, &session).await);
     if let Some(client) = client_id {
         let tokens =
             state.storage.list_user_refresh_tokens(&session.identity.connector_id, &session.identity.user_id).await?;
@@ -622,6 +626,7 @@ async fn revoke_browserless_family(state: &AppState, sid: &str, client: &str) ->
     let ours = family.first().is_some_and(|t| t.client_id == client && t.session_id.is_none());
     if ours {
         revoke_family(state, sid, "logout").await?;
+        crate::revocation::record(state, crate::storage::RevocationKind::Sid, sid).await?;
     }
     Ok(usize::from(ours))
 }

@@ -146,5 +146,8 @@ pub fn stored_client(c: crate::storage::Client) -> Client {
         logo_url: Some(c.logo_url).filter(|l| !l.is_empty() && crate::frontend::check_image_url(l).is_ok()),
         // The API has no field for it yet: `sessions.ssoSharedWithDefault` applies.
         sso_shared_with: None,
+        // Rejected by the API (see `grpc`): stored clients get no back-channel logout.
+        backchannel_logout_uri: None,
+        backchannel_logout_session_required: false,
     }
 }

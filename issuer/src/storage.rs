@@ -341,6 +341,58 @@ pub struct SessionClient {
     pub signed_in: bool,
 }
 
+/// What a [`Revocation`] names. Wire strings: `sid`, `sub`, `group`, `all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevocationKind {
+    /// One browser session (the `sid` claim).
+    Sid,
+    /// Every token of one user (the `sub` claim).
+    Sub,
+    /// Every token whose `groups` claim holds the group.
+    Group,
+    /// Every token issued before `revoked_at`; the value is empty.
+    All,
+}
+
+impl RevocationKind {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sid => "sid",
+            Self::Sub => "sub",
+            Self::Group => "group",
+            Self::All => "all",
+        }
+    }
+
+    /// Parses a wire string; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "sid" => Self::Sid,
+            "sub" => Self::Sub,
+            "group" => Self::Group,
+            "all" => Self::All,
+            _ => return None,
+        })
+    }
+}
+
+/// An entry of the revocation log that the revocation feed (`GET /revocations`) serves: tokens matching
+/// `kind`/`value` and issued at or before `revoked_at` are no longer to be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Position in the log, assigned by the backend: strictly increasing (gaps are possible) and never
+    /// reused, so it serves as the feed's cursor.
+    pub seq: i64,
+    /// What is revoked.
+    pub kind: RevocationKind,
+    /// The `sid`, `sub` or group; empty for [`RevocationKind::All`].
+    pub value: String,
+    /// Unix time (seconds) of the revocation.
+    pub revoked_at: i64,
+}
+
 /// A login-attempt token bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Bucket {
@@ -441,6 +493,10 @@ pub trait Storage: Send + Sync {
         user_id: &str,
     ) -> Result<Vec<RefreshToken>, StorageError>;
 
+    /// Every refresh token (rotated ones included), by `created_at` then id: a full scan, for
+    /// administrative revocation (`issuer revoke --group`, `--all`), never on a request path.
+    async fn list_refresh_tokens(&self) -> Result<Vec<RefreshToken>, StorageError>;
+
     /// Stores a new client; `AlreadyExists` on an id clash.
     async fn create_client(&self, c: Client) -> Result<(), StorageError>;
     /// Reads a client.
@@ -472,6 +528,20 @@ pub trait Storage: Send + Sync {
     async fn update_session(&self, id: &str, f: Update<Session>) -> Result<Session, StorageError>;
     /// Removes a session; `NotFound` if absent.
     async fn delete_session(&self, id: &str) -> Result<(), StorageError>;
+    /// Every stored session (expired ones too, until GC), by id: a full scan, for administrative
+    /// revocation (`issuer revoke`), never on a request path.
+    async fn list_sessions(&self) -> Result<Vec<Session>, StorageError>;
+
+    /// Appends an entry to the revocation log; returns the `seq` the backend assigned (greater than every
+    /// `seq` before it).
+    async fn create_revocation(&self, kind: RevocationKind, value: &str, revoked_at: i64) -> Result<i64, StorageError>;
+    /// Up to `limit` log entries with `seq > after`, by `seq` (one range scan of the primary key).
+    async fn list_revocations_after(&self, after: i64, limit: u32) -> Result<Vec<Revocation>, StorageError>;
+    /// The lowest and highest `seq` retained; `None` while the log is empty.
+    async fn get_revocation_bounds(&self) -> Result<Option<(i64, i64)>, StorageError>;
+    /// Removes up to `batch` log entries revoked before `cutoff` (unix seconds), always keeping the newest
+    /// entry so the highest `seq` (the feed's cursor) survives. Returns how many went.
+    async fn delete_revocations_before(&self, cutoff: i64, batch: u32) -> Result<u64, StorageError>;
 
     /// Removes up to `batch` expired records of each kind.
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError>;

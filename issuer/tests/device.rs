@@ -224,6 +224,8 @@ async fn public_clients_send_only_their_id_and_confidential_ones_must_authentica
             policy: Default::default(),
             logo_url: None,
             sso_shared_with: None,
+            backchannel_logout_uri: None,
+            backchannel_logout_session_required: false,
         })
     })
     .await;

@@ -240,6 +240,8 @@ async fn token_exchange_takes_an_upstream_providers_id_token_through_its_connect
             policy: Default::default(),
             logo_url: None,
             sso_shared_with: None,
+            backchannel_logout_uri: None,
+            backchannel_logout_session_required: false,
         })
     })
     .await;

@@ -135,6 +135,8 @@ async fn bad_or_public_client_authentication_is_invalid_client_401() {
             policy: Default::default(),
             logo_url: None,
             sso_shared_with: None,
+            backchannel_logout_uri: None,
+            backchannel_logout_session_required: false,
         })
     })
     .await;

@@ -198,6 +198,8 @@ fn register_public_cli(c: &mut issuer::config::Config) {
         policy: Default::default(),
         logo_url: None,
         sso_shared_with: None,
+        backchannel_logout_uri: None,
+        backchannel_logout_session_required: false,
     });
 }
 

@@ -222,6 +222,8 @@ async fn a_loopback_redirect_uri_matches_on_any_port_rfc8252() {
             policy: Default::default(),
             logo_url: None,
             sso_shared_with: None,
+            backchannel_logout_uri: None,
+            backchannel_logout_session_required: false,
         })
     })
     .await;

@@ -36,6 +36,8 @@ fn upstream_tune(c: &mut Config) {
         policy: Default::default(),
         logo_url: None,
         sso_shared_with: None,
+        backchannel_logout_uri: None,
+        backchannel_logout_session_required: false,
     });
     c.expiry.refresh_tokens.reuse_interval = std::time::Duration::ZERO;
 }

@@ -40,6 +40,9 @@ pub fn document(config: &Config) -> Vec<u8> {
         "claims_supported": CLAIMS,
         "request_parameter_supported": false,
         "claims_parameter_supported": false,
+        // OpenID Connect Back-Channel Logout 1.0 §2.1: logout tokens always carry `sid`.
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
     });
     let mut doc = doc;
     if !config.oauth2.allows(crate::oauth::GrantType::DeviceCode) {

@@ -28,7 +28,8 @@ macro_rules! suite {
             device_request_crud, device_approval_has_exactly_one_winner, device_request_codes_never_change,
             client_crud, client_update_is_atomic_and_keeps_the_id, password_crud_matches_emails_case_insensitively,
             refresh_tokens_are_listed_by_user, session_crud, session_update_is_atomic_and_keeps_the_id,
-            session_records_round_trip_exactly, garbage_collection_removes_expired_sessions);
+            session_records_round_trip_exactly, garbage_collection_removes_expired_sessions,
+            revocations_are_listed_after_a_cursor_and_collected_by_age);
     };
     (@each $attr:tt $make:expr; $($case:ident),*) => {
         $(
@@ -498,6 +499,9 @@ pub(crate) async fn refresh_tokens_are_listed_by_user<S: Storage>(s: Arc<S>) {
     assert_eq!(ids(s.list_user_refresh_tokens("local", "u1").await.unwrap()), ["t1", "t2", "t3"], "oldest first");
     assert_eq!(ids(s.list_user_refresh_tokens("ldap", "u1").await.unwrap()), ["t4"], "per connector");
     assert!(s.list_user_refresh_tokens("local", "u3").await.unwrap().is_empty());
+    let all = ids(s.list_refresh_tokens().await.unwrap());
+    assert_eq!(all.len(), 5, "every token: {all:?}");
+    assert_eq!(all[4], "t3", "oldest first");
     s.delete_refresh_family("f1").await.unwrap();
     assert_eq!(ids(s.list_user_refresh_tokens("local", "u1").await.unwrap()), ["t3"]);
 }
@@ -517,7 +521,12 @@ fn session(id: &str, expiry: i64) -> Session {
 }
 
 pub(crate) async fn session_crud<S: Storage>(s: Arc<S>) {
+    assert!(s.list_sessions().await.unwrap().is_empty());
     s.create_session(session("s1", 500)).await.unwrap();
+    s.create_session(session("s0", 500)).await.unwrap();
+    let listed: Vec<String> = s.list_sessions().await.unwrap().into_iter().map(|x| x.id).collect();
+    assert_eq!(listed, ["s0", "s1"], "every session, by id");
+    s.delete_session("s0").await.unwrap();
     assert!(matches!(s.create_session(session("s1", 600)).await, Err(StorageError::AlreadyExists)));
     assert_eq!(s.get_session("s1").await.unwrap(), session("s1", 500), "the first create stays");
     assert!(matches!(s.get_session("s2").await, Err(StorageError::NotFound)));
@@ -607,4 +616,34 @@ pub(crate) async fn garbage_collection_removes_expired_sessions<S: Storage>(s: A
     assert_eq!(s.garbage_collect(500, 2).await.unwrap().total(), 0);
     assert!(s.get_session("live").await.is_ok());
     assert!(matches!(s.get_session("old0").await, Err(StorageError::NotFound)));
+}
+
+pub(crate) async fn revocations_are_listed_after_a_cursor_and_collected_by_age<S: Storage>(s: Arc<S>) {
+    use super::RevocationKind;
+    assert_eq!(s.get_revocation_bounds().await.unwrap(), None);
+    assert!(s.list_revocations_after(0, 10).await.unwrap().is_empty());
+    let a = s.create_revocation(RevocationKind::Sub, "u1", 100).await.unwrap();
+    let b = s.create_revocation(RevocationKind::Sid, "s1", 200).await.unwrap();
+    let c = s.create_revocation(RevocationKind::All, "", 300).await.unwrap();
+    assert!(a < b && b < c, "seq grows: {a} {b} {c}");
+    let all = s.list_revocations_after(0, 10).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![a, b, c]);
+    assert_eq!(all[0].kind, RevocationKind::Sub);
+    assert_eq!(all[0].value, "u1");
+    assert_eq!(all[0].revoked_at, 100);
+    let page = s.list_revocations_after(a, 1).await.unwrap();
+    assert_eq!(page.len(), 1, "limit applies");
+    assert_eq!((page[0].seq, page[0].kind, page[0].value.as_str()), (b, RevocationKind::Sid, "s1"));
+    assert!(s.list_revocations_after(c, 10).await.unwrap().is_empty());
+    assert_eq!(s.get_revocation_bounds().await.unwrap(), Some((a, c)));
+
+    // Everything is older than the cutoff, but the newest entry stays: it carries the cursor.
+    assert_eq!(s.delete_revocations_before(1000, 1).await.unwrap(), 1, "a pass removes at most one batch");
+    assert_eq!(s.delete_revocations_before(1000, 10).await.unwrap(), 1);
+    assert_eq!(s.delete_revocations_before(1000, 10).await.unwrap(), 0);
+    assert_eq!(s.get_revocation_bounds().await.unwrap(), Some((c, c)));
+    let d = s.create_revocation(RevocationKind::Group, "admins", 400).await.unwrap();
+    assert!(d > c, "a seq is never reused");
+    assert_eq!(s.delete_revocations_before(350, 10).await.unwrap(), 1, "only entries older than the cutoff go");
+    assert_eq!(s.list_revocations_after(0, 10).await.unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![d]);
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{
     keep_key, password_key, AuthCode, AuthRequest, Bucket, Client, DeviceRequest, GcResult, Password, RefreshToken,
-    Session, Storage, StorageError, Update,
+    Revocation, RevocationKind, Session, Storage, StorageError, Update,
 };
 use crate::keys::Keys;
 
@@ -30,6 +30,10 @@ struct Tables {
     clients: HashMap<String, Client>,
     passwords: HashMap<String, Password>,
     sessions: HashMap<String, Session>,
+    /// The revocation log, by `seq`.
+    revocations: std::collections::BTreeMap<i64, Revocation>,
+    /// The last `seq` handed out.
+    revocation_seq: i64,
 }
 
 impl Memory {
@@ -206,6 +210,12 @@ impl Storage for Memory {
         Ok(v)
     }
 
+    async fn list_refresh_tokens(&self) -> Result<Vec<RefreshToken>, StorageError> {
+        let mut v: Vec<RefreshToken> = self.lock().refresh_tokens.values().cloned().collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
     async fn create_client(&self, c: Client) -> Result<(), StorageError> {
         let id = c.id.clone();
         insert_new(&mut self.lock().clients, &id, c)
@@ -268,6 +278,45 @@ impl Storage for Memory {
 
     async fn delete_session(&self, id: &str) -> Result<(), StorageError> {
         self.lock().sessions.remove(id).map(|_| ()).ok_or(StorageError::NotFound)
+    }
+
+    async fn list_sessions(&self) -> Result<Vec<Session>, StorageError> {
+        let mut v: Vec<Session> = self.lock().sessions.values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+
+    async fn create_revocation(&self, kind: RevocationKind, value: &str, revoked_at: i64) -> Result<i64, StorageError> {
+        let mut t = self.lock();
+        t.revocation_seq += 1;
+        let seq = t.revocation_seq;
+        t.revocations.insert(seq, Revocation { seq, kind, value: value.to_owned(), revoked_at });
+        Ok(seq)
+    }
+
+    async fn list_revocations_after(&self, after: i64, limit: u32) -> Result<Vec<Revocation>, StorageError> {
+        let t = self.lock();
+        let from = after.saturating_add(1);
+        Ok(t.revocations.range(from..).take(limit as usize).map(|(_, r)| r.clone()).collect())
+    }
+
+    async fn get_revocation_bounds(&self) -> Result<Option<(i64, i64)>, StorageError> {
+        let t = self.lock();
+        Ok(t.revocations.keys().next().copied().zip(t.revocations.keys().next_back().copied()))
+    }
+
+    async fn delete_revocations_before(&self, cutoff: i64, batch: u32) -> Result<u64, StorageError> {
+        let mut t = self.lock();
+        let newest = t.revocations.keys().next_back().copied();
+        let old: Vec<i64> = (t.revocations.values())
+            .filter(|r| r.revoked_at < cutoff && Some(r.seq) != newest)
+            .map(|r| r.seq)
+            .take(batch as usize)
+            .collect();
+        for seq in &old {
+            t.revocations.remove(seq);
+        }
+        Ok(old.len() as u64)
     }
 
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError> {

@@ -13,7 +13,7 @@ use sqlx::{PgPool, Postgres as Pg, Row, Transaction};
 
 use super::{
     keep_key, password_key, AuthCode, AuthRequest, Bucket, Client, DeviceRequest, GcResult, Password, RefreshToken,
-    Session, Storage, StorageError, Update,
+    Revocation, RevocationKind, Session, Storage, StorageError, Update,
 };
 use crate::config::PostgresConfig;
 use crate::keys::Keys;
@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS passwords (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, data TEXT NOT NULL, expiry BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions (expiry);
+CREATE TABLE IF NOT EXISTS revocations (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, kind TEXT NOT NULL, value TEXT NOT NULL,
+    revoked_at BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS revocations_revoked_at ON revocations (revoked_at);
 COMMIT;
 "#;
 
@@ -507,6 +511,13 @@ impl Storage for Postgres {
         Ok(v)
     }
 
+    async fn list_refresh_tokens(&self) -> Result<Vec<RefreshToken>, StorageError> {
+        let rows = sqlx::query("SELECT data FROM refresh_tokens").fetch_all(&self.pool).await.map_err(pg)?;
+        let mut v = rows.iter().map(|r| decode::<RefreshToken>(r.get::<&str, _>(0))).collect::<Result<Vec<_>, _>>()?;
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
     async fn create_client(&self, c: Client) -> Result<(), StorageError> {
         self.insert_record("clients", &c.id, encode(&c)?).await
     }
@@ -562,6 +573,57 @@ impl Storage for Postgres {
 
     async fn delete_session(&self, id: &str) -> Result<(), StorageError> {
         self.delete_record("sessions", id).await
+    }
+
+    async fn list_sessions(&self) -> Result<Vec<Session>, StorageError> {
+        self.list_records("sessions").await
+    }
+
+    async fn create_revocation(&self, kind: RevocationKind, value: &str, revoked_at: i64) -> Result<i64, StorageError> {
+        let row = sqlx::query("INSERT INTO revocations (kind, value, revoked_at) VALUES ($1, $2, $3) RETURNING seq")
+            .bind(kind.as_str())
+            .bind(value)
+            .bind(revoked_at)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(pg)?;
+        Ok(row.get::<i64, _>(0))
+    }
+
+    async fn list_revocations_after(&self, after: i64, limit: u32) -> Result<Vec<Revocation>, StorageError> {
+        let rows =
+            sqlx::query("SELECT seq, kind, value, revoked_at FROM revocations WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(pg)?;
+        rows.iter()
+            .map(|r| {
+                let kind: &str = r.get(1);
+                let kind = RevocationKind::parse(kind)
+                    .ok_or_else(|| StorageError::Backend(format!("revocation kind {kind:?}")))?;
+                Ok(Revocation { seq: r.get(0), kind, value: r.get(2), revoked_at: r.get(3) })
+            })
+            .collect()
+    }
+
+    async fn get_revocation_bounds(&self) -> Result<Option<(i64, i64)>, StorageError> {
+        let row = sqlx::query("SELECT min(seq), max(seq) FROM revocations").fetch_one(&self.pool).await.map_err(pg)?;
+        Ok(row.get::<Option<i64>, _>(0).zip(row.get::<Option<i64>, _>(1)))
+    }
+
+    async fn delete_revocations_before(&self, cutoff: i64, batch: u32) -> Result<u64, StorageError> {
+        let done = sqlx::query(
+            "DELETE FROM revocations WHERE seq IN (SELECT seq FROM revocations WHERE revoked_at < $1 \
+             AND seq < (SELECT max(seq) FROM revocations) LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await
+        .map_err(pg)?;
+        Ok(done.rows_affected())
     }
 
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError> {

@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use super::{
     keep_key, password_key, AuthCode, AuthRequest, Bucket, Client, DeviceRequest, GcResult, Password, RefreshToken,
-    Session, Storage, StorageError, Update,
+    Revocation, RevocationKind, Session, Storage, StorageError, Update,
 };
 use crate::keys::Keys;
 
@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS passwords (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, data TEXT NOT NULL, expiry INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions (expiry);
+CREATE TABLE IF NOT EXISTS revocations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, value TEXT NOT NULL, revoked_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS revocations_revoked_at ON revocations (revoked_at);
 "#;
 
 /// SQLite backend.
@@ -516,6 +519,12 @@ impl Storage for Sqlite {
         Ok(v)
     }
 
+    async fn list_refresh_tokens(&self) -> Result<Vec<RefreshToken>, StorageError> {
+        let mut v: Vec<RefreshToken> = self.select_all("SELECT data FROM refresh_tokens", &[])?;
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
     async fn create_client(&self, c: Client) -> Result<(), StorageError> {
         self.insert_record("clients", &c.id, encode(&c)?).await
     }
@@ -571,6 +580,55 @@ impl Storage for Sqlite {
 
     async fn delete_session(&self, id: &str) -> Result<(), StorageError> {
         self.delete_record("sessions", id).await
+    }
+
+    async fn list_sessions(&self) -> Result<Vec<Session>, StorageError> {
+        self.select_all("SELECT data FROM sessions ORDER BY id", &[])
+    }
+
+    async fn create_revocation(&self, kind: RevocationKind, value: &str, revoked_at: i64) -> Result<i64, StorageError> {
+        let value = value.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached("INSERT INTO revocations (kind, value, revoked_at) VALUES (?, ?, ?)")
+                .and_then(|mut st| st.insert(params![kind.as_str(), value, revoked_at]))
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_revocations_after(&self, after: i64, limit: u32) -> Result<Vec<Revocation>, StorageError> {
+        let rows: Vec<(i64, String, String, i64)> = self.read(|c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT seq, kind, value, revoked_at FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![after, i64::from(limit)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })?;
+        rows.into_iter()
+            .map(|(seq, kind, value, revoked_at)| {
+                let kind = RevocationKind::parse(&kind).ok_or_else(|| backend(format!("revocation kind {kind:?}")))?;
+                Ok(Revocation { seq, kind, value, revoked_at })
+            })
+            .collect()
+    }
+
+    async fn get_revocation_bounds(&self) -> Result<Option<(i64, i64)>, StorageError> {
+        let (min, max): (Option<i64>, Option<i64>) = self.read(|c| {
+            c.prepare_cached("SELECT min(seq), max(seq) FROM revocations")
+                .and_then(|mut st| st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
+                .map_err(backend)
+        })?;
+        Ok(min.zip(max))
+    }
+
+    async fn delete_revocations_before(&self, cutoff: i64, batch: u32) -> Result<u64, StorageError> {
+        let sql = "DELETE FROM revocations WHERE seq IN (SELECT seq FROM revocations WHERE revoked_at < ? \
+                   AND seq < (SELECT max(seq) FROM revocations) LIMIT ?)";
+        self.execute(sql.to_owned(), vec![Value::Integer(cutoff), Value::Integer(i64::from(batch))]).await
     }
 
     async fn garbage_collect(&self, now: i64, batch: u32) -> Result<GcResult, StorageError> {

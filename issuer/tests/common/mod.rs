@@ -88,6 +88,32 @@ impl Issuer {
         Issuer { url, tune: |_| {}, state, clock, db, server, _dir: dir }
     }
 
+    /// Starts an issuer from the dev configuration as `edit` rewrites its YAML text (after the issuer URL
+    /// and database are moved), written to a file that the `issuer` binary can be pointed at as well
+    /// (`issuer revoke --config`). Returns the issuer and the file.
+    pub async fn start_with_file(edit: impl FnOnce(String) -> String) -> (Self, PathBuf) {
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let db = dir.path().join("issuer.db");
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml")).unwrap();
+        let text = edit(
+            text.replace("issuer: http://127.0.0.1:5556", &format!("issuer: {url}"))
+                .replace("file: ./data/issuer.db", &format!("file: {}", db.display())),
+        );
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, &text).unwrap();
+        let config = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let clock = Clock::system();
+        let storage = open_storage(&config).await.unwrap();
+        let state = AppState::new(config, storage, clock.clone()).await.unwrap();
+        let app = issuer::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        (Issuer { url, tune: |_| {}, state, clock, db, server, _dir: dir }, file)
+    }
+
     /// Starts an issuer on the database in `dir`, at `addr` if given (a restart keeps the issuer URL).
     pub async fn start_in(
         dir: std::sync::Arc<tempfile::TempDir>,
