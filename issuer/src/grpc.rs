@@ -213,13 +213,15 @@ fn peer<T>(r: &Request<T>) -> String {
     r.remote_addr().map_or_else(|| "-".to_owned(), |a| a.to_string())
 }
 
-/// Fields of `api.proto` that this issuer has no use for: refused when set, rather than dropped.
-fn unsupported_client_fields(sso_shared_with: &[String], backchannel: &str, lifetime: &str) -> Result<(), Status> {
-    if !sso_shared_with.is_empty() {
-        return Err(invalid("sso_shared_with is not supported by this issuer"));
-    }
-    if !backchannel.is_empty() {
-        return Err(invalid("backchannel_logout_uri is not supported by this issuer"));
+/// Checks the client fields beyond the basics: `backchannel_logout_uri` must be an absolute http(s) URL
+/// (Back-Channel Logout 1.0 §2.2); `refresh_token_lifetime` is refused when set, rather than dropped
+/// (lifetimes are the configuration's).
+fn check_client_fields(backchannel: &str, lifetime: &str) -> Result<(), Status> {
+    let ok = backchannel.is_empty()
+        || url::Url::parse(backchannel)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.fragment().is_none() && u.host().is_some());
+    if !ok {
+        return Err(invalid(format!("backchannel_logout_uri: expected an absolute http(s) URL, got {backchannel:?}")));
     }
     if !lifetime.is_empty() {
         return Err(invalid("refresh_token_lifetime is not supported: lifetimes come from expiry.refreshTokens"));
@@ -265,6 +267,8 @@ fn api_client(c: &crate::config::Client) -> api::Client {
         name: c.name.clone(),
         allowed_connectors: c.allowed_connectors.clone(),
         post_logout_redirect_uris: c.post_logout_redirect_uris.clone(),
+        sso_shared_with: c.sso_shared_with.clone().unwrap_or_default(),
+        backchannel_logout_uri: c.backchannel_logout_uri.clone().unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -280,6 +284,8 @@ fn stored_api_client(c: storage::Client) -> api::Client {
         logo_url: c.logo_url,
         allowed_connectors: c.allowed_connectors,
         post_logout_redirect_uris: c.post_logout_redirect_uris,
+        sso_shared_with: c.sso_shared_with,
+        backchannel_logout_uri: c.backchannel_logout_uri,
         ..Default::default()
     }
 }
@@ -294,6 +300,8 @@ fn client_info(c: api::Client) -> api::ClientInfo {
         logo_url: c.logo_url,
         allowed_connectors: c.allowed_connectors,
         post_logout_redirect_uris: c.post_logout_redirect_uris,
+        sso_shared_with: c.sso_shared_with,
+        backchannel_logout_uri: c.backchannel_logout_uri,
         ..Default::default()
     }
 }
@@ -417,7 +425,7 @@ impl api::dex_server::Dex for DexApi {
     async fn create_client(&self, r: Request<api::CreateClientReq>) -> Result<Response<api::CreateClientResp>, Status> {
         let peer = peer(&r);
         let mut c = r.into_inner().client.ok_or_else(|| invalid("no client supplied"))?;
-        unsupported_client_fields(&c.sso_shared_with, &c.backchannel_logout_uri, &c.refresh_token_lifetime)?;
+        check_client_fields(&c.backchannel_logout_uri, &c.refresh_token_lifetime)?;
         check_redirect_uris(&c.redirect_uris, "redirect_uris")?;
         check_redirect_uris(&c.post_logout_redirect_uris, "post_logout_redirect_uris")?;
         self.check_connectors(&c.allowed_connectors)?;
@@ -440,6 +448,8 @@ impl api::dex_server::Dex for DexApi {
             logo_url: c.logo_url.clone(),
             allowed_connectors: c.allowed_connectors.clone(),
             post_logout_redirect_uris: c.post_logout_redirect_uris.clone(),
+            sso_shared_with: c.sso_shared_with.clone(),
+            backchannel_logout_uri: c.backchannel_logout_uri.clone(),
         };
         match self.state.storage.create_client(record).await {
             Ok(()) => {
@@ -459,8 +469,7 @@ impl api::dex_server::Dex for DexApi {
         if u.id.is_empty() {
             return Err(invalid("no client id supplied"));
         }
-        unsupported_client_fields(
-            &u.sso_shared_with,
+        check_client_fields(
             u.backchannel_logout_uri.as_deref().unwrap_or(""),
             u.refresh_token_lifetime.as_deref().unwrap_or(""),
         )?;
@@ -487,6 +496,11 @@ impl api::dex_server::Dex for DexApi {
             }
             if !u.logo_url.is_empty() {
                 c.logo_url = u.logo_url;
+            }
+            keep_or(u.sso_shared_with, &mut c.sso_shared_with);
+            // Optional in the update message: present and empty clears it.
+            if let Some(uri) = u.backchannel_logout_uri {
+                c.backchannel_logout_uri = uri;
             }
             Ok(c)
         });

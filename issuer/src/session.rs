@@ -694,6 +694,8 @@ mod tests {
             logo_url: String::new(),
             allowed_connectors: vec![],
             post_logout_redirect_uris: vec![],
+            sso_shared_with: vec![],
+            backchannel_logout_uri: String::new(),
         });
         c.sso_shared_with = shared.map(|l| l.iter().map(|s| s.to_string()).collect());
         c

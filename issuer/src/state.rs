@@ -144,10 +144,9 @@ pub fn stored_client(c: crate::storage::Client) -> Client {
         policy: crate::connector::Policy::default(),
         // Shown only when it is a safe image reference (the API accepts any string).
         logo_url: Some(c.logo_url).filter(|l| !l.is_empty() && crate::frontend::check_image_url(l).is_ok()),
-        // The API has no field for it yet: `sessions.ssoSharedWithDefault` applies.
-        sso_shared_with: None,
-        // Rejected by the API (see `grpc`): stored clients get no back-channel logout.
-        backchannel_logout_uri: None,
+        // Empty: `sessions.ssoSharedWithDefault` applies.
+        sso_shared_with: Some(c.sso_shared_with).filter(|s| !s.is_empty()),
+        backchannel_logout_uri: Some(c.backchannel_logout_uri).filter(|u| !u.is_empty()),
         backchannel_logout_session_required: false,
     }
 }

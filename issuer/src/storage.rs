@@ -91,6 +91,13 @@ pub struct Client {
     pub allowed_connectors: Vec<String>,
     /// Where RP-initiated logout may send the browser.
     pub post_logout_redirect_uris: Vec<String>,
+    /// Clients (or `*`) a browser session this client signed in may sign in silently; empty:
+    /// `sessions.ssoSharedWithDefault` (the API cannot tell an empty list from none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sso_shared_with: Vec<String>,
+    /// Back-Channel Logout 1.0 URI; empty: none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backchannel_logout_uri: String,
 }
 
 /// A user of the password database created through the gRPC API (Dex's `storage.Password`), stored under

@@ -219,6 +219,29 @@ async fn tonic_client_manages_clients_and_passwords_and_static_ones_are_read_onl
     let missing = api::UpdateClientReq { id: "ghost".into(), name: "x".into(), ..Default::default() };
     assert!(dex.update_client(missing).await.unwrap().into_inner().not_found);
 
+    // Single sign-on sharing and back-channel logout are kept and used like the static keys.
+    let update = api::UpdateClientReq {
+        id: c.id.clone(),
+        sso_shared_with: vec![common::CLIENT.into()],
+        backchannel_logout_uri: Some("https://app.example.com/backchannel".into()),
+        ..Default::default()
+    };
+    assert!(!dex.update_client(update).await.unwrap().into_inner().not_found);
+    let got = dex.get_client(api::GetClientReq { id: c.id.clone() }).await.unwrap().into_inner().client.unwrap();
+    assert_eq!(
+        (got.sso_shared_with.as_slice(), got.backchannel_logout_uri.as_str()),
+        (&[common::CLIENT.to_owned()][..], "https://app.example.com/backchannel")
+    );
+    let seen = b.state.client(&c.id).await.unwrap().unwrap();
+    assert_eq!(seen.sso_shared_with.as_deref(), Some(&[common::CLIENT.to_owned()][..]));
+    assert_eq!(seen.backchannel_logout_uri.as_deref(), Some("https://app.example.com/backchannel"));
+    let bad = api::UpdateClientReq {
+        id: c.id.clone(),
+        backchannel_logout_uri: Some("javascript:x".into()),
+        ..Default::default()
+    };
+    assert_eq!(dex.update_client(bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+
     // Deleted: unknown on the other replica.
     assert!(!dex.delete_client(api::DeleteClientReq { id: c.id.clone() }).await.unwrap().into_inner().not_found);
     assert!(dex.delete_client(api::DeleteClientReq { id: c.id.clone() }).await.unwrap().into_inner().not_found);

@@ -385,6 +385,8 @@ fn client(id: &str) -> Client {
         logo_url: String::new(),
         allowed_connectors: vec!["local".into()],
         post_logout_redirect_uris: vec![],
+        sso_shared_with: vec!["gateway".into()],
+        backchannel_logout_uri: "https://app.example.com/backchannel".into(),
     }
 }
 
