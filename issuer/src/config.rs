@@ -1657,10 +1657,7 @@ impl Validator<'_> {
                 }
             }
             if let Some(uri) = &c.backchannel_logout_uri {
-                let ok = url::Url::parse(uri).is_ok_and(|u| {
-                    matches!(u.scheme(), "http" | "https") && u.fragment().is_none() && u.host().is_some()
-                });
-                if !ok {
+                if !valid_backchannel_logout_uri(uri) {
                     self.problem(
                         format!("{key}.backchannelLogoutURI"),
                         format!("an absolute http(s) URL without fragment (Back-Channel Logout §2.2), got {uri:?}"),
@@ -1783,6 +1780,12 @@ pub(crate) fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A Back-Channel Logout URI (§2.2): an absolute http(s) URL with a host and no fragment.
+pub(crate) fn valid_backchannel_logout_uri(uri: &str) -> bool {
+    Url::parse(uri)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.fragment().is_none() && u.host().is_some())
 }
 
 fn valid_redirect_uri(uri: &str) -> bool {

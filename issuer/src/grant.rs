@@ -95,7 +95,7 @@ pub(crate) async fn mint(
         None
     };
     Metrics::count(&state.metrics.tokens, grant);
-    let sub = mint.subject.map_or_else(|| state.config.subject(mint.identity), str::to_owned);
+    let sub = mint.sub();
     tracing::info!(target: "audit", event = "token_issued", grant, sub = %sub, client = mint.client_id, id_token = parts.id_token, access_token = parts.access_token);
     Ok(Minted { access_token, id_token })
 }

@@ -217,10 +217,7 @@ fn peer<T>(r: &Request<T>) -> String {
 /// (Back-Channel Logout 1.0 §2.2); `refresh_token_lifetime` is refused when set, rather than dropped
 /// (lifetimes are the configuration's).
 fn check_client_fields(backchannel: &str, lifetime: &str) -> Result<(), Status> {
-    let ok = backchannel.is_empty()
-        || url::Url::parse(backchannel)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.fragment().is_none() && u.host().is_some());
-    if !ok {
+    if !backchannel.is_empty() && !crate::config::valid_backchannel_logout_uri(backchannel) {
         return Err(invalid(format!("backchannel_logout_uri: expected an absolute http(s) URL, got {backchannel:?}")));
     }
     if !lifetime.is_empty() {

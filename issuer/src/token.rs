@@ -239,7 +239,8 @@ pub struct Mint<'a> {
 }
 
 impl Mint<'_> {
-    fn sub(&self) -> String {
+    /// The `sub` of the tokens: [`Mint::subject`] when set, else the identity's in the configured format.
+    pub fn sub(&self) -> String {
         self.subject.map_or_else(|| self.config.subject(self.identity), str::to_owned)
     }
 
@@ -378,6 +379,13 @@ impl AccessTokenError {
     }
 }
 
+/// Whether a JWS header marks an RFC 9068 access token: `typ` `at+jwt` or `application/at+jwt` (§4),
+/// case-insensitively.
+pub fn is_access_token_header(header: &Value) -> bool {
+    let typ = header.get("typ").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
+    typ.strip_prefix("application/").unwrap_or(&typ) == ACCESS_TOKEN_TYP
+}
+
 /// The claims of an access token in either format, whatever `oauth2.accessTokenFormat` says now (so
 /// tokens issued before a format change keep working until they expire): a JWT must verify against one
 /// of `keys` (JWKS: signing, next and retired keys) with `typ` `at+jwt` (or `application/at+jwt`, RFC
@@ -392,8 +400,7 @@ pub fn verify_access_token(
 ) -> Result<AccessTokenClaims, AccessTokenError> {
     let claims = if token.split('.').count() == 3 {
         let (header, claims) = crate::keys::verify_jws(token, keys).ok_or(AccessTokenError::Invalid)?;
-        let typ = header.get("typ").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
-        if typ.strip_prefix("application/").unwrap_or(&typ) != ACCESS_TOKEN_TYP {
+        if !is_access_token_header(&header) {
             return Err(AccessTokenError::NotAnAccessToken);
         }
         serde_json::from_value::<AccessTokenClaims>(claims).map_err(|_| AccessTokenError::Invalid)?

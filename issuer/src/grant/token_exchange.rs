@@ -113,7 +113,7 @@ pub async fn exchange(state: &AppState, client: &Client, form: &Form) -> Result<
     };
     let parts = Parts { access_token: !issue_id_token, id_token: issue_id_token, code: None };
     let minted = mint(state, &m, parts, "token_exchange").await?;
-    let sub = subject.clone().unwrap_or_else(|| state.config.subject(&identity));
+    let sub = m.sub();
     tracing::info!(target: "audit", event = "token_exchange", result = "issued", source = %source, sub = %sub, client = %client.id, audience = form.get("audience").unwrap_or(&client.id), issued = if issue_id_token { "id_token" } else { "access_token" });
     let (access_token, issued, token_type) = if issue_id_token {
         (minted.id_token.unwrap_or_default(), ID_TOKEN_TYPE, "N_A")
@@ -143,8 +143,7 @@ async fn own_token(
     let invalid = TokenError::InvalidGrant("the subject token is not a valid token of this issuer");
     let keys = state.keys().await?;
     let (header, claims) = crate::keys::verify_jws(token, &keys.public).ok_or(invalid)?;
-    let typ = header.get("typ").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
-    let is_access_token = typ.strip_prefix("application/").unwrap_or(&typ) == crate::token::ACCESS_TOKEN_TYP;
+    let is_access_token = crate::token::is_access_token_header(&header);
     let declared_ok = match kind {
         SubjectTokenType::AccessToken => is_access_token,
         SubjectTokenType::IdToken => !is_access_token,
