@@ -198,21 +198,27 @@ impl Form {
 
 // === client authentication ===
 
-/// Authenticates the client of a token, revocation or introspection request: `client_secret_basic`,
-/// `client_secret_post`, or (public clients) `none`. Exactly one method may be used (RFC 6749 §2.3).
-pub async fn authenticate_client<'a>(
-    state: &'a AppState,
-    headers: &HeaderMap,
-    form: &Form,
-) -> Result<std::borrow::Cow<'a, Client>, TokenError> {
+/// The client credentials a token, revocation or introspection request presents, before any lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCredentials {
+    /// The client id (from the Authorization header or the form).
+    pub id: String,
+    /// The secret, when one was given.
+    pub secret: Option<String>,
+    /// Whether the client used HTTP Basic (`invalid_client` then answers 401 with `WWW-Authenticate`).
+    pub basic: bool,
+}
+
+/// Parses the client credentials of a request: `client_secret_basic` (the Authorization header),
+/// `client_secret_post` (the form), or only a `client_id` (public clients). Exactly one method may be used
+/// (RFC 6749 §2.3). Pure: [`authenticate_client`] looks the client up and compares the secret.
+pub fn parse_client_credentials(headers: &HeaderMap, form: &Form) -> Result<ClientCredentials, TokenError> {
     let basic = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("basic").then(|| rest.trim().to_owned())
     });
-    let (id, secret, used_basic) = match (basic, form.get("client_secret")) {
-        (Some(_), Some(_)) => {
-            return Err(TokenError::InvalidRequest("use one client authentication method, not two".into()))
-        }
+    match (basic, form.get("client_secret")) {
+        (Some(_), Some(_)) => Err(TokenError::InvalidRequest("use one client authentication method, not two".into())),
         (Some(b), None) => {
             let decoded = STANDARD
                 .decode(b)
@@ -231,13 +237,23 @@ pub async fn authenticate_client<'a>(
             if form.get("client_id").is_some_and(|f| f != id) {
                 return Err(TokenError::InvalidRequest("client_id does not match the Authorization header".into()));
             }
-            (id, unescape(secret), true)
+            Ok(ClientCredentials { id, secret: unescape(secret), basic: true })
         }
         (None, secret) => {
             let id = form.get("client_id").ok_or(TokenError::InvalidClient { basic: false })?.to_owned();
-            (id, secret.map(str::to_owned), false)
+            Ok(ClientCredentials { id, secret: secret.map(str::to_owned), basic: false })
         }
-    };
+    }
+}
+
+/// Authenticates the client of a token, revocation or introspection request: `client_secret_basic`,
+/// `client_secret_post`, or (public clients) `none`. Exactly one method may be used (RFC 6749 §2.3).
+pub async fn authenticate_client<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<std::borrow::Cow<'a, Client>, TokenError> {
+    let ClientCredentials { id, secret, basic: used_basic } = parse_client_credentials(headers, form)?;
     let client =
         state.client(&id).await.map_err(TokenError::from)?.ok_or(TokenError::InvalidClient { basic: used_basic })?;
     let ok = match (&client.secret, secret.as_deref().filter(|s| !s.is_empty())) {
@@ -351,5 +367,52 @@ pub fn storage_failure(e: crate::storage::StorageError) -> Response {
             r
         }
         other => crate::oauth::internal(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(authorization: Option<&str>, body: &'static str) -> (HeaderMap, Form) {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
+        if let Some(a) = authorization {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+        }
+        let form = Form::parse(&h, &Bytes::from_static(body.as_bytes())).unwrap();
+        (h, form)
+    }
+
+    #[test]
+    fn client_credentials_come_from_exactly_one_method() {
+        let ok = |id: &str, secret: Option<&str>, basic| {
+            Ok::<_, String>(ClientCredentials { id: id.into(), secret: secret.map(Into::into), basic })
+        };
+        // "a%3Ab:s%20t" base64: an id with a colon and a secret with a space, form-encoded (RFC 6749 §2.3.1).
+        let cases: [(Option<&str>, &'static str, Result<ClientCredentials, String>); 9] = [
+            (None, "client_id=web&client_secret=s", ok("web", Some("s"), false)),
+            (None, "client_id=cli", ok("cli", None, false)),
+            (None, "client_id=", Err("invalid_client".into())),
+            (Some("Basic d2ViOnM="), "", ok("web", Some("s"), true)),
+            (Some("basic  d2ViOnM= "), "client_id=web", ok("web", Some("s"), true)),
+            (Some("Basic YSUzQWI6cyUyMHQ="), "", ok("a:b", Some("s t"), true)),
+            (
+                Some("Basic d2ViOnM="),
+                "client_secret=s",
+                Err("invalid_request: use one client authentication method, not two".into()),
+            ),
+            (
+                Some("Basic d2ViOnM="),
+                "client_id=other",
+                Err("invalid_request: client_id does not match the Authorization header".into()),
+            ),
+            (Some("Basic bm8tY29sb24="), "", Err("invalid_client".into())),
+        ];
+        for (authorization, body, want) in cases {
+            let (h, form) = request(authorization, body);
+            let got = parse_client_credentials(&h, &form).map_err(|e| e.to_string());
+            assert_eq!(got, want, "{authorization:?} {body:?}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! schedule. Replicas share the stored set; each re-reads it at least every `RELOAD` and whenever the
 //! stored rotation time has passed, so one replica's rotation reaches the others without coordination.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,10 @@ use crate::storage::{Storage, StorageError};
 
 /// How often a replica re-reads the stored set even when no rotation is due.
 const RELOAD: i64 = 60;
+
+/// While storage is unavailable, how long the loaded set is used before storage is asked again: one
+/// attempt (which may wait for the pool's acquire timeout) per this many seconds, not one per request.
+const UNAVAILABLE_RETRY: i64 = 2;
 
 /// A loaded key set.
 pub struct Loaded {
@@ -41,41 +46,54 @@ pub enum KeyringError {
 /// The shared, lazily refreshed key set.
 pub struct Keyring {
     current: RwLock<Option<Arc<Loaded>>>,
+    /// Unix time before which the loaded set is used as it is, storage having been unavailable.
+    unavailable_until: AtomicI64,
 }
 
 impl Default for Keyring {
     fn default() -> Self {
-        Self { current: RwLock::new(None) }
+        Self { current: RwLock::new(None), unavailable_until: AtomicI64::new(0) }
     }
 }
 
 impl Keyring {
     /// The key set to use at `now`, rotating it in storage first if it is due.
+    ///
+    /// While storage is unavailable the set already loaded is kept, even past its scheduled rotation: a
+    /// rotation needs storage anyway, the keys it holds are still the ones every replica publishes (the
+    /// signing key stays published as retired for a token lifetime after the rotation finally happens),
+    /// and a JWKS that answered 500 during a database outage would fail relying parties that could still
+    /// verify every token in circulation.
     pub async fn get(&self, config: &Config, storage: &dyn Storage, now: i64) -> Result<Arc<Loaded>, KeyringError> {
+        let usable = |l: &Loaded| {
+            (now < l.next_rotation && now - l.loaded_at < RELOAD)
+                || now < self.unavailable_until.load(Ordering::Relaxed)
+        };
         if let Some(l) = self.current.read().await.as_ref() {
-            if now < l.next_rotation && now - l.loaded_at < RELOAD {
+            if usable(l) {
                 return Ok(l.clone());
             }
         }
         let mut slot = self.current.write().await;
         if let Some(l) = slot.as_ref() {
-            if now < l.next_rotation && now - l.loaded_at < RELOAD {
+            if usable(l) {
                 return Ok(l.clone());
             }
         }
         let stored = match sync(config, storage, now).await {
             Ok(k) => k,
-            // The database is out of reach: keep signing with the set already loaded while it is still the
-            // current one (it cannot rotate without storage anyway).
             Err(KeyringError::Storage(StorageError::Unavailable(why))) => match slot.as_ref() {
-                Some(l) if now < l.next_rotation => {
-                    tracing::warn!(error = %why, "storage unavailable: keeping the loaded signing keys");
+                Some(l) => {
+                    let overdue = now >= l.next_rotation;
+                    tracing::warn!(error = %why, overdue, "storage unavailable: keeping the loaded signing keys");
+                    self.unavailable_until.store(now + UNAVAILABLE_RETRY, Ordering::Relaxed);
                     return Ok(l.clone());
                 }
-                _ => return Err(KeyringError::Storage(StorageError::Unavailable(why))),
+                None => return Err(KeyringError::Storage(StorageError::Unavailable(why))),
             },
             Err(e) => return Err(e),
         };
+        self.unavailable_until.store(0, Ordering::Relaxed);
         let loaded = Arc::new(load(&stored, now)?);
         *slot = Some(loaded.clone());
         Ok(loaded)

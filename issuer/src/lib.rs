@@ -10,6 +10,8 @@ pub mod clock;
 pub mod config;
 pub mod connector;
 pub mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gc;
 pub mod grant;
 pub mod grpc;

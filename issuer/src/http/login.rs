@@ -298,6 +298,57 @@ pub(super) async fn posted_login_form(
     Ok((form, request))
 }
 
+/// What a posted password form (`POST /login`) says, read the same way whichever password connector
+/// checks it. The CSRF binding and the pending login are checked before, by `posted_login_form`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordLogin<'a> {
+    /// The password connector chosen (`connector`); the first usable one when absent.
+    pub connector: Option<&'a str>,
+    /// The login name as typed, without surrounding whitespace.
+    pub login: &'a str,
+    /// The password, exactly as typed.
+    pub password: &'a str,
+    /// `only`: the page showed this connector alone, and shows it alone again on a retry.
+    pub only: bool,
+    /// `remember_me`: the session outlives the browser (`crate::session`).
+    pub remember_me: bool,
+}
+
+/// Why a posted password form is refused before any connector sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LoginFormError {
+    /// The login name or the password is empty.
+    #[error("login and password are required")]
+    Missing,
+    /// The login name is longer than [`MAX_LOGIN_CHARS`] characters.
+    #[error("the login is too long")]
+    TooLong,
+}
+
+impl<'a> PasswordLogin<'a> {
+    /// Reads the fields of `form`; what is absent is empty or `false`.
+    pub fn parse(form: &'a Form) -> Self {
+        PasswordLogin {
+            connector: form.get("connector"),
+            login: form.get("login").unwrap_or("").trim(),
+            password: form.get("password").unwrap_or(""),
+            only: form.get("only").is_some(),
+            remember_me: form.get("remember_me").is_some(),
+        }
+    }
+
+    /// Checks what can be checked without a connector.
+    pub fn validate(&self) -> Result<(), LoginFormError> {
+        if self.login.is_empty() || self.password.is_empty() {
+            return Err(LoginFormError::Missing);
+        }
+        if self.login.chars().count() > MAX_LOGIN_CHARS {
+            return Err(LoginFormError::TooLong);
+        }
+        Ok(())
+    }
+}
+
 /// `POST /login`: checks the CSRF binding and the throttle, then the password with the chosen password
 /// connector (`connector`; the first usable one when absent), then finishes the login.
 pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap, body: Bytes) -> Response {
@@ -305,7 +356,8 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
         Ok(v) => v,
         Err(resp) => return resp,
     };
-    let wanted = form.get("connector");
+    let fields = PasswordLogin::parse(&form);
+    let wanted = fields.connector;
     let usable = match usable(&state, &request).await {
         Ok(v) => v,
         Err(resp) => return resp,
@@ -321,22 +373,24 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
             "This application may not use that sign-in method. Go back and choose another.",
         );
     };
-    let login = form.get("login").unwrap_or("").trim();
-    let password = form.get("password").unwrap_or("");
-    let only = form.get("only").map(|_| connector.id.as_str());
+    let PasswordLogin { login, password, .. } = fields;
+    let only = fields.only.then_some(connector.id.as_str());
     let again = async |status: StatusCode, error: String| {
         login_form(&state, status, &request, only, &connector.id, login, Some(error)).await
     };
-    if login.is_empty() || password.is_empty() {
-        return again(
-            StatusCode::BAD_REQUEST,
-            format!("Enter your {} and password.", passwords.prompt().to_lowercase()),
-        )
-        .await;
-    }
-    if login.chars().count() > MAX_LOGIN_CHARS {
-        return again(StatusCode::BAD_REQUEST, format!("That {} is too long.", passwords.prompt().to_lowercase()))
-            .await;
+    match fields.validate() {
+        Ok(()) => {}
+        Err(LoginFormError::Missing) => {
+            return again(
+                StatusCode::BAD_REQUEST,
+                format!("Enter your {} and password.", passwords.prompt().to_lowercase()),
+            )
+            .await
+        }
+        Err(LoginFormError::TooLong) => {
+            return again(StatusCode::BAD_REQUEST, format!("That {} is too long.", passwords.prompt().to_lowercase()))
+                .await
+        }
     }
 
     let ip = client_ip(&state, &peer, &headers);
@@ -370,8 +424,7 @@ pub async fn login(State(state): State<AppState>, peer: Peer, headers: HeaderMap
         Err(AttemptError::Connector(e)) => return connector_failure(&state, &request, &connector, e, &ip_text),
         Err(AttemptError::Storage(e)) => return storage_failure(e),
     };
-    let start =
-        crate::session::Start::Login { headers: &headers, remember_me: form.get("remember_me").is_some(), identity };
+    let start = crate::session::Start::Login { headers: &headers, remember_me: fields.remember_me, identity };
     finish(&state, request, &connector, &ip_text, start).await
 }
 
@@ -592,4 +645,32 @@ async fn front_channel_tokens(
 struct OobPage {
     client: String,
     code: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_forms_are_read_and_checked_before_any_connector() {
+        let long = format!("login={}&password=p", "é".repeat(MAX_LOGIN_CHARS + 1));
+        let exact = format!("login={}&password=p", "é".repeat(MAX_LOGIN_CHARS));
+        let cases: [(&str, Result<(), LoginFormError>); 6] = [
+            ("login=%20jane%20&password=p", Ok(())),
+            ("login=jane", Err(LoginFormError::Missing)),
+            ("login=%20%20&password=p", Err(LoginFormError::Missing)),
+            ("password=p", Err(LoginFormError::Missing)),
+            (&long, Err(LoginFormError::TooLong)),
+            (&exact, Ok(())),
+        ];
+        for (query, want) in cases {
+            let form = Form::from_query(Some(query)).unwrap();
+            assert_eq!(PasswordLogin::parse(&form).validate(), want, "{query}");
+        }
+        let form =
+            Form::from_query(Some("login=%20jane&password=%20p%20&only=1&remember_me=on&connector=ldap")).unwrap();
+        let want =
+            PasswordLogin { connector: Some("ldap"), login: "jane", password: " p ", only: true, remember_me: true };
+        assert_eq!(PasswordLogin::parse(&form), want, "login trimmed, password as typed");
+    }
 }
