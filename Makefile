@@ -8,11 +8,12 @@ export CARGO_TARGET_DIR
 WASM_OUT       := $(CARGO_TARGET_DIR)/$(WASM_TARGET)/release/filter.wasm
 ISSUER_CONFIG  ?= issuer/examples/dev.yaml
 FUZZ_TARGETS   := cookie jwt config
+ISSUER_FUZZ_TARGETS := config_file client_auth id_token_hint user_code login_form
 FUZZ_SECONDS   ?= 60
 SUDO           := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test wasm lint deny fmt bench fuzz clean
+.PHONY: help setup run test wasm lint deny fmt bench drills fuzz clean
 
 ##@ General
 
@@ -51,16 +52,23 @@ wasm: setup ## Build the filter for Envoy: target/wasm32-wasip1/release/filter.w
 	@cp $(CARGO_TARGET_DIR)/$(WASM_TARGET)/wasm-release/filter.wasm $(WASM_OUT)
 	@ls -l $(WASM_OUT)
 
-test: setup wasm ## Run every test: unit (natively and compiled to wasm), storage conformance (memory, SQLite, PostgreSQL), issuer over HTTP, filter e2e in proxy-wasm-host (against the issuer and panva oidc-provider), HA, browser
+test: setup wasm ## Run every test: unit (natively and compiled to wasm), storage conformance (memory, SQLite, PostgreSQL), issuer over HTTP, filter e2e in proxy-wasm-host (against the issuer and panva oidc-provider), HA and the failure drills, browser
 	scripts/oidc-provider.sh $(CARGO_TARGET_DIR)/node > /dev/null
 	$(CARGO) build -p tests --bin wasm-test-runner
 	CARGO_TARGET_WASM32_WASIP1_RUNNER=$(CARGO_TARGET_DIR)/debug/wasm-test-runner $(CARGO) test -p filter --target $(WASM_TARGET)
 	scripts/with-postgres.sh $(CARGO) test --workspace --no-fail-fast -- --include-ignored
 
-fuzz: wasm ## Run each filter fuzz target (cookie, jwt, config) and the compiled-module fuzzer for FUZZ_SECONDS each (default 60); installs nightly and cargo-fuzz
+drills: setup ## Run the issuer's failure drills (replicas killed under load, PostgreSQL restarted, keys rotating every 10 s, migrations raced, a GC backlog) and write their tables into BENCHMARKS.md; `make test` runs them too
+	CARGO="$(CARGO)" scripts/drills.sh
+
+fuzz: wasm ## Run each fuzz target for FUZZ_SECONDS (default 60): the filter's (cookie, jwt, config), the compiled-module fuzzer, and the issuer's (config_file, client_auth, id_token_hint, user_code, login_form); installs nightly and cargo-fuzz
 	@rustup toolchain list | grep -q "^nightly-" || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd filter/fuzz && for t in $(FUZZ_TARGETS); do \
+	  CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/fuzz cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
+	@mkdir -p issuer/fuzz/corpus/config_file && cp issuer/examples/*.yaml issuer/tests/fixtures/*.yaml issuer/fuzz/corpus/config_file/
+	cd issuer/fuzz && for t in $(ISSUER_FUZZ_TARGETS); do \
 	  CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/fuzz cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 	$(CARGO) run -p tests --bin fuzz-module -- --seconds $(FUZZ_SECONDS) --wasm $(WASM_OUT)

@@ -35,4 +35,7 @@ run "$CARGO" build --manifest-path bench/noop-filter/Cargo.toml --target "$WASM_
 # Separately, so the issuer is built with its own features only, as it ships.
 run "$CARGO" build --release -p issuer
 run "$CARGO" build --release -p bench
+# `make drills` owns the "Failure drills" section: keep it across the rewrite.
+drills=$(sed -n '/<!-- drills:begin -->/,/<!-- drills:end -->/p' BENCHMARKS.md 2>/dev/null || true)
 run "$CARGO_TARGET_DIR/release/bench" run --out BENCHMARKS.md --commands-file "$COMMANDS" "$@"
+if [ -n "$drills" ]; then printf '\n%s\n' "$drills" >> BENCHMARKS.md; fi

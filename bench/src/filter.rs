@@ -15,7 +15,7 @@ use tests::{Decision, FilterClock, Logs, Request, Response, Worker, WorkerOption
 use crate::issuer::{self, CLIENT_ID, CLIENT_SECRET, GATEWAY_HOST};
 use crate::stats::Summary;
 
-mod native_core;
+pub(crate) mod native_core;
 
 use native_core::NativeFilter;
 
@@ -61,7 +61,7 @@ fn options(clusters: &[(&str, &str)]) -> WorkerOptions {
     }
 }
 
-fn filter_config(issuer: &str) -> String {
+pub(crate) fn filter_config(issuer: &str) -> String {
     json!({
         "issuer": issuer,
         "client_id": CLIENT_ID,
@@ -99,6 +99,11 @@ async fn timed(worker: &Worker, request: Request) -> anyhow::Result<Duration> {
 
 /// Times `n` requests made by `make`, after `n / 10` untimed ones.
 async fn repeated(worker: &Worker, n: usize, make: impl Fn() -> Request) -> anyhow::Result<Summary> {
+    Ok(Summary::of(&mut samples(worker, n, make).await?))
+}
+
+/// The `n` timings behind [`repeated`].
+pub(crate) async fn samples(worker: &Worker, n: usize, make: impl Fn() -> Request) -> anyhow::Result<Vec<Duration>> {
     for _ in 0..n / 10 {
         timed(worker, make()).await?;
     }
@@ -106,7 +111,7 @@ async fn repeated(worker: &Worker, n: usize, make: impl Fn() -> Request) -> anyh
     for _ in 0..n {
         samples.push(timed(worker, make()).await?);
     }
-    Ok(Summary::of(&mut samples))
+    Ok(samples)
 }
 
 /// The no-op module: the same bearer request shape as the cache-hit case.
@@ -122,7 +127,7 @@ pub(crate) async fn run_noop(wasm: &Path, sizes: Sizes) -> anyhow::Result<Filter
 }
 
 /// A whole browser login through the filter: the cookie header of the new session.
-async fn session_cookie(worker: &Worker) -> anyhow::Result<String> {
+pub(crate) async fn session_cookie(worker: &Worker) -> anyhow::Result<String> {
     let mut jar: Vec<(String, String)> = Vec::new();
     let store = |jar: &mut Vec<(String, String)>, r: &Response| {
         for c in r.headers_named("set-cookie") {

@@ -40,7 +40,7 @@ pub(crate) struct Throughput {
 }
 
 /// CPU seconds of the server and of this process, sampled at the start and the end of the window.
-async fn cpu_in_window(server_pid: u32, from: Instant, end: Instant) -> (f64, f64) {
+pub(crate) async fn cpu_in_window(server_pid: u32, from: Instant, end: Instant) -> (f64, f64) {
     tokio::time::sleep_until(from.into()).await;
     let (s0, c0) = (cpu_seconds(server_pid), cpu_seconds(0));
     tokio::time::sleep_until(end.into()).await;
@@ -48,7 +48,8 @@ async fn cpu_in_window(server_pid: u32, from: Instant, end: Instant) -> (f64, f6
 }
 
 impl Throughput {
-    fn with_cpu(mut self, (server, client): (f64, f64)) -> Throughput {
+    /// Adds the CPU the server and this process used in the window.
+    pub(crate) fn with_cpu(mut self, (server, client): (f64, f64)) -> Throughput {
         let ops = (self.per_sec * self.seconds).max(1.0);
         self.server_cores = server / self.seconds;
         self.client_cores = client / self.seconds;
@@ -65,7 +66,8 @@ pub(crate) struct Window {
     pub(crate) measure: Duration,
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+/// One keep-alive HTTP/1.1 connection to `addr`.
+pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -180,11 +182,13 @@ pub(crate) async fn logins(
         .map(|_| {
             let url = issuer::auth_url(base);
             tokio::spawn(async move {
-                let browser = issuer::browser();
                 let mut samples = Vec::new();
                 let mut errors = 0u64;
                 while Instant::now() < end {
                     let start = Instant::now();
+                    // A browser of its own each time: one that kept the issuer's session cookie would be signed
+                    // in silently (single sign-on), and this measures the password login.
+                    let browser = issuer::browser();
                     let ok = issuer::sign_in(&browser, &url).await.and_then(|l| issuer::code_of(&l)).is_ok();
                     let done = Instant::now();
                     if !ok {

@@ -18,6 +18,7 @@ mod oidc_provider;
 mod process;
 mod profile;
 mod report;
+mod revocation;
 mod sessions;
 mod stats;
 mod wrk;
@@ -122,6 +123,17 @@ enum Command {
         counts: Vec<usize>,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// What revocation costs (issue 12): the compiled filter's per-request cost with 10,000 revocations in
+    /// shared data, and the issuer's revocation feed under 1,000 polling gateways, as JSON in `--out`
+    /// (started by `run`).
+    Revocation {
+        #[command(flatten)]
+        paths: Paths,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        quick: bool,
     },
     /// Only the refresh-token load against our issuer, printed as JSON (for profiling and trying changes;
     /// `run` measures it side by side with oidc-provider).
@@ -247,6 +259,9 @@ pub(crate) struct Results {
     /// Many sessions and bearer tokens (`bench sessions`).
     #[serde(default)]
     pub(crate) sessions: Vec<sessions::Row>,
+    /// Revocation's costs (`bench revocation`).
+    #[serde(default)]
+    pub(crate) revocation: Option<revocation::RevocationResult>,
     /// The `ldap` connector against slapd.
     #[serde(default)]
     pub(crate) ldap: Option<ldap::LdapResult>,
@@ -291,6 +306,11 @@ fn main() -> anyhow::Result<()> {
             {
                 println!("{}", serde_json::to_string_pretty(&result)?);
             }
+            Ok(())
+        }),
+        Command::Revocation { paths, out, quick } => rt.block_on(async move {
+            let result = revocation::run(&paths.filter_wasm(), &paths.issuer_bin(), &paths.work_dir(), quick).await?;
+            std::fs::write(&out, serde_json::to_vec_pretty(&result)?)?;
             Ok(())
         }),
         Command::Sessions { paths, counts, out } => rt.block_on(async move {
@@ -343,6 +363,23 @@ async fn filter_child(
         bail!("bench filter{} failed ({status})", if noop { " --noop" } else { "" });
     }
     Ok(serde_json::from_slice(&std::fs::read(&out)?)?)
+}
+
+async fn revocation_part(paths: &Paths, quick: bool, results: &mut Results) -> anyhow::Result<()> {
+    let out = paths.work_dir().join("revocation.json");
+    let mut args = vec!["revocation".to_owned()];
+    args.extend(paths.args());
+    args.extend(["--out".to_owned(), out.display().to_string()]);
+    if quick {
+        args.push("--quick".into());
+    }
+    results.bench_commands.push(format!("bench {}", args.join(" ")));
+    let status = tokio::process::Command::new(std::env::current_exe()?).args(&args).status().await?;
+    if !status.success() {
+        bail!("bench revocation failed ({status})");
+    }
+    results.revocation = Some(serde_json::from_slice(&std::fs::read(&out)?)?);
+    Ok(())
 }
 
 async fn sessions_part(paths: &Paths, quick: bool, results: &mut Results) -> anyhow::Result<()> {
@@ -468,6 +505,7 @@ async fn run(paths: Paths, out: &Path, commands_file: Option<&Path>, quick: bool
             .unwrap_or_default(),
         profiles: vec![],
         sessions: vec![],
+        revocation: None,
         ldap: None,
         federation: None,
         bench_commands: vec![],
@@ -492,6 +530,10 @@ async fn run(paths: Paths, out: &Path, commands_file: Option<&Path>, quick: bool
     step("many sessions and bearer tokens (wasmtime host)");
     if let Err(e) = sessions_part(&paths, quick, &mut results).await {
         results.errors.push(format!("sessions: {e:#}"));
+    }
+    step("revocation: the filter with 10,000 revocations, the feed under 1,000 gateways");
+    if let Err(e) = revocation_part(&paths, quick, &mut results).await {
+        results.errors.push(format!("revocation: {e:#}"));
     }
     step("ldap connector against slapd");
     match ldap::measure(quick, plan.login_concurrency.max(4)).await {

@@ -102,6 +102,7 @@ pub(crate) fn markdown(r: &Results, quick: bool) -> String {
     targets(&mut s, r);
     filter_section(&mut s, r);
     sessions_section(&mut s, r);
+    revocation_section(&mut s, r);
     ldap_section(&mut s, r);
     federation_section(&mut s, r);
     profiles(&mut s, r);
@@ -183,6 +184,20 @@ fn targets(s: &mut String, r: &Results) {
                 us(c.wasm.median_us),
                 us(c.wasm.p99_us),
                 verdict(c.wasm.median_us <= 15.0)
+            );
+        }
+    }
+    if let Some(rv) = &r.revocation {
+        if let [none, many] = rv.filter.as_slice() {
+            let extra = many.wasm.median_us - none.wasm.median_us;
+            let _ = writeln!(
+                s,
+                "| {} revocations in shared data cost ≤ 2 µs per session request | median {} vs {} with none: {:+.2} µs | {} |",
+                crate::revocation::REVOKED,
+                us(many.wasm.median_us),
+                us(none.wasm.median_us),
+                extra,
+                verdict(extra <= 2.0)
             );
         }
     }
@@ -364,6 +379,64 @@ fn sessions_section(s: &mut String, r: &Results) {
             100.0 * row.old_hit_rate,
             row.old_shared_bytes as f64 / 1e6,
         );
+    }
+    let _ = writeln!(s);
+}
+
+fn revocation_section(s: &mut String, r: &Results) {
+    let Some(rv) = &r.revocation else { return };
+    let _ = writeln!(
+        s,
+        "## Revocation
+
+`bench revocation`. The gateway: one session through the compiled filter (wasmtime host) and \
+         natively, alternating rounds with no revocations and with {} revoked sessions, users and groups \
+         in shared data ({:.0} KB, none matching the session; each worker parses the set once when it changes and \
+         looks the token's `sid`, `sub` and groups up in hash maps per request). The first round of each is a \
+         warm-up; the figures are the next two.\n",
+        crate::revocation::REVOKED,
+        rv.set_bytes as f64 / 1e3
+    );
+    let _ = writeln!(s, "| case | median | p99 | native, median |\n| --- | --- | --- | --- |");
+    for c in &rv.filter {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            c.name,
+            us(c.wasm.median_us),
+            us(c.wasm.p99_us),
+            us(c.native.median_us)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nThe issuer's feed (`GET /revocations`, SQLite, release build): {} simulated gateways, each with its own \
+         cursor, polling over {} keep-alive connections with `client_secret_basic` and `If-None-Match`; the log holds \
+         {} entries (written through the storage in {:.1} s).\n",
+        crate::revocation::GATEWAYS,
+        rv.feed.first().map_or(0, |f| f.throughput.concurrency),
+        crate::revocation::LOG_ENTRIES,
+        rv.seed_seconds
+    );
+    let _ = writeln!(
+        s,
+        "| load | requests/s | p50 | p99 | answers | issuer CPU each |\n| --- | --- | --- | --- | --- | --- |"
+    );
+    for f in &rv.feed {
+        let t = &f.throughput;
+        let answers = f.statuses.iter().map(|(st, n)| format!("{n} × {st}")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {answers} | {:.3} ms |",
+            f.name,
+            per_sec(t.per_sec),
+            us(t.latency.median_us),
+            us(t.latency.p99_us),
+            t.server_cpu_ms
+        );
+    }
+    for c in &rv.checks {
+        let _ = writeln!(s, "\n- {c}");
     }
     let _ = writeln!(s);
 }

@@ -34,12 +34,16 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::revocation::Revocations;
+
 /// Entries per set.
 pub const WAYS: u32 = 16;
 /// Default capacity of the session cache (entries): room for about 32,000 active sessions at 99% hits.
 pub const DEFAULT_SESSIONS: u32 = 65_536;
 /// Default capacity of the bearer-token cache (entries).
 pub const DEFAULT_BEARER_TOKENS: u32 = 16_384;
+/// Capacity of the table of logout-token `jti`s seen (entries), for replay detection.
+pub const LOGOUT_JTIS: u32 = 4_096;
 /// Slots of the per-session refresh leases (a collision only makes two sessions share a lease briefly).
 pub const LEASE_SLOTS: u32 = 4_096;
 /// A hit rewrites an entry's last-use time at most this often (seconds).
@@ -305,6 +309,81 @@ impl<'a> Cache<'a> {
         Table { store: self.store, ns: self.ns, kind: 'b', sets: self.bearer_sets, hashed: true }
     }
 
+    fn logout_jtis(&self) -> Table<'_> {
+        Table { store: self.store, ns: self.ns, kind: 'j', sets: LOGOUT_JTIS / WAYS, hashed: false }
+    }
+
+    fn revocations_key(&self) -> String {
+        format!("tokengate:{}:revocations", self.ns)
+    }
+
+    fn revocations_stamp_key(&self) -> String {
+        format!("tokengate:{}:revocations_stamp", self.ns)
+    }
+
+    fn feed_poll_key(&self) -> String {
+        format!("tokengate:{}:feed", self.ns)
+    }
+
+    /// Records the `jti` of a logout token until `until` (unix seconds); false if it was already recorded
+    /// (a replay). Two workers handed the same token at the same instant may both see it as new, which
+    /// costs a second, identical revocation.
+    pub fn remember_logout_jti(&self, jti: &str, until: u64, now: u64) -> bool {
+        let table = self.logout_jtis();
+        if table.get(jti, now).is_some_and(|seen| seen == jti.as_bytes()) {
+            return false;
+        }
+        table.put(jti, until, now, jti.as_bytes());
+        true
+    }
+
+    /// Forgets a recorded `jti` (its logout could not be applied, so the issuer's retry must be accepted).
+    pub fn forget_logout_jti(&self, jti: &str) {
+        self.logout_jtis().delete(jti);
+    }
+
+    /// The revocation set in shared data (empty when there is none, or it does not parse).
+    pub fn revocations(&self) -> Revocations {
+        self.store.get(&self.revocations_key()).and_then(|b| Revocations::from_bytes(&b)).unwrap_or_default()
+    }
+
+    /// The stamp of the revocation set in shared data: it changes with every write, so a worker re-reads the
+    /// set only when it differs from its copy's.
+    pub fn revocations_stamp(&self) -> u64 {
+        self.store
+            .get(&self.revocations_stamp_key())
+            .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Replaces the revocation set with `change(current)`, atomically across workers (compare-and-swap,
+    /// retried when another worker wrote first), and publishes its new stamp. Returns the set written, or
+    /// `None` after too many lost races (the caller's next poll or the issuer's retry tries again).
+    pub fn update_revocations(&self, change: &dyn Fn(&Revocations, u64) -> Revocations) -> Option<Revocations> {
+        let key = self.revocations_key();
+        for _ in 0..8 {
+            let raw = self.store.get(&key);
+            let current = raw.as_deref().and_then(Revocations::from_bytes).unwrap_or_default();
+            let next = change(&current, current.stamp.wrapping_add(1));
+            let expected = raw.as_deref();
+            if self.store.set_if(&key, &|c| c == expected, &next.to_bytes()) {
+                self.store.set(&self.revocations_stamp_key(), next.stamp.to_string().as_bytes());
+                return Some(next);
+            }
+        }
+        None
+    }
+
+    /// Takes the turn to poll the revocation feed if it is due at `now` (compare-and-swap on shared data),
+    /// scheduling the next poll for `next` (unix seconds): one gateway-wide poll per interval, whichever
+    /// worker ticks first.
+    pub fn try_feed_poll(&self, now: u64, next: u64) -> bool {
+        let due = |current: Option<&[u8]>| {
+            current.and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) <= now
+        };
+        self.store.set_if(&self.feed_poll_key(), &due, next.to_string().as_bytes())
+    }
+
     /// Shared-data key of the provider snapshot.
     pub fn provider_key(ns: &str) -> String {
         format!("tokengate:{ns}:provider")
@@ -348,7 +427,9 @@ impl<'a> Cache<'a> {
         let keys = (0..LEASE_SLOTS)
             .map(|i| format!("tokengate:{}:r:{i}", self.ns))
             .chain((0..self.session_sets).map(|set| self.sessions().index_key(set)))
-            .chain((0..self.bearer_sets).map(|set| self.bearers().index_key(set)));
+            .chain((0..self.bearer_sets).map(|set| self.bearers().index_key(set)))
+            .chain((0..LOGOUT_JTIS / WAYS).map(|set| self.logout_jtis().index_key(set)))
+            .chain([self.revocations_key(), self.feed_poll_key()]);
         for key in keys {
             self.store.create_if_absent(&key);
         }

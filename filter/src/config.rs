@@ -30,6 +30,8 @@ const TOP_KEYS: &[&str] = &[
     "skip",
     "skip_cors_preflight",
     "sign_out_path",
+    "backchannel_logout_path",
+    "revocation_poll_interval",
     "post_logout_redirect_uri",
     "allowed_redirect_domains",
     "clock_skew",
@@ -248,6 +250,12 @@ pub struct FilterConfig {
     pub skip_cors_preflight: bool,
     /// The sign-out path on every protected host.
     pub sign_out_path: String,
+    /// Where the issuer POSTs logout tokens (OpenID Connect Back-Channel Logout 1.0): the client's
+    /// `backchannelLogoutURI` at the issuer is `https://<any protected host><this path>`.
+    pub backchannel_logout_path: String,
+    /// How often the revocation feed is polled, jittered by ±20% (zero: never). Polling also needs the
+    /// issuer to advertise `revocation_feed_endpoint` in its discovery document.
+    pub revocation_poll_interval: Duration,
     /// Where the issuer sends the browser after logout.
     pub post_logout_redirect_uri: Option<String>,
     /// Hosts (or `.suffix` for a domain and its subdomains) that post-login redirects may go to.
@@ -476,11 +484,23 @@ impl Reader {
     }
 
     fn duration(&mut self, map: &mut Map<String, Value>, prefix: &str, key: &str, default: Duration) -> Duration {
+        self.duration_or_zero(map, prefix, key, default, false)
+    }
+
+    /// A duration; zero only when `zero_allowed` (a setting that zero turns off).
+    fn duration_or_zero(
+        &mut self,
+        map: &mut Map<String, Value>,
+        prefix: &str,
+        key: &str,
+        default: Duration,
+        zero_allowed: bool,
+    ) -> Duration {
         let Some(s) = self.string(map, prefix, key) else {
             return default;
         };
         match parse_duration(&s) {
-            Ok(d) if d > Duration::ZERO => d,
+            Ok(d) if d > Duration::ZERO || zero_allowed => d,
             Ok(_) => {
                 self.invalid(join(prefix, key), "must be greater than zero");
                 default
@@ -530,6 +550,10 @@ impl Reader {
         let sign_out_path = self.path(&mut m, "sign_out_path", "/oauth2/sign_out");
         if redirect_path == sign_out_path {
             self.invalid("sign_out_path".into(), "must differ from redirect_path");
+        }
+        let backchannel_logout_path = self.path(&mut m, "backchannel_logout_path", "/oauth2/backchannel_logout");
+        if backchannel_logout_path == redirect_path || backchannel_logout_path == sign_out_path {
+            self.invalid("backchannel_logout_path".into(), "must differ from redirect_path and sign_out_path");
         }
         let scopes = self
             .string_list(&mut m, "", "scopes")
@@ -582,6 +606,8 @@ impl Reader {
             .collect();
         let clock_skew = self.duration(&mut m, "", "clock_skew", Duration::from_secs(60));
         let jwks_refresh_interval = self.duration(&mut m, "", "jwks_refresh_interval", Duration::from_secs(300));
+        let revocation_poll_interval =
+            self.duration_or_zero(&mut m, "", "revocation_poll_interval", Duration::from_secs(5), true);
         self.unknown(m, "", TOP_KEYS);
 
         let issuer_url = issuer_url?;
@@ -607,6 +633,8 @@ impl Reader {
             skip,
             skip_cors_preflight,
             sign_out_path,
+            backchannel_logout_path,
+            revocation_poll_interval,
             post_logout_redirect_uri,
             allowed_redirect_domains,
             clock_skew,
@@ -835,6 +863,8 @@ mod tests {
         assert!(cfg.skip_cors_preflight);
         assert_eq!(cfg.clock_skew, Duration::from_secs(60));
         assert_eq!(cfg.jwks_refresh_interval, Duration::from_secs(300));
+        assert_eq!(cfg.backchannel_logout_path, "/oauth2/backchannel_logout");
+        assert_eq!(cfg.revocation_poll_interval, Duration::from_secs(5));
         assert_eq!(cfg.discovery_url(), "https://dex.example.com/.well-known/openid-configuration");
     }
 
@@ -859,6 +889,8 @@ mod tests {
             "allowed_redirect_domains": [".Example.com"],
             "clock_skew": "30s",
             "jwks_refresh_interval": "1h30m",
+            "backchannel_logout_path": "/bcl",
+            "revocation_poll_interval": "0s",
         });
         for (k, val) in extra.as_object().unwrap() {
             v[k] = val.clone();
@@ -870,6 +902,15 @@ mod tests {
         assert_eq!(cfg.skip[1].methods, vec!["GET"]);
         assert_eq!(cfg.allowed_redirect_domains, vec![".example.com"]);
         assert_eq!(cfg.jwks_refresh_interval, Duration::from_secs(5400));
+        assert_eq!((cfg.backchannel_logout_path.as_str(), cfg.revocation_poll_interval), ("/bcl", Duration::ZERO));
+    }
+
+    #[test]
+    fn the_back_channel_logout_path_must_be_its_own() {
+        let mut v = minimal();
+        v["backchannel_logout_path"] = "/oauth2/callback".into();
+        let err = parse(v).unwrap_err();
+        assert!(err.to_string().contains("backchannel_logout_path"), "{err}");
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct ProviderMetadata {
     /// RP-initiated logout, when offered.
     #[serde(default)]
     pub end_session_endpoint: Option<String>,
+    /// The tokengate issuer's revocation feed (`GET …/revocations?after=<cursor>`), when offered: not a
+    /// registered metadata name, so other issuers leave it out and the filter then does not poll.
+    #[serde(default)]
+    pub revocation_feed_endpoint: Option<String>,
 }
 
 /// A public key from the JWKS.
@@ -228,6 +232,7 @@ pub fn parse_metadata(bytes: &[u8], issuer: &str) -> Result<ProviderMetadata, Di
         ("jwks_uri", Some(&meta.jwks_uri)),
         ("revocation_endpoint", meta.revocation_endpoint.as_ref()),
         ("end_session_endpoint", meta.end_session_endpoint.as_ref()),
+        ("revocation_feed_endpoint", meta.revocation_feed_endpoint.as_ref()),
     ];
     for (name, url) in endpoints {
         if let Some(url) = url {

@@ -14,6 +14,7 @@ use crate::discovery::Provider;
 use crate::oauth::{self, TokenEndpointError};
 use crate::random::{self, Random};
 use crate::request::RequestParts;
+use crate::revocation::{Kind, Revocations};
 use crate::session::{self, LoginFlow, Session};
 use crate::token::{self, constant_time_eq, Expectations, TokenError};
 use crate::url::HttpUrl;
@@ -50,6 +51,8 @@ pub struct Ctx<'a> {
     pub events: &'a dyn Fn(Event),
     /// Keys were refetched for this very request: an unknown `kid` is now final.
     pub keys_refetched: bool,
+    /// The sessions, users and groups revoked (this worker's copy of the shared set).
+    pub revocations: &'a Revocations,
 }
 
 impl<'a> Ctx<'a> {
@@ -101,6 +104,14 @@ pub enum Event {
     /// A request was refused before any check: a header the filter reads is not UTF-8, or
     /// `Authorization` holds more than one credential.
     MalformedRequest,
+    /// A session or bearer token was refused because the issuer revoked it (by this kind of entry).
+    Revoked(Kind),
+    /// A back-channel logout token was accepted.
+    BackchannelLogout,
+    /// A back-channel logout request was refused, with the reason.
+    BackchannelLogoutRejected(&'static str),
+    /// A poll of the revocation feed failed (the set known so far stays in force).
+    RevocationFeedFailed,
 }
 
 impl Event {
@@ -118,6 +129,12 @@ impl Event {
             Event::BearerCacheHit => "bearer_cache_hits",
             Event::BearerCacheMiss => "bearer_cache_misses",
             Event::VerificationFailed(reason) => return format!("tokengate.verification_failures.{reason}"),
+            Event::Revoked(kind) => return format!("tokengate.revoked.{}", kind.as_str()),
+            Event::BackchannelLogoutRejected(reason) => {
+                return format!("tokengate.backchannel_logouts_rejected.{reason}")
+            }
+            Event::BackchannelLogout => "backchannel_logouts",
+            Event::RevocationFeedFailed => "revocation_feed_failures",
             Event::Forbidden => "forbidden",
             Event::SignedOut => "sign_outs",
             Event::NoRefreshToken => "sessions_without_refresh_token",
@@ -169,7 +186,7 @@ pub enum Decision {
         /// `Set-Cookie` values.
         set_cookies: Vec<String>,
     },
-    /// Answer locally with an error.
+    /// Answer locally: an error, or the answer to a request the filter serves itself (back-channel logout).
     Deny {
         /// HTTP status.
         status: u16,
@@ -192,6 +209,14 @@ pub enum Decision {
     FetchKeys {
         /// Discovery is known; only the keys are wanted (unknown `kid`).
         jwks_only: bool,
+    },
+    /// Read the request body (at most `limit` bytes, else answer 413), put it in
+    /// [`RequestParts::body`], and [`decide`] again. proxy-wasm hands a filter the body only after it let
+    /// the headers go on (ABI 0.2.1; proxy-wasm/spec#63), so Envoy may already have sent them upstream:
+    /// the local answer at the end of the body resets that upstream request.
+    ReadBody {
+        /// The largest body accepted (bytes).
+        limit: usize,
     },
 }
 
@@ -250,6 +275,9 @@ pub fn decide(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision
             "The request carries more than one Authorization credential; RFC 9110 §11.6.2 allows one.",
             Vec::new(),
         );
+    }
+    if req.path_only() == cfg.backchannel_logout_path {
+        return backchannel_logout(cfg, ctx, req);
     }
     if (cfg.skip_cors_preflight && req.is_cors_preflight()) || is_skipped(cfg, req) {
         return Decision::Forward {
@@ -323,6 +351,9 @@ fn bearer(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, token: &str) ->
     }
     if let Some(hit) = ctx.cache.get_bearer(&hash, now) {
         (ctx.events)(Event::BearerCacheHit);
+        if let Some(kind) = ctx.revocations.revokes(&hit.claims) {
+            return revoked_bearer(ctx, kind);
+        }
         return identity(cfg, ctx, req, &hit.claims, None, remove, Vec::new());
     }
     (ctx.events)(Event::BearerCacheMiss);
@@ -347,6 +378,9 @@ fn bearer(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, token: &str) ->
                 },
                 now,
             );
+            if let Some(kind) = ctx.revocations.revokes(&v.claims) {
+                return revoked_bearer(ctx, kind);
+            }
             identity(cfg, ctx, req, &v.claims, None, remove, Vec::new())
         }
         Err(TokenError::UnknownKey) if !ctx.keys_refetched && provider.may_refetch_for_unknown_kid(now) => {
@@ -364,6 +398,21 @@ fn bearer(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, token: &str) ->
                 body: String::new(),
             }
         }
+    }
+}
+
+/// 401 for a bearer token the issuer revoked (RFC 6750 §3.1 `invalid_token`): a client with a refresh
+/// token finds the refresh refused too, and logs in again.
+fn revoked_bearer(ctx: &Ctx<'_>, kind: Kind) -> Decision {
+    (ctx.events)(Event::Revoked(kind));
+    Decision::Deny {
+        status: 401,
+        reason: "revoked",
+        headers: vec![
+            ("www-authenticate".into(), "Bearer error=\"invalid_token\", error_description=\"token revoked\"".into()),
+            ("cache-control".into(), "no-store".into()),
+        ],
+        body: String::new(),
     }
 }
 
@@ -430,11 +479,11 @@ fn with_session(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts, session: 
             }
         }
         (Some(_), None) => match still_valid {
-            Some(c) => use_id_token(cfg, ctx, req, c, Vec::new()),
+            Some(c) => use_id_token(cfg, ctx, req, &session.id, c, Vec::new()),
             None => Decision::FetchKeys { jwks_only: false },
         },
         (None, _) => match still_valid {
-            Some(c) => use_id_token(cfg, ctx, req, c, Vec::new()),
+            Some(c) => use_id_token(cfg, ctx, req, &session.id, c, Vec::new()),
             None => start_login(cfg, ctx, req, clear_session_cookies(cfg, req)),
         },
     }
@@ -495,7 +544,7 @@ fn serve_cached(
     c: &CachedIdToken,
 ) -> Decision {
     let cookies = newest_refresh_token_cookies(cfg, ctx, req, session, c);
-    use_id_token(cfg, ctx, req, c, cookies)
+    use_id_token(cfg, ctx, req, &session.id, c, cookies)
 }
 
 /// A `Set-Cookie` for the session when the shared cache holds a newer refresh token than the browser sent
@@ -517,14 +566,22 @@ fn newest_refresh_token_cookies(
     }
 }
 
+/// Forwards with a session's ID token, unless the issuer revoked it: then the session ends on this gateway
+/// (its cached ID token is replaced by a tombstone, as at sign-out) and the browser logs in again.
 fn use_id_token(
     cfg: &FilterConfig,
     ctx: &Ctx<'_>,
     req: &RequestParts,
+    sid: &str,
     c: &CachedIdToken,
     cookies: Vec<String>,
 ) -> Decision {
     let claims = ctx.claims.claims_of_trusted(&c.id_token).unwrap_or_default();
+    if let Some(kind) = ctx.revocations.revokes(&claims) {
+        (ctx.events)(Event::Revoked(kind));
+        ctx.cache.put_session(&CachedIdToken::signed_out(sid), ctx.now_secs());
+        return start_login(cfg, ctx, req, clear_session_cookies(cfg, req));
+    }
     let mut remove = spoofable_headers(cfg, req);
     if cfg.pass_authorization_header {
         remove.push("authorization".into());
@@ -627,7 +684,7 @@ fn refreshed(
         Err(_) => {
             (ctx.events)(Event::RefreshUnavailable);
             return match cached.as_ref().filter(|c| c.expires_at > now) {
-                Some(c) => use_id_token(cfg, ctx, req, c, Vec::new()),
+                Some(c) => use_id_token(cfg, ctx, req, &session.id, c, Vec::new()),
                 None => issuer_unreachable(ctx, req),
             };
         }
@@ -667,14 +724,14 @@ fn refreshed(
         // is valid (with the rotated refresh token kept), and then the session is over.
         (ctx.events)(Event::RefreshWithoutIdToken);
         return match still_valid {
-            Some(c) => use_id_token(cfg, ctx, req, c, rotated_cookies(session.identity.clone())),
+            Some(c) => use_id_token(cfg, ctx, req, &session.id, c, rotated_cookies(session.identity.clone())),
             None => end_session(ctx),
         };
     };
     let unavailable = |ctx: &Ctx<'_>| {
         (ctx.events)(Event::RefreshUnavailable);
         let d = match still_valid {
-            Some(c) => use_id_token(cfg, ctx, req, c, Vec::new()),
+            Some(c) => use_id_token(cfg, ctx, req, &session.id, c, Vec::new()),
             None => issuer_unreachable(ctx, req),
         };
         with_cookies(d, rotated_cookies(session.identity.clone()))
@@ -682,14 +739,7 @@ fn refreshed(
     let Some(provider) = ctx.provider() else {
         return unavailable(ctx);
     };
-    let want = Expectations {
-        issuer: &cfg.issuer,
-        client_id: &cfg.client_id,
-        audiences: &[],
-        nonce: None,
-        clock_skew: cfg.clock_skew,
-        now,
-    };
+    let want = issuer_token_expectations(cfg, now, None);
     let verified = match token::verify(&id_token, &provider.jwks, &want) {
         Ok(v) => v,
         // The provider signs with a key published since the last fetch: fetch the keys, then decide again
@@ -718,7 +768,21 @@ fn refreshed(
     let entry = CachedIdToken { id_token, expires_at: verified.expires_at, ..kept.clone() };
     ctx.cache.put_session(&entry, now);
     (ctx.events)(Event::RefreshSucceeded);
-    use_id_token(cfg, ctx, req, &entry, rotated_cookies(Some(fingerprint)))
+    use_id_token(cfg, ctx, req, &session.id, &entry, rotated_cookies(Some(fingerprint)))
+}
+
+/// What a token the issuer sent this client directly must satisfy (an ID token from a code exchange, with the
+/// login's `nonce`, or a refresh; a logout token): issued for this client alone, not for the extra
+/// `audiences` bearer tokens may name.
+fn issuer_token_expectations<'a>(cfg: &'a FilterConfig, now: u64, nonce: Option<&'a str>) -> Expectations<'a> {
+    Expectations {
+        issuer: &cfg.issuer,
+        client_id: &cfg.client_id,
+        audiences: &[],
+        nonce,
+        clock_skew: cfg.clock_skew,
+        now,
+    }
 }
 
 /// `Set-Cookie` values that store `s`, split as needed, and clear stale chunks.
@@ -915,14 +979,7 @@ fn code_exchanged(
         return fail("no_id_token", "The identity provider returned no ID token.", set_cookies);
     };
     let now = ctx.now_secs();
-    let want = Expectations {
-        issuer: &cfg.issuer,
-        client_id: &cfg.client_id,
-        audiences: &[],
-        nonce: Some(&flow.nonce),
-        clock_skew: cfg.clock_skew,
-        now,
-    };
+    let want = issuer_token_expectations(cfg, now, Some(&flow.nonce));
     let verified = match token::verify(&id_token, &provider.jwks, &want) {
         Ok(v) => v,
         Err(e) => {
@@ -1012,6 +1069,108 @@ fn sign_out(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
     match revoke {
         Some(callout) => Decision::Call { callout, then: Pending::SignOut { location, set_cookies } },
         None => Decision::Redirect { location, set_cookies },
+    }
+}
+
+// === back-channel logout ===
+
+/// The largest back-channel logout request body read: a form with one JWT of a few hundred bytes.
+pub const MAX_LOGOUT_BODY: usize = 16 * 1024;
+
+/// OpenID Connect Back-Channel Logout 1.0 §2.5–2.8 at `backchannel_logout_path`: a `POST` of
+/// `logout_token=<JWT>` (form-encoded) from the issuer. The token is verified (see
+/// [`token::verify_logout_token`]) and its `jti` recorded against replay; then its `sid` (or, without one,
+/// its `sub`) is added to the shared revocation set as revoked at the token's `iat`, which ends every
+/// session of it on every worker of this gateway (and a bearer token carrying it). Answers 200, or 400
+/// with an RFC 6749-style `error` (§2.8), never cached; 503 when the keys cannot be had.
+fn backchannel_logout(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
+    let reject = |reason: &'static str, description: &str| {
+        (ctx.events)(Event::BackchannelLogoutRejected(reason));
+        let body = serde_json::json!({"error": "invalid_request", "error_description": description}).to_string();
+        Decision::Deny {
+            status: 400,
+            reason,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("cache-control".into(), "no-store".into()),
+            ],
+            body,
+        }
+    };
+    if req.method != "POST" {
+        return Decision::Deny {
+            status: 405,
+            reason: "method_not_allowed",
+            headers: vec![("allow".into(), "POST".into()), ("cache-control".into(), "no-store".into())],
+            body: String::new(),
+        };
+    }
+    let Some(body) = &req.body else {
+        return Decision::ReadBody { limit: MAX_LOGOUT_BODY };
+    };
+    let form_type = req
+        .header("content-type")
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if !form_type {
+        return reject("content_type", "expected an application/x-www-form-urlencoded body");
+    }
+    let Ok(text) = std::str::from_utf8(body) else {
+        return reject("malformed_body", "the body is not UTF-8");
+    };
+    let fields = crate::url::parse_query(text);
+    let mut tokens = fields.iter().filter(|(k, _)| k == "logout_token");
+    let token = match (tokens.next(), tokens.next()) {
+        (Some((_, t)), None) if !t.is_empty() => t,
+        (Some(_), Some(_)) => return reject("repeated_parameter", "logout_token is repeated"),
+        _ => return reject("no_logout_token", "the body has no logout_token"),
+    };
+    let Some(provider) = ctx.provider() else {
+        return if ctx.issuer.issuer_down() {
+            issuer_unreachable(ctx, req)
+        } else {
+            Decision::FetchKeys { jwks_only: false }
+        };
+    };
+    let now = ctx.now_secs();
+    let want = issuer_token_expectations(cfg, now, None);
+    let logout = match token::verify_logout_token(token, &provider.jwks, &want) {
+        Ok(l) => l,
+        Err(TokenError::UnknownKey) if !ctx.keys_refetched && provider.may_refetch_for_unknown_kid(now) => {
+            return Decision::FetchKeys { jwks_only: true };
+        }
+        Err(e) => return reject(e.reason(), &format!("logout_token: {e}")),
+    };
+    if !ctx.cache.remember_logout_jti(&logout.jti, logout.refused_after, now) {
+        return reject("replayed", "logout_token was already used (jti)");
+    }
+    let (kind, value) = match (&logout.sid, &logout.sub) {
+        (Some(sid), _) => (Kind::Sid, sid.clone()),
+        (None, Some(sub)) => (Kind::Sub, sub.clone()),
+        (None, None) => return reject("missing_claim", "logout_token has neither sid nor sub"),
+    };
+    let written = ctx.cache.update_revocations(&|set, stamp| {
+        let mut next = set.clone();
+        next.insert(kind, &value, logout.iat);
+        next.stamp = stamp;
+        next
+    });
+    if written.is_none() {
+        // The issuer retries on anything but 400 (§2.8), and a retry's `jti` is the same: forget it again.
+        ctx.cache.forget_logout_jti(&logout.jti);
+        return Decision::Deny {
+            status: 503,
+            reason: "busy",
+            headers: vec![("cache-control".into(), "no-store".into()), ("retry-after".into(), "1".into())],
+            body: String::new(),
+        };
+    }
+    (ctx.events)(Event::BackchannelLogout);
+    Decision::Deny {
+        status: 200,
+        reason: "backchannel_logout",
+        headers: vec![("cache-control".into(), "no-store".into())],
+        body: String::new(),
     }
 }
 

@@ -25,6 +25,7 @@ use crate::config::FilterConfig;
 use crate::discovery::{Provider, RETRY_AFTER_FAILURE};
 use crate::flow::Event;
 use crate::random::SystemRandom;
+use crate::revocation::Revocations;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -100,6 +101,8 @@ struct Shared {
     metrics: Metrics,
     rng: SystemRandom,
     claims: ClaimsMemo,
+    /// This worker's copy of the shared revocation set, re-read when its stamp changes.
+    revocations: RefCell<Rc<Revocations>>,
 }
 
 impl Shared {
@@ -111,11 +114,32 @@ impl Shared {
             metrics: Metrics::default(),
             rng: SystemRandom::new(),
             claims: ClaimsMemo::default(),
+            revocations: RefCell::default(),
         }
     }
 
     fn cache(&self) -> Cache<'_> {
         Cache::with_capacity(&SharedData, &self.ns, self.cfg.cache.sessions, self.cfg.cache.bearer_tokens)
+    }
+
+    /// This worker's copy of the revocation set.
+    fn revocations(&self) -> Rc<Revocations> {
+        self.revocations.borrow().clone()
+    }
+
+    /// Re-reads the shared revocation set if another worker (a poll, a back-channel logout) changed it
+    /// since this worker's copy: a read of the small stamp key, and of the set only when it differs.
+    fn sync_revocations(&self) {
+        let cache = self.cache();
+        if cache.revocations_stamp() == self.revocations.borrow().stamp {
+            return;
+        }
+        self.set_revocations(cache.revocations());
+    }
+
+    /// Replaces this worker's copy (with the set this worker just wrote).
+    fn set_revocations(&self, set: Revocations) {
+        *self.revocations.borrow_mut() = Rc::new(set);
     }
 
     /// The provider in shared data, re-parsed only when another worker replaced it.

@@ -16,6 +16,7 @@ pub mod header_map;
 pub mod oauth;
 pub mod random;
 pub mod request;
+pub mod revocation;
 pub mod session;
 pub mod token;
 pub mod url;

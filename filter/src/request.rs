@@ -41,6 +41,9 @@ pub struct RequestParts {
     malformed: Vec<String>,
     /// Names of every header as sent, lowercased (including those with non-UTF-8 values).
     names: Vec<String>,
+    /// The request body, once read: only for the requests the filter answers itself from their body
+    /// (back-channel logout, see [`crate::flow::Decision::ReadBody`]); `None` before.
+    pub body: Option<Vec<u8>>,
 }
 
 // === impl RequestParts ===
@@ -103,6 +106,7 @@ impl RequestParts {
             raw_cookies,
             malformed,
             names,
+            body: None,
         }
     }
 

@@ -51,6 +51,13 @@ pub enum TokenError {
     /// A required claim is absent.
     #[error("missing claim {0}")]
     MissingClaim(&'static str),
+    /// A token of another kind: a logout token offered as an ID or bearer token, or the other way round
+    /// (its `typ` or its `events` claim says so; RFC 8725 §3.11).
+    #[error("wrong token type")]
+    WrongType,
+    /// A logout token whose `iat` is older than [`LOGOUT_TOKEN_MAX_AGE`].
+    #[error("token issued too long ago")]
+    TooOld,
 }
 
 impl TokenError {
@@ -69,6 +76,8 @@ impl TokenError {
             TokenError::IssuedInFuture => "issued_in_future",
             TokenError::NonceMismatch => "nonce_mismatch",
             TokenError::MissingClaim(_) => "missing_claim",
+            TokenError::WrongType => "wrong_type",
+            TokenError::TooOld => "too_old",
         }
     }
 }
@@ -174,6 +183,34 @@ struct Header {
     kid: Option<String>,
     #[serde(default)]
     crit: Option<Value>,
+    #[serde(default)]
+    typ: Option<String>,
+}
+
+/// The `events` member that makes a JWT a logout token (OpenID Connect Back-Channel Logout 1.0 §2.4).
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// The JWS `typ` of a logout token (Back-Channel Logout 1.0 §2.4, explicit typing).
+pub const LOGOUT_TOKEN_TYP: &str = "logout+jwt";
+
+/// A logout token older than this (by `iat`, plus the clock skew) is refused: the issuer sends it when the
+/// session ends and retries for seconds, not minutes.
+pub const LOGOUT_TOKEN_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// A verified logout token (Back-Channel Logout 1.0 §2.4): the session `sid` or, without one, every session
+/// of `sub` ended at `iat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogoutToken {
+    /// The session that ended.
+    pub sid: Option<String>,
+    /// Its user.
+    pub sub: Option<String>,
+    /// Unix seconds of issue (the issuer's clock).
+    pub iat: u64,
+    /// The token's id, for replay detection.
+    pub jti: String,
+    /// Unix seconds after which the token is refused anyway, so its `jti` need not be remembered longer.
+    pub refused_after: u64,
 }
 
 /// A token that passed every check.
@@ -187,6 +224,16 @@ pub struct Verified {
 
 /// Verifies a compact JWS and its claims.
 pub fn verify(token: &str, jwks: &Jwks, want: &Expectations<'_>) -> Result<Verified, TokenError> {
+    let (header, claims) = verify_signature(token, jwks)?;
+    if header.typ.as_deref().is_some_and(is_logout_typ) || is_logout_event(&claims) {
+        return Err(TokenError::WrongType);
+    }
+    let expires_at = check_claims(&claims, want)?;
+    Ok(Verified { expires_at, claims })
+}
+
+/// Checks the compact JWS's signature against the JWKS; returns its header and claims, unchecked.
+fn verify_signature(token: &str, jwks: &Jwks) -> Result<(Header, Map<String, Value>), TokenError> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(TokenError::Malformed("expected three dot-separated parts"));
@@ -219,8 +266,72 @@ pub fn verify(token: &str, jwks: &Jwks, want: &Expectations<'_>) -> Result<Verif
         Ok(Value::Object(m)) => m,
         _ => return Err(TokenError::Malformed("claims")),
     };
-    let expires_at = check_claims(&claims, want)?;
-    Ok(Verified { expires_at, claims })
+    Ok((header, claims))
+}
+
+fn is_logout_typ(typ: &str) -> bool {
+    let typ = typ.to_ascii_lowercase();
+    typ == LOGOUT_TOKEN_TYP || typ.strip_prefix("application/") == Some(LOGOUT_TOKEN_TYP)
+}
+
+fn is_logout_event(claims: &Map<String, Value>) -> bool {
+    claims.get("events").and_then(Value::as_object).is_some_and(|e| e.contains_key(BACKCHANNEL_LOGOUT_EVENT))
+}
+
+/// Verifies a logout token as Back-Channel Logout 1.0 §2.6 says: the signature by the issuer's keys; `typ`,
+/// when present, `logout+jwt`; `iss`; `aud` naming this client (`want.client_id`; further audiences do not
+/// count); `iat` present, not in the future and not older than [`LOGOUT_TOKEN_MAX_AGE`]; `exp`, when
+/// present, not passed; the `events` claim with the back-channel logout member; no `nonce`; a `sid` or a
+/// `sub`; a `jti`. All times allow `want.clock_skew`. Remembering `jti`s is the caller's job.
+pub fn verify_logout_token(token: &str, jwks: &Jwks, want: &Expectations<'_>) -> Result<LogoutToken, TokenError> {
+    let (header, claims) = verify_signature(token, jwks)?;
+    if header.typ.as_deref().is_some_and(|t| !is_logout_typ(t) && !t.eq_ignore_ascii_case("JWT")) {
+        return Err(TokenError::WrongType);
+    }
+    let skew = want.clock_skew.as_secs();
+    match claims.get("iss") {
+        Some(Value::String(iss)) if iss == want.issuer => {}
+        Some(_) => return Err(TokenError::WrongIssuer),
+        None => return Err(TokenError::MissingClaim("iss")),
+    }
+    let for_us = match claims.get("aud") {
+        Some(Value::String(a)) => a == want.client_id,
+        Some(Value::Array(a)) => a.iter().any(|a| a.as_str() == Some(want.client_id)),
+        _ => return Err(TokenError::MissingClaim("aud")),
+    };
+    if !for_us {
+        return Err(TokenError::WrongAudience);
+    }
+    let iat = numeric_date(&claims, "iat")?.ok_or(TokenError::MissingClaim("iat"))?;
+    if iat > want.now.saturating_add(skew) {
+        return Err(TokenError::IssuedInFuture);
+    }
+    let oldest = want.now.saturating_sub(LOGOUT_TOKEN_MAX_AGE.as_secs().saturating_add(skew));
+    if iat < oldest {
+        return Err(TokenError::TooOld);
+    }
+    let exp = numeric_date(&claims, "exp")?;
+    if exp.is_some_and(|exp| exp.saturating_add(skew) <= want.now) {
+        return Err(TokenError::Expired);
+    }
+    if !is_logout_event(&claims) {
+        return Err(TokenError::WrongType);
+    }
+    if !claims.get("events").and_then(|e| e.get(BACKCHANNEL_LOGOUT_EVENT)).is_some_and(Value::is_object) {
+        return Err(TokenError::Malformed("the back-channel logout event is not a JSON object"));
+    }
+    if claims.contains_key("nonce") {
+        return Err(TokenError::Malformed("a logout token carries no nonce"));
+    }
+    let text = |name: &str| claims.get(name).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_owned);
+    let (sid, sub) = (text("sid"), text("sub"));
+    if sid.is_none() && sub.is_none() {
+        return Err(TokenError::MissingClaim("sid or sub"));
+    }
+    let jti = text("jti").ok_or(TokenError::MissingClaim("jti"))?;
+    let limit = iat.saturating_add(LOGOUT_TOKEN_MAX_AGE.as_secs()).saturating_add(skew);
+    let refused_after = exp.map_or(limit, |exp| exp.saturating_add(skew).min(limit));
+    Ok(LogoutToken { sid, sub, iat, jti, refused_after })
 }
 
 /// Reads the claims of a token without verifying it: only for tokens this filter verified before
@@ -369,9 +480,14 @@ pub(crate) mod testing {
             Signer { rsa, ec, ed, jwks }
         }
 
-        /// Signs `claims` with header `{alg, kid}`; `alg` picks the key.
+        /// Signs `claims` with header `{alg, kid, typ: JWT}`; `alg` picks the key.
         pub(crate) fn sign(&self, alg: &str, kid: Option<&str>, claims: &Value) -> String {
-            let mut header = serde_json::json!({ "alg": alg, "typ": "JWT" });
+            self.sign_typed(alg, kid, "JWT", claims)
+        }
+
+        /// Signs `claims` with header `{alg, kid, typ}`.
+        pub(crate) fn sign_typed(&self, alg: &str, kid: Option<&str>, typ: &str, claims: &Value) -> String {
+            let mut header = serde_json::json!({ "alg": alg, "typ": typ });
             if let Some(kid) = kid {
                 header["kid"] = kid.into();
             }
@@ -578,5 +694,79 @@ mod tests {
         let t = s.sign("EdDSA", Some("ed"), &claims());
         assert_eq!(claims_of_trusted(&t).unwrap()["sub"], "user-1");
         assert_eq!(claims_of_trusted("x"), None);
+    }
+    fn logout_claims() -> Value {
+        serde_json::json!({
+            "iss": "https://dex.example.com",
+            "aud": "kube",
+            "iat": NOW - 10,
+            "exp": NOW + 110,
+            "jti": "j-1",
+            "events": { BACKCHANNEL_LOGOUT_EVENT: {} },
+            "sid": "session-1",
+            "sub": "user-1",
+        })
+    }
+
+    #[test]
+    fn a_logout_token_verifies_with_every_required_claim() {
+        let s = testing::Signer::new();
+        let t = s.sign_typed("RS256", Some("rsa"), "logout+jwt", &logout_claims());
+        let v = verify_logout_token(&t, &s.jwks, &want(None)).unwrap();
+        assert_eq!(
+            (v.sid.as_deref(), v.sub.as_deref(), v.iat, v.jti.as_str()),
+            (Some("session-1"), Some("user-1"), NOW - 10, "j-1")
+        );
+        assert_eq!(v.refused_after, NOW + 110 + 60, "exp plus the skew, within the maximum age");
+        // Back-Channel Logout 1.0 lets `typ` be absent.
+        let untyped = s.sign_typed("ES256", Some("ec"), "JWT", &logout_claims());
+        assert!(verify_logout_token(&untyped, &s.jwks, &want(None)).is_ok());
+    }
+
+    #[test]
+    fn logout_tokens_missing_a_check_are_refused_with_their_reason() {
+        let s = testing::Signer::new();
+        let patched = |patch: Value| {
+            let mut c = logout_claims();
+            for (k, v) in patch.as_object().unwrap() {
+                if v.is_null() {
+                    c.as_object_mut().unwrap().remove(k);
+                } else {
+                    c[k] = v.clone();
+                }
+            }
+            s.sign_typed("RS256", Some("rsa"), "logout+jwt", &c)
+        };
+        let cases = [
+            (serde_json::json!({"iss": "https://evil.example"}), "wrong_issuer"),
+            (serde_json::json!({"aud": "other-client"}), "wrong_audience"),
+            (serde_json::json!({"iat": null}), "missing_claim"),
+            (serde_json::json!({"iat": NOW + 600}), "issued_in_future"),
+            (serde_json::json!({"iat": NOW - 3600, "exp": NOW + 10}), "too_old"),
+            (serde_json::json!({"exp": NOW - 120}), "expired"),
+            (serde_json::json!({"events": null}), "wrong_type"),
+            (serde_json::json!({"events": {BACKCHANNEL_LOGOUT_EVENT: "yes"}}), "malformed"),
+            (serde_json::json!({"nonce": "n"}), "malformed"),
+            (serde_json::json!({"sid": null, "sub": null}), "missing_claim"),
+            (serde_json::json!({"jti": null}), "missing_claim"),
+        ];
+        for (patch, reason) in cases {
+            let err = verify_logout_token(&patched(patch.clone()), &s.jwks, &want(None)).unwrap_err();
+            assert_eq!(err.reason(), reason, "{patch}");
+        }
+        let id_typed = s.sign_typed("RS256", Some("rsa"), "at+jwt", &logout_claims());
+        assert_eq!(verify_logout_token(&id_typed, &s.jwks, &want(None)).unwrap_err(), TokenError::WrongType);
+        let forged = format!("{}x", s.sign_typed("RS256", Some("rsa"), "logout+jwt", &logout_claims()));
+        assert!(verify_logout_token(&forged, &s.jwks, &want(None)).is_err());
+    }
+
+    #[test]
+    fn a_logout_token_is_never_accepted_as_a_bearer_or_id_token() {
+        // It has `iss`, `aud`, `exp` and `sub`, so without explicit typing it would pass as a bearer token.
+        let s = testing::Signer::new();
+        let typed = s.sign_typed("RS256", Some("rsa"), "logout+jwt", &logout_claims());
+        assert_eq!(verify(&typed, &s.jwks, &want(None)).unwrap_err(), TokenError::WrongType);
+        let untyped = s.sign("RS256", Some("rsa"), &logout_claims());
+        assert_eq!(verify(&untyped, &s.jwks, &want(None)).unwrap_err(), TokenError::WrongType);
     }
 }

@@ -19,6 +19,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_kubectl-oidc_login");
 /// registered before the issuer starts; `Tune` is a plain `fn`).
 static PORT: AtomicU16 = AtomicU16::new(0);
 
+/// Held by each test that sets [`PORT`], so tests running in parallel do not change it under each other.
+static PORT_USER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn redirect() -> String {
     format!("http://127.0.0.1:{}/callback", PORT.load(Ordering::SeqCst))
 }
@@ -56,6 +59,25 @@ async fn login_url(child: &mut std::process::Child) -> String {
     rx.await.expect("the plugin prints the sign-in URL")
 }
 
+/// The plugin's token cache under `home` (one file per issuer and client).
+fn cache_file(home: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(home.join(".kube/cache/oidc-login"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap()
+}
+
+/// Replaces the cached ID token with one past its `exp`, so the next run must use the refresh token;
+/// returns the cache as it was.
+fn expire_cached_id_token(cache: &std::path::Path) -> Value {
+    let cached: Value = serde_json::from_slice(&std::fs::read(cache).unwrap()).unwrap();
+    let mut expired = cached.clone();
+    expired["id_token"] = format!("e30.{}.sig", B64.encode(br#"{"exp":1}"#)).into();
+    std::fs::write(cache, serde_json::to_vec(&expired).unwrap()).unwrap();
+    cached
+}
+
 fn exec_credential(out: &std::process::Output) -> Value {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -67,6 +89,7 @@ fn exec_credential(out: &std::process::Output) -> Value {
 
 #[tokio::test]
 async fn get_token_logs_in_once_then_uses_the_cache_and_refreshes_an_expired_token() {
+    let _port = PORT_USER.lock().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     PORT.store(port, Ordering::SeqCst);
     let issuer = Issuer::start_tuned(register_loopback).await;
@@ -87,12 +110,7 @@ async fn get_token_logs_in_once_then_uses_the_cache_and_refreshes_an_expired_tok
     assert_eq!(claims(&token)["aud"], "kubernetes");
     assert_eq!(claims(&token)["email"], "jane@example.com");
 
-    let cache_dir = home.path().join(".kube/cache/oidc-login");
-    let cache = std::fs::read_dir(&cache_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .unwrap();
+    let cache = cache_file(home.path());
     assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o600, "the cache is private");
 
     let out = tokio::task::spawn_blocking({
@@ -104,10 +122,7 @@ async fn get_token_logs_in_once_then_uses_the_cache_and_refreshes_an_expired_tok
     assert_eq!(exec_credential(&out)["status"]["token"], token.as_str(), "a valid cached token is reused");
 
     // An ID token past its exp: the plugin refreshes instead of logging in again.
-    let mut cached: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
-    let expired = format!("e30.{}.sig", B64.encode(br#"{"exp":1}"#));
-    cached["id_token"] = expired.into();
-    std::fs::write(&cache, serde_json::to_vec(&cached).unwrap()).unwrap();
+    let cached = expire_cached_id_token(&cache);
     let out = tokio::task::spawn_blocking({
         let mut cmd = get_token(&issuer, home.path());
         move || cmd.output().unwrap()
@@ -235,4 +250,40 @@ async fn authcode_keyboard_signs_in_a_public_client_with_a_pasted_code() {
     let auth = auth_url.replace("client_id=kubectl", "client_id=kubernetes");
     let r = http().get(&auth).send().await.unwrap();
     assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn after_the_user_is_revoked_get_token_falls_back_to_a_new_login() {
+    // Issue 12: `issuer revoke --user` ends every refresh-token family of the user, so the plugin's cached
+    // refresh token is refused (`invalid_grant`) and the plugin asks for a new sign-in instead of failing.
+    let _port = PORT_USER.lock().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    PORT.store(port, Ordering::SeqCst);
+    let issuer = Issuer::start_tuned(register_loopback).await;
+    let home = tempfile::tempdir().unwrap();
+    let sign_in = |mut child: std::process::Child| {
+        let issuer_url = issuer.endpoint("/auth?");
+        async move {
+            let auth_url = login_url(&mut child).await;
+            assert!(auth_url.starts_with(&issuer_url), "{auth_url}");
+            let (_, location) = Browser::new().sign_in(&auth_url, "jane@example.com", "password").await;
+            assert_eq!(http().get(location.unwrap()).send().await.unwrap().status(), 200);
+            let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+            exec_credential(&out)["status"]["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let first = sign_in(get_token(&issuer, home.path()).spawn().unwrap()).await;
+
+    let summary =
+        issuer::revocation::revoke(&issuer.state, &issuer::revocation::Target::User("jane@example.com".into()))
+            .await
+            .unwrap();
+    assert_eq!(summary.families, 1, "the plugin's family");
+    // Make the cached ID token look expired, so the plugin must use its (now revoked) refresh token.
+    expire_cached_id_token(&cache_file(home.path()));
+
+    let second = sign_in(get_token(&issuer, home.path()).spawn().unwrap()).await;
+    assert_ne!(second, first);
+    assert_eq!(claims(&second)["email"], "jane@example.com");
+    assert_ne!(claims(&second)["sid"], claims(&first)["sid"], "a new login, not a refresh of the revoked one");
 }

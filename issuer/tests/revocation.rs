@@ -187,6 +187,12 @@ async fn issuer_with_backchannel(receiver: &str) -> (Issuer, std::path::PathBuf)
 }
 
 /// Signs jane in with `browser` for the example app; returns the token response.
+/// RP-initiated logout in `browser` with the ID token of `tokens` as `id_token_hint`.
+async fn logout(issuer: &Issuer, browser: &Browser, tokens: &Value) -> reqwest::Response {
+    let hint = tokens["id_token"].as_str().unwrap();
+    browser.client.get(issuer.endpoint("/logout")).query(&[("id_token_hint", hint)]).send().await.unwrap()
+}
+
 async fn browser_tokens(issuer: &Issuer, browser: &Browser) -> Value {
     let (status, location) =
         browser.sign_in(&issuer.auth_url("openid email offline_access", "st"), "jane@example.com", "password").await;
@@ -234,18 +240,13 @@ async fn logout_and_revoke_session_send_back_channel_logout_tokens() {
         http().get(issuer.endpoint("/.well-known/openid-configuration")).send().await.unwrap().json().await.unwrap();
     assert_eq!(discovery["backchannel_logout_supported"], true);
     assert_eq!(discovery["backchannel_logout_session_supported"], true);
+    assert_eq!(discovery["revocation_feed_endpoint"], issuer.endpoint("/revocations"), "gateways find the feed here");
 
     // RP-initiated logout.
     let browser = Browser::new();
     let tokens = browser_tokens(&issuer, &browser).await;
     let id_token = claims(tokens["id_token"].as_str().unwrap());
-    let r = browser
-        .client
-        .get(issuer.endpoint("/logout"))
-        .query(&[("id_token_hint", tokens["id_token"].as_str().unwrap())])
-        .send()
-        .await
-        .unwrap();
+    let r = logout(&issuer, &browser, &tokens).await;
     assert_eq!(r.status(), 200);
     let got = receiver.wait_for(1).await;
     verify_logout_token(&issuer, &got[0], &id_token).await;
@@ -272,13 +273,7 @@ async fn a_back_channel_logout_is_retried_after_503() {
     let (issuer, _config) = issuer_with_backchannel(&receiver.start().await).await;
     let browser = Browser::new();
     let tokens = browser_tokens(&issuer, &browser).await;
-    let r = browser
-        .client
-        .get(issuer.endpoint("/logout"))
-        .query(&[("id_token_hint", tokens["id_token"].as_str().unwrap())])
-        .send()
-        .await
-        .unwrap();
+    let r = logout(&issuer, &browser, &tokens).await;
     assert_eq!(r.status(), 200, "the logout does not wait for the deliveries");
     let got = receiver.wait_for(3).await;
     assert_eq!(got.len(), 3, "two 503s, then a 200: three deliveries");

@@ -134,6 +134,7 @@ fn request(rng: &mut Rng) -> Request {
         b"/oauth2/callback?code=c&state=0123abcd.x",
         b"/oauth2/sign_out",
         b"/oauth2/sign_out?rd=//evil",
+        b"/oauth2/backchannel_logout",
         b"/healthz",
         b"/caf\xe9",
         b"",
@@ -152,6 +153,18 @@ fn request(rng: &mut Rng) -> Request {
         headers: Vec::new(),
         body: Vec::new(),
     };
+    if rng.chance(15) {
+        // A back-channel logout: a form body with a logout_token that is anything from a JWT shape to junk.
+        r.method = "POST".into();
+        r.path = b"/oauth2/backchannel_logout".to_vec();
+        r.headers.push((b"content-type".to_vec(), b"application/x-www-form-urlencoded".to_vec()));
+        let token = match rng.below(3) {
+            0 => b"eyJhbGciOiJFZERTQSIsImtpZCI6ImVkIn0.eyJzaWQiOiJ4In0.c2ln".to_vec(),
+            1 => bytes(rng, 40),
+            _ => Vec::new(),
+        };
+        r.body = [b"logout_token=".as_slice(), &token, &bytes(rng, 4)].concat();
+    }
     for _ in 0..rng.below(8) {
         let name = header_name(rng);
         let value = bytes(rng, 24);
@@ -174,13 +187,22 @@ fn issuer_answer(rng: &mut Rng, headers: &[HeaderPair]) -> CalloutAnswer {
     let good = rng.chance(70);
     let body = match path.as_slice() {
         b"/.well-known/openid-configuration" if good => format!(
-            r#"{{"issuer":"{ISSUER}","authorization_endpoint":"{ISSUER}/auth","token_endpoint":"{ISSUER}/token","jwks_uri":"{ISSUER}/keys","revocation_endpoint":"{ISSUER}/revoke","end_session_endpoint":"{ISSUER}/logout"}}"#
+            r#"{{"issuer":"{ISSUER}","authorization_endpoint":"{ISSUER}/auth","token_endpoint":"{ISSUER}/token","jwks_uri":"{ISSUER}/keys","revocation_endpoint":"{ISSUER}/revoke","end_session_endpoint":"{ISSUER}/logout","revocation_feed_endpoint":"{ISSUER}/revocations"}}"#
         )
         .into_bytes(),
         b"/keys" if good => {
             br#"{"keys":[{"kty":"OKP","kid":"ed","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#
                 .to_vec()
         }
+        p if good && p.starts_with(b"/revocations") => format!(
+            r#"{{"cursor":"{}","reset":{},"revocations":[{{"kind":"{}","value":"{}","revoked_at":{}}}],"interval":5}}"#,
+            rng.below(100),
+            rng.chance(20),
+            ["sid", "sub", "group", "all", "other"][rng.below(5)],
+            String::from_utf8_lossy(&bytes(rng, 8)).replace(['"', '\\'], ""),
+            rng.next() % 2_000_000_000
+        )
+        .into_bytes(),
         b"/token" if good => format!(
             r#"{{"access_token":"a","token_type":"Bearer","id_token":"{}","refresh_token":"{}","expires_in":60}}"#,
             String::from_utf8_lossy(&bytes(rng, 20)).replace('"', ""),

@@ -12,6 +12,7 @@ use filter::discovery::Provider;
 use filter::flow::{self, Ctx, Decision, IssuerState};
 use filter::random::SystemRandom;
 use filter::request::RequestParts;
+use filter::revocation::Revocations;
 
 use crate::issuer::{self, GATEWAY_HOST};
 use crate::stats::Summary;
@@ -25,6 +26,8 @@ pub(crate) struct NativeFilter {
     memo: ClaimsMemo,
     rng: SystemRandom,
     issuer_url: String,
+    /// This "worker's" copy of the revocation set (empty unless a case fills it).
+    pub(crate) revocations: Revocations,
 }
 
 fn unix_now() -> u64 {
@@ -70,6 +73,7 @@ impl NativeFilter {
             memo: ClaimsMemo::default(),
             rng: SystemRandom::new(),
             issuer_url: issuer_url.to_owned(),
+            revocations: Revocations::default(),
         })
     }
 
@@ -82,6 +86,7 @@ impl NativeFilter {
             rng: &self.rng,
             events: &|_| {},
             keys_refetched: false,
+            revocations: &self.revocations,
         };
         f(&ctx)
     }
@@ -94,6 +99,11 @@ impl NativeFilter {
 
     /// Times `n` decisions on the headers `make` builds (after `n / 10` untimed); each must forward.
     pub(crate) fn repeated(&self, n: usize, make: impl Fn() -> Vec<(String, String)>) -> anyhow::Result<Summary> {
+        Ok(Summary::of(&mut self.samples(n, make)?))
+    }
+
+    /// The `n` timings behind [`NativeFilter::repeated`].
+    pub(crate) fn samples(&self, n: usize, make: impl Fn() -> Vec<(String, String)>) -> anyhow::Result<Vec<Duration>> {
         let mut samples = Vec::with_capacity(n);
         for i in 0..n + n / 10 {
             let h = make();
@@ -107,7 +117,7 @@ impl NativeFilter {
                 samples.push(took);
             }
         }
-        Ok(Summary::of(&mut samples))
+        Ok(samples)
     }
 
     /// A bearer request's headers.

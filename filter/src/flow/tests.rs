@@ -67,6 +67,7 @@ fn metadata() -> ProviderMetadata {
         jwks_uri: format!("{ISSUER}/keys"),
         revocation_endpoint: Some(format!("{ISSUER}/revoke")),
         end_session_endpoint: Some(format!("{ISSUER}/logout")),
+        revocation_feed_endpoint: Some(format!("{ISSUER}/revocations")),
     }
 }
 
@@ -98,7 +99,12 @@ impl World {
         }
     }
 
-    fn ctx<'a>(&'a self, events: &'a dyn Fn(Event)) -> Ctx<'a> {
+    /// The shared revocation set, as a worker's copy right after syncing.
+    fn revocations(&self) -> Revocations {
+        Cache::new(&self.store, &self.ns).revocations()
+    }
+
+    fn ctx<'a>(&'a self, events: &'a dyn Fn(Event), revocations: &'a Revocations) -> Ctx<'a> {
         Ctx {
             now: UNIX_EPOCH + Duration::from_secs(self.now.get()),
             issuer: self,
@@ -107,18 +113,19 @@ impl World {
             rng: &self.rng,
             events,
             keys_refetched: self.keys_refetched,
+            revocations,
         }
     }
 
     fn decide(&self, req: &RequestParts) -> Decision {
         let push = |e| self.events.borrow_mut().push(e);
-        decide(&self.cfg, &self.ctx(&push), req)
+        decide(&self.cfg, &self.ctx(&push, &self.revocations()), req)
     }
 
     fn resume(&self, req: &RequestParts, pending: Pending, status: u16, body: &str) -> Decision {
         let push = |e| self.events.borrow_mut().push(e);
         let resp = CalloutResponse { status, body: body.as_bytes().to_vec() };
-        resume(&self.cfg, &self.ctx(&push), req, pending, &resp)
+        resume(&self.cfg, &self.ctx(&push, &self.revocations()), req, pending, &resp)
     }
 
     fn id_token(&self, patch: serde_json::Value) -> String {
@@ -154,7 +161,8 @@ impl World {
         let Decision::Call { then, .. } = self.decide(&cb) else { panic!("code exchange") };
         let Pending::CodeExchange { flow, .. } = &then else { panic!() };
         let body =
-            json!({"id_token": self.id_token(json!({"nonce": flow.nonce})), "refresh_token": "rt-1"}).to_string();
+            json!({"id_token": self.id_token(json!({"nonce": flow.nonce, "sid": "issuer-session-1"})), "refresh_token": "rt-1"})
+                .to_string();
         let Decision::Redirect { set_cookies, .. } = self.resume(&cb, then, 200, &body) else {
             panic!("session starts")
         };
@@ -603,7 +611,10 @@ fn requests_before_keys_are_known_wait_for_a_fetch() {
     assert_eq!(w.decide(&browser("/", &[])), Decision::FetchKeys { jwks_only: false });
     assert_eq!(w.decide(&api("/", &[("authorization", "Bearer a.b.c")])), Decision::FetchKeys { jwks_only: false });
     let push = |_| {};
-    let Decision::Deny { status, .. } = issuer_unreachable(&w.ctx(&push), &browser("/", &[])) else { panic!() };
+    let Decision::Deny { status, .. } = issuer_unreachable(&w.ctx(&push, &Revocations::default()), &browser("/", &[]))
+    else {
+        panic!()
+    };
     assert_eq!(status, 503);
 }
 
@@ -1051,8 +1062,153 @@ fn a_slow_response_carries_the_refresh_token_that_is_newest_when_it_leaves() {
     assert!(matches!(w.resume(&req, then, 200, &body), Decision::Forward { .. }));
     // B's response leaves now: with rt-3, not the spent rt-2.
     let push = |e| w.events.borrow_mut().push(e);
-    let mut finals = finalize_response_cookies(&w.cfg, &w.ctx(&push), &req, slow);
+    let mut finals = finalize_response_cookies(&w.cfg, &w.ctx(&push, &w.revocations()), &req, slow);
     finals.push("theme=dark; Path=/".into());
     assert_eq!(session_of(&w, &finals[0]).refresh_token.as_deref(), Some("rt-3"));
     assert!(finals.iter().any(|c| c.starts_with("theme=dark")), "other cookies pass");
+}
+
+// === revocation and back-channel logout ===
+
+fn logout_token(w: &World, patch: serde_json::Value) -> String {
+    let mut claims = json!({
+        "iss": ISSUER, "aud": "kube", "iat": w.now.get(), "exp": w.now.get() + 120, "jti": "jti-1",
+        "events": {crate::token::BACKCHANNEL_LOGOUT_EVENT: {}}, "sid": "issuer-session-1", "sub": "user-1",
+    });
+    for (k, v) in patch.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    w.signer.sign_typed("RS256", Some("rsa"), "logout+jwt", &claims)
+}
+
+/// The issuer's POST, body included (what the host hands over after [`Decision::ReadBody`]).
+fn backchannel(content_type: &str, body: &str) -> RequestParts {
+    let mut req = request("POST", "/oauth2/backchannel_logout", &[("content-type", content_type)], &[]);
+    req.body = Some(body.as_bytes().to_vec());
+    req
+}
+
+fn revoke(w: &World, kind: Kind, value: &str, at: u64) {
+    Cache::new(&w.store, &w.ns).update_revocations(&|set, stamp| {
+        let mut next = set.clone();
+        next.insert(kind, value, at);
+        next.stamp = stamp;
+        next
+    });
+}
+
+#[test]
+fn a_back_channel_logout_ends_the_sessions_of_its_sid_and_cannot_be_replayed() {
+    let w = World::new();
+    let cookies = w.login();
+    assert!(matches!(w.decide(&browser("/app", &refs(&cookies))), Decision::Forward { .. }));
+
+    let mut post =
+        request("POST", "/oauth2/backchannel_logout", &[("content-type", "application/x-www-form-urlencoded")], &[]);
+    assert_eq!(w.decide(&post), Decision::ReadBody { limit: MAX_LOGOUT_BODY }, "the token is in the body");
+    post.body = Some(format!("logout_token={}", logout_token(&w, json!({}))).into_bytes());
+    let d = w.decide(&post);
+    let Decision::Deny { status: 200, headers, .. } = &d else { panic!("{d:?}") };
+    assert_eq!(header(headers, "cache-control"), Some("no-store"));
+    assert!(w.saw(Event::BackchannelLogout));
+
+    // The session's next request is sent to log in again, its cookies cleared; an API call gets 401.
+    let Decision::Redirect { location, set_cookies } = w.decide(&browser("/app", &refs(&cookies))) else {
+        panic!("a revoked session logs in again")
+    };
+    assert!(location.starts_with(&format!("{ISSUER}/auth?")));
+    assert!(set_cookies.iter().any(|c| c.starts_with("_tokengate=;") && c.contains("Max-Age=0")), "{set_cookies:?}");
+    assert!(w.saw(Event::Revoked(Kind::Sid)));
+    let xhr = request("GET", "/api", &[("accept", "application/json")], &refs(&cookies));
+    assert!(matches!(w.decide(&xhr), Decision::Deny { status: 401, .. }));
+
+    // Back-Channel Logout 1.0 §2.6: the same token again is a replay.
+    let d = w.decide(&post);
+    assert!(matches!(d, Decision::Deny { status: 400, reason: "replayed", .. }), "{d:?}");
+}
+
+#[test]
+fn back_channel_requests_failing_a_check_get_400_and_revoke_nothing() {
+    let w = World::new();
+    let form = "application/x-www-form-urlencoded";
+    let get = request("GET", "/oauth2/backchannel_logout", &[], &[]);
+    assert!(matches!(w.decide(&get), Decision::Deny { status: 405, .. }));
+    let cases = [
+        (
+            backchannel("application/json", &format!("{{\"logout_token\":\"{}\"}}", logout_token(&w, json!({})))),
+            "content_type",
+        ),
+        (backchannel(form, ""), "no_logout_token"),
+        (backchannel(form, "logout_token=a&logout_token=b"), "repeated_parameter"),
+        (backchannel(form, "logout_token=not.a.jwt"), "malformed"),
+        (
+            backchannel(form, &format!("logout_token={}", logout_token(&w, json!({"aud": "another-client"})))),
+            "wrong_audience",
+        ),
+        (backchannel(form, &format!("logout_token={}", logout_token(&w, json!({"nonce": "n"})))), "malformed"),
+        (backchannel(form, &format!("logout_token={}", logout_token(&w, json!({"iat": NOW - 3600})))), "too_old"),
+    ];
+    for (req, reason) in cases {
+        let d = w.decide(&req);
+        let Decision::Deny { status: 400, reason: got, headers, body } = &d else { panic!("{reason}: {d:?}") };
+        assert_eq!(*got, reason);
+        assert_eq!(header(headers, "content-type"), Some("application/json"));
+        assert!(body.contains("\"error\":\"invalid_request\""), "{body}");
+    }
+    let mut not_utf8 = backchannel(form, "");
+    not_utf8.body = Some(vec![0xff, 0xfe]);
+    assert!(matches!(w.decide(&not_utf8), Decision::Deny { status: 400, reason: "malformed_body", .. }));
+    assert!(w.revocations().is_empty());
+}
+
+#[test]
+fn a_logout_token_signed_with_a_new_key_refetches_the_keys_once() {
+    let mut w = World::new();
+    let token = w.signer.sign_typed("RS256", Some("rotated"), "logout+jwt", &json!({}));
+    let req = backchannel("application/x-www-form-urlencoded", &format!("logout_token={token}"));
+    assert_eq!(w.decide(&req), Decision::FetchKeys { jwks_only: true });
+    w.keys_refetched = true;
+    assert!(matches!(w.decide(&req), Decision::Deny { status: 400, reason: "unknown_kid", .. }));
+}
+
+#[test]
+fn bearer_tokens_of_a_revoked_user_issued_before_the_revocation_get_401_invalid_token() {
+    let w = World::new();
+    let bearer = |token: &str| api("/api", &[("authorization", &format!("Bearer {token}"))]);
+    let before = w.id_token(json!({}));
+    assert!(matches!(w.decide(&bearer(&before)), Decision::Forward { .. }), "verified and cached");
+    revoke(&w, Kind::Sub, "user-1", NOW);
+    for token in [before.clone(), w.id_token(json!({"jti": "another"}))] {
+        let d = w.decide(&bearer(&token));
+        let Decision::Deny { status: 401, reason: "revoked", headers, .. } = &d else { panic!("{d:?}") };
+        assert_eq!(
+            header(headers, "www-authenticate"),
+            Some("Bearer error=\"invalid_token\", error_description=\"token revoked\"")
+        );
+    }
+    assert!(w.saw(Event::Revoked(Kind::Sub)));
+    let later = w.id_token(json!({"iat": NOW + 1}));
+    assert!(matches!(w.decide(&bearer(&later)), Decision::Forward { .. }), "a token minted after it");
+    let other = w.id_token(json!({"sub": "user-2"}));
+    assert!(matches!(w.decide(&bearer(&other)), Decision::Forward { .. }), "another user is untouched");
+}
+
+#[test]
+fn sessions_in_a_revoked_group_or_before_revoke_all_log_in_again() {
+    for (kind, value) in [(Kind::Group, "dev"), (Kind::All, "")] {
+        let w = World::new();
+        let cookies = w.login();
+        revoke(&w, Kind::Group, "unrelated", NOW);
+        assert!(matches!(w.decide(&browser("/app", &refs(&cookies))), Decision::Forward { .. }));
+        revoke(&w, kind, value, NOW);
+        assert!(matches!(w.decide(&browser("/app", &refs(&cookies))), Decision::Redirect { .. }), "{kind:?}");
+        assert!(w.saw(Event::Revoked(kind)));
+        // The tombstone keeps the old cookie out even once the entry is gone from the set.
+        Cache::new(&w.store, &w.ns).update_revocations(&|_, stamp| {
+            let mut empty = Revocations::default();
+            empty.stamp = stamp;
+            empty
+        });
+        assert!(matches!(w.decide(&browser("/app", &refs(&cookies))), Decision::Redirect { .. }));
+    }
 }

@@ -1,6 +1,7 @@
 //! The root context: parses the configuration once, keeps discovery and JWKS fresh in shared data (at
-//! start, on the refresh interval, and retrying while the issuer is down), and creates one stream
-//! context per request with the shared state.
+//! start, on the refresh interval, and retrying while the issuer is down), polls the issuer's revocation
+//! feed into shared data (one worker per interval), refreshes this worker's copy of the revocation set
+//! every tick, and creates one stream context per request with the shared state.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -11,6 +12,8 @@ use proxy_wasm::types::{ContextType, LogLevel};
 use super::{dispatch, log, read_response, unix_now, Shared};
 use crate::config::FilterConfig;
 use crate::discovery::{self, FetchOutcome, FetchStep, KeyState, RETRY_AFTER_FAILURE};
+use crate::flow::Event;
+use crate::revocation::{self, Poll, PollStep};
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -21,6 +24,10 @@ pub(super) struct Root {
     /// The fetch this worker has in flight.
     fetching: Option<(u32, FetchStep)>,
     last_attempt: u64,
+    /// The revocation-feed poll this worker has in flight.
+    polling: Option<(u32, Poll)>,
+    /// The last poll failed (so a failure is logged once, not every interval).
+    feed_failing: bool,
 }
 
 impl Root {
@@ -66,11 +73,82 @@ impl Root {
     }
 }
 
+impl Root {
+    /// Polls the revocation feed if the issuer offers one, polling is on, and it is this gateway's turn.
+    fn maybe_poll(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let interval = shared.cfg.revocation_poll_interval;
+        if interval.is_zero() || self.polling.is_some() {
+            return;
+        }
+        let Some(endpoint) = shared.provider().and_then(|p| p.metadata.revocation_feed_endpoint.clone()) else {
+            return;
+        };
+        let now = unix_now();
+        let cache = shared.cache();
+        if !cache.try_feed_poll(now, revocation::next_poll(now, interval, &shared.rng)) {
+            return;
+        }
+        match Poll::start(&shared.cfg, &endpoint, &shared.revocations(), now) {
+            Ok((callout, poll)) => self.poll_step(&shared, PollStep::Next(callout, poll)),
+            Err(e) => log(LogLevel::Warn, &format!("revocation_feed_endpoint {endpoint:?}: {e}")),
+        }
+    }
+
+    fn poll_step(&mut self, shared: &Shared, step: PollStep) {
+        match step {
+            PollStep::Next(callout, poll) => match dispatch(&shared.cfg.cluster, &callout) {
+                Ok(token) => self.polling = Some((token, poll)),
+                Err(status) => {
+                    self.poll_failed(shared, &format!("cannot call cluster {:?}: {status:?}", shared.cfg.cluster))
+                }
+            },
+            PollStep::Done(None) => self.feed_failing = false,
+            PollStep::Done(Some(update)) => {
+                self.feed_failing = false;
+                match shared.cache().update_revocations(&|set, stamp| set.apply(&update, stamp)) {
+                    Some(set) => {
+                        log(
+                            LogLevel::Info,
+                            &format!(
+                                "revocation feed: now {} revoked sessions, users and groups (cursor {})",
+                                set.len(),
+                                set.cursor
+                            ),
+                        );
+                        shared.set_revocations(set);
+                    }
+                    None => log(LogLevel::Warn, "revocation feed: the shared set kept changing; the next poll retries"),
+                }
+            }
+            PollStep::Failed(e) => self.poll_failed(shared, &e.to_string()),
+        }
+    }
+
+    fn poll_failed(&mut self, shared: &Shared, why: &str) {
+        shared.metrics.count(Event::RevocationFeedFailed);
+        if !self.feed_failing {
+            log(LogLevel::Warn, &format!("revocation feed: {why}; revocations already known stay in force"));
+        }
+        self.feed_failing = true;
+    }
+}
+
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
+        if self.polling.as_ref().is_some_and(|(token, _)| *token == token_id) {
+            if let Some((_, poll)) = self.polling.take() {
+                let resp = read_response(num_headers, body_size);
+                let step = poll.advance(&shared.cfg, &resp, unix_now());
+                self.poll_step(&shared, step);
+            }
+            return;
+        }
         let Some((token, step)) = self.fetching.take() else {
             return;
         };
@@ -93,6 +171,8 @@ impl RootContext for Root {
                 log(LogLevel::Info, &format!("configured for issuer {} (client {})", cfg.issuer, cfg.client_id));
                 let shared = Rc::new(Shared::new(cfg));
                 shared.cache().prepare();
+                // A worker started later (or a VM rebuilt after a trap) honours what the others know at once.
+                shared.sync_revocations();
                 self.shared = Some(shared);
                 self.last_attempt = 0;
                 if let Err(status) = proxy_wasm::hostcalls::set_tick_period(TICK) {
@@ -111,7 +191,11 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.sync_revocations();
+        }
         self.maybe_fetch();
+        self.maybe_poll();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -43,6 +43,8 @@ pub(super) struct Stream {
     waiting: Option<Waiting>,
     response_cookies: Vec<String>,
     keys_refetched: bool,
+    /// The body is wanted (at most this many bytes): see [`Decision::ReadBody`].
+    reading_body: Option<usize>,
 }
 
 impl Stream {
@@ -53,6 +55,7 @@ impl Stream {
             waiting: None,
             response_cookies: Vec::new(),
             keys_refetched: false,
+            reading_body: None,
         }
     }
 
@@ -61,6 +64,7 @@ impl Stream {
         let now = now();
         let issuer = OnDemand { shared, provider: OnceCell::new(), down: OnceCell::new() };
         let events = |e: Event| shared.metrics.count(e);
+        let revocations = shared.revocations();
         let ctx = Ctx {
             now,
             issuer: &issuer,
@@ -69,6 +73,7 @@ impl Stream {
             rng: &shared.rng,
             events: &events,
             keys_refetched: self.keys_refetched,
+            revocations: &revocations,
         };
         f(&ctx)
     }
@@ -133,6 +138,11 @@ impl Stream {
                     self.apply(shared, d)
                 }
             },
+            Decision::ReadBody { limit } => {
+                // proxy-wasm 0.2.1 hands over the body only once the headers went on (see the variant).
+                self.reading_body = Some(limit);
+                Action::Continue
+            }
             Decision::FetchKeys { jwks_only } => {
                 let now = unix_now();
                 let metadata = shared.provider().map(|p| p.metadata.clone());
@@ -224,14 +234,45 @@ impl Context for Stream {
 }
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             self.local_response(503, &[("cache-control", "no-store")], b"filter not configured\n");
             return Action::Pause;
         };
         self.req = RequestParts::from_header_bytes(abi::header_map(MapType::HttpRequestHeaders));
-        let decision = self.with_ctx(&shared, |ctx| flow::decide(&shared.cfg, ctx, &self.req));
+        let mut decision = self.with_ctx(&shared, |ctx| flow::decide(&shared.cfg, ctx, &self.req));
+        if end_of_stream && matches!(decision, Decision::ReadBody { .. }) {
+            // No body is coming: decide on an empty one.
+            self.req.body = Some(Vec::new());
+            decision = self.with_ctx(&shared, |ctx| flow::decide(&shared.cfg, ctx, &self.req));
+        }
         self.apply(&shared, decision)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(shared), Some(limit)) = (self.shared.clone(), self.reading_body) else {
+            return Action::Continue;
+        };
+        if body_size > limit {
+            self.reading_body = None;
+            self.local_response(413, &[("cache-control", "no-store")], b"request body too large\n");
+            return Action::Pause;
+        }
+        if !end_of_stream {
+            // Envoy buffers the body until the end of the stream.
+            return Action::Pause;
+        }
+        self.reading_body = None;
+        self.req.body = Some(abi::buffer(proxy_wasm::types::BufferType::HttpRequestBody, body_size));
+        let decision = self.with_ctx(&shared, |ctx| flow::decide(&shared.cfg, ctx, &self.req));
+        // Whatever the answer, it is local: the body was the filter's to read, not the upstream's.
+        match self.apply(&shared, decision) {
+            Action::Continue => {
+                self.local_response(500, &[("cache-control", "no-store")], b"filter failed\n");
+                Action::Pause
+            }
+            paused => paused,
+        }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -21,6 +21,8 @@ pub fn document(config: &Config) -> Vec<u8> {
         "revocation_endpoint": config.endpoint("/revoke"),
         "introspection_endpoint": config.endpoint("/token/introspect"),
         "end_session_endpoint": config.endpoint("/logout"),
+        // Not a registered name: gateways running the tokengate filter poll it (`http/revocations.rs`).
+        "revocation_feed_endpoint": config.endpoint("/revocations"),
         "device_authorization_endpoint": config.endpoint("/device/code"),
         "response_types_supported": response_types(&config.oauth2.response_types),
         "response_modes_supported": if config.oauth2.response_types.iter().any(|t| t != "code") {

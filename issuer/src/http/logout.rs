@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::{error_page, page, Form};
-use crate::keys::verify_jwt;
+use crate::keys::{verify_jwt, PublicKey};
 use crate::oauth::{internal, redirect_with};
 use crate::state::AppState;
 use crate::token::IdTokenClaims;
@@ -34,24 +34,30 @@ pub async fn logout_post(State(state): State<AppState>, headers: HeaderMap, body
     }
 }
 
+/// Why a logout request's `id_token_hint` was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HintError {
+    /// Not a JWT signed by one of `keys`, or its claims are not an ID token's.
+    #[error("The id_token_hint is not a token of this issuer.")]
+    NotOurs,
+}
+
+/// The claims of the request's `id_token_hint`, verified against the issuer's public `keys`; `None` when the
+/// request has none. An expired hint is accepted (the point is often that the session ended); a forged one
+/// is not.
+pub fn parse_id_token_hint(form: &Form, keys: &[PublicKey]) -> Result<Option<IdTokenClaims>, HintError> {
+    let Some(token) = form.get("id_token_hint") else { return Ok(None) };
+    verify_jwt(token, keys).and_then(|v| serde_json::from_value(v).ok()).map(Some).ok_or(HintError::NotOurs)
+}
+
 async fn handle(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
     let keys = match state.keys().await {
         Ok(k) => k,
         Err(e) => return internal(e),
     };
-    // An expired hint is fine (the point is often that the session ended); a forged one is not.
-    let hint: Option<IdTokenClaims> = match form.get("id_token_hint") {
-        None => None,
-        Some(t) => match verify_jwt(t, &keys.public).and_then(|v| serde_json::from_value(v).ok()) {
-            Some(c) => Some(c),
-            None => {
-                return error_page(
-                    StatusCode::BAD_REQUEST,
-                    "Bad request",
-                    "The id_token_hint is not a token of this issuer.",
-                )
-            }
-        },
+    let hint = match parse_id_token_hint(form, &keys.public) {
+        Ok(h) => h,
+        Err(e) => return error_page(StatusCode::BAD_REQUEST, "Bad request", e.to_string()),
     };
     let client_id = match (form.get("client_id"), &hint) {
         (Some(c), Some(h)) if c != h.azp => {
@@ -96,4 +102,38 @@ async fn handle(state: &AppState, headers: &HeaderMap, form: &Form) -> Response 
     };
     ended.clear_cookie(state, &mut r);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{generate, Algorithm, Signer};
+
+    fn hint(token: &str) -> Form {
+        let q = url::form_urlencoded::Serializer::new(String::new()).append_pair("id_token_hint", token).finish();
+        Form::from_query(Some(&q)).unwrap()
+    }
+
+    #[test]
+    fn id_token_hints_are_accepted_only_when_signed_here_and_shaped_like_an_id_token() {
+        let ours = Signer::from_stored(&generate(Algorithm::EdDsa).unwrap()).unwrap();
+        let theirs = Signer::from_stored(&generate(Algorithm::EdDsa).unwrap()).unwrap();
+        let keys = [ours.public_key()];
+        let claims = serde_json::json!({
+            "iss": "https://issuer.example", "sub": "u", "aud": "web", "azp": "web",
+            "exp": 1, "iat": 0, "auth_time": 0,
+        });
+        let parsed = parse_id_token_hint(&hint(&ours.sign_jwt(&claims).unwrap()), &keys).unwrap();
+        assert_eq!(parsed.map(|c| c.azp), Some("web".to_owned()), "an expired hint of ours is accepted");
+        assert!(matches!(parse_id_token_hint(&Form::from_query(None).unwrap(), &keys), Ok(None)), "no hint");
+        let refused = [
+            theirs.sign_jwt(&claims).unwrap(),
+            ours.sign_jwt(&serde_json::json!({"sub": "u"})).unwrap(),
+            "a.b.c".to_owned(),
+            "not a jwt".to_owned(),
+        ];
+        for token in refused {
+            assert_eq!(parse_id_token_hint(&hint(&token), &keys).err(), Some(HintError::NotOurs), "{token}");
+        }
+    }
 }

@@ -78,14 +78,7 @@ impl Issuer {
         let db = dir.path().join("issuer.db");
         let mut config = dev_config_with(&url, &db, extra);
         edit(&mut config);
-        let clock = Clock::system();
-        let storage = open_storage(&config).await.unwrap();
-        let state = AppState::new(config, storage, clock.clone()).await.unwrap();
-        let app = issuer::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Issuer { url, tune: |_| {}, state, clock, db, server, _dir: dir }
+        Self::serve(listener, config, |_| {}, Clock::system(), dir).await
     }
 
     /// Starts an issuer from the dev configuration as `edit` rewrites its YAML text (after the issuer URL
@@ -104,14 +97,7 @@ impl Issuer {
         let file = dir.path().join("config.yaml");
         std::fs::write(&file, &text).unwrap();
         let config = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
-        let clock = Clock::system();
-        let storage = open_storage(&config).await.unwrap();
-        let state = AppState::new(config, storage, clock.clone()).await.unwrap();
-        let app = issuer::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        (Issuer { url, tune: |_| {}, state, clock, db, server, _dir: dir }, file)
+        (Self::serve(listener, config, |_| {}, Clock::system(), dir).await, file)
     }
 
     /// Starts an issuer on the database in `dir`, at `addr` if given (a restart keeps the issuer URL).
@@ -128,6 +114,19 @@ impl Issuer {
         let db = dir.path().join("issuer.db");
         let mut config = dev_config(&url, &db);
         tune(&mut config);
+        Self::serve(listener, config, tune, clock, dir).await
+    }
+
+    /// Opens `config`'s storage and serves the issuer on `listener` (its database under `dir`).
+    async fn serve(
+        listener: tokio::net::TcpListener,
+        config: Config,
+        tune: Tune,
+        clock: Clock,
+        dir: std::sync::Arc<tempfile::TempDir>,
+    ) -> Self {
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let db = dir.path().join("issuer.db");
         let storage = open_storage(&config).await.unwrap();
         let state = AppState::new(config, storage, clock.clone()).await.unwrap();
         let app = issuer::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
