@@ -153,11 +153,7 @@ async fn filter_cases(issuer_url: &str, quick: bool, out: &mut RevocationResult)
     let cache = Cache::new(&host, &ns);
     for round in 0..3 {
         let keep = round > 0;
-        let empty = cache.update_revocations(&|_, stamp| {
-            let mut empty = Revocations::default();
-            empty.stamp = stamp;
-            empty
-        });
+        let empty = cache.update_revocations(&|_| Revocations::default());
         worker.tick().await?;
         native.revocations = empty.context("writing the empty set")?;
         let (wasm, local) =
@@ -167,11 +163,7 @@ async fn filter_cases(issuer_url: &str, quick: bool, out: &mut RevocationResult)
             none_native.extend(local);
         }
 
-        let written = cache.update_revocations(&|_, stamp| {
-            let mut s = set.clone();
-            s.stamp = stamp;
-            s
-        });
+        let written = cache.update_revocations(&|_| set.clone());
         worker.tick().await?;
         native.revocations = written.context("writing the 10,000-entry set")?;
         let revoked_before = worker.metric("tokengate.revoked.sid") + worker.metric("tokengate.revoked.sub");

@@ -357,14 +357,16 @@ impl<'a> Cache<'a> {
     }
 
     /// Replaces the revocation set with `change(current)`, atomically across workers (compare-and-swap,
-    /// retried when another worker wrote first), and publishes its new stamp. Returns the set written, or
-    /// `None` after too many lost races (the caller's next poll or the issuer's retry tries again).
-    pub fn update_revocations(&self, change: &dyn Fn(&Revocations, u64) -> Revocations) -> Option<Revocations> {
+    /// retried when another worker wrote first), stamps it (the current stamp plus one) and publishes the
+    /// stamp. Returns the set written, or `None` after too many lost races (the caller's next poll or the
+    /// issuer's retry tries again).
+    pub fn update_revocations(&self, change: &dyn Fn(&Revocations) -> Revocations) -> Option<Revocations> {
         let key = self.revocations_key();
         for _ in 0..8 {
             let raw = self.store.get(&key);
             let current = raw.as_deref().and_then(Revocations::from_bytes).unwrap_or_default();
-            let next = change(&current, current.stamp.wrapping_add(1));
+            let mut next = change(&current);
+            next.stamp = current.stamp.wrapping_add(1);
             let expected = raw.as_deref();
             if self.store.set_if(&key, &|c| c == expected, &next.to_bytes()) {
                 self.store.set(&self.revocations_stamp_key(), next.stamp.to_string().as_bytes());

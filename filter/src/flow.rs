@@ -217,6 +217,8 @@ pub enum Decision {
     ReadBody {
         /// The largest body accepted (bytes).
         limit: usize,
+        /// Request headers to remove before the headers go on (lower-case names).
+        remove_headers: Vec<String>,
     },
 }
 
@@ -1097,6 +1099,12 @@ fn backchannel_logout(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> 
             body,
         }
     };
+    let busy = || Decision::Deny {
+        status: 503,
+        reason: "busy",
+        headers: vec![("cache-control".into(), "no-store".into()), ("retry-after".into(), "1".into())],
+        body: String::new(),
+    };
     if req.method != "POST" {
         return Decision::Deny {
             status: 405,
@@ -1105,9 +1113,7 @@ fn backchannel_logout(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> 
             body: String::new(),
         };
     }
-    let Some(body) = &req.body else {
-        return Decision::ReadBody { limit: MAX_LOGOUT_BODY };
-    };
+    // What can be refused from the headers is refused before the body is read, so nothing goes upstream.
     let form_type = req
         .header("content-type")
         .and_then(|t| t.split(';').next())
@@ -1115,6 +1121,25 @@ fn backchannel_logout(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> 
     if !form_type {
         return reject("content_type", "expected an application/x-www-form-urlencoded body");
     }
+    if req
+        .header("content-length")
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_LOGOUT_BODY as u64)
+    {
+        return Decision::Deny {
+            status: 413,
+            reason: "body_too_large",
+            headers: vec![("cache-control".into(), "no-store".into())],
+            body: String::new(),
+        };
+    }
+    let Some(body) = &req.body else {
+        // The headers may reach the upstream before the filter's answer (see `Decision::ReadBody`): they carry
+        // no credential and no identity header.
+        let mut remove_headers = spoofable_headers(cfg, req);
+        remove_headers.extend(["authorization".to_owned(), "cookie".to_owned()]);
+        return Decision::ReadBody { limit: MAX_LOGOUT_BODY, remove_headers };
+    };
     let Ok(text) = std::str::from_utf8(body) else {
         return reject("malformed_body", "the body is not UTF-8");
     };
@@ -1136,8 +1161,13 @@ fn backchannel_logout(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> 
     let want = issuer_token_expectations(cfg, now, None);
     let logout = match token::verify_logout_token(token, &provider.jwks, &want) {
         Ok(l) => l,
-        Err(TokenError::UnknownKey) if !ctx.keys_refetched && provider.may_refetch_for_unknown_kid(now) => {
-            return Decision::FetchKeys { jwks_only: true };
+        Err(TokenError::UnknownKey) if !ctx.keys_refetched => {
+            if provider.may_refetch_for_unknown_kid(now) {
+                return Decision::FetchKeys { jwks_only: true };
+            }
+            // The keys were fetched moments ago for another unknown `kid`: this one may be newer still, and
+            // a 400 would end the issuer's retries (§2.8), so ask it to come back.
+            return busy();
         }
         Err(e) => return reject(e.reason(), &format!("logout_token: {e}")),
     };
@@ -1149,21 +1179,15 @@ fn backchannel_logout(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> 
         (None, Some(sub)) => (Kind::Sub, sub.clone()),
         (None, None) => return reject("missing_claim", "logout_token has neither sid nor sub"),
     };
-    let written = ctx.cache.update_revocations(&|set, stamp| {
+    let written = ctx.cache.update_revocations(&|set| {
         let mut next = set.clone();
         next.insert(kind, &value, logout.iat);
-        next.stamp = stamp;
         next
     });
     if written.is_none() {
         // The issuer retries on anything but 400 (§2.8), and a retry's `jti` is the same: forget it again.
         ctx.cache.forget_logout_jti(&logout.jti);
-        return Decision::Deny {
-            status: 503,
-            reason: "busy",
-            headers: vec![("cache-control".into(), "no-store".into()), ("retry-after".into(), "1".into())],
-            body: String::new(),
-        };
+        return busy();
     }
     (ctx.events)(Event::BackchannelLogout);
     Decision::Deny {

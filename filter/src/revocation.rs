@@ -30,9 +30,9 @@ pub const REBUILD_INTERVAL: Duration = Duration::from_secs(3600);
 /// A poll follows at most this many pages before it stops (and goes on from its cursor next time).
 pub const MAX_PAGES: u16 = 100;
 
-/// Entries revoked this long before a rebuild started survive the rebuild even if its pages lack them: a
-/// back-channel logout may land while the rebuild's pages are in flight.
-const REBUILD_OVERLAP: u64 = 120;
+/// Entries revoked this long (seconds) before a rebuild started survive the rebuild even if its pages lack
+/// them: a back-channel logout may land while the rebuild's pages are in flight.
+pub const REBUILD_OVERLAP: u64 = 120;
 
 /// What an entry revokes (the feed's `kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -124,20 +124,22 @@ impl Revocations {
             .chain(self.all.map(|at| (Kind::All, String::new(), at)))
     }
 
-    /// What revokes a token with these claims, if anything: its `sid`, `sub`, a group or `all` was revoked
-    /// at or after its `iat`. A token without `iat` counts as issued at the epoch, so any matching entry
-    /// revokes it.
+    /// What revokes a token with these claims, if anything: its `sid` was revoked (at any time: a session
+    /// that ended never comes back, so a token refreshed in it afterwards, with a later `iat`, is refused
+    /// too; Back-Channel Logout 1.0 §2.7), or its `sub`, a group or `all` was revoked at or after its `iat`
+    /// (a later login is a new session). A token without `iat` (or with one that is not a NumericDate)
+    /// counts as issued at the epoch, so any matching entry revokes it.
     pub fn revokes(&self, claims: &Map<String, Value>) -> Option<Kind> {
         if self.is_empty() {
             return None;
         }
-        let iat = claims.get("iat").and_then(Value::as_u64).unwrap_or(0);
+        let iat = crate::token::numeric_date(claims, "iat").ok().flatten().unwrap_or(0);
         let hit = |at: Option<&u64>| at.is_some_and(|at| iat <= *at);
         if self.all.is_some_and(|at| iat <= at) {
             return Some(Kind::All);
         }
         let text = |name: &str| claims.get(name).and_then(Value::as_str);
-        if text("sid").is_some_and(|sid| hit(self.sids.get(sid))) {
+        if text("sid").is_some_and(|sid| self.sids.contains_key(sid)) {
             return Some(Kind::Sid);
         }
         if text("sub").is_some_and(|sub| hit(self.subs.get(sub))) {
@@ -183,9 +185,10 @@ impl Revocations {
         Some(set)
     }
 
-    /// Applies what a poll found, giving the result `stamp`.
-    pub fn apply(&self, update: &Update, stamp: u64) -> Revocations {
-        let mut next = match update {
+    /// Applies what a poll found. The result keeps this set's stamp;
+    /// [`crate::cache::Cache::update_revocations`] stamps what it writes.
+    pub fn apply(&self, update: &Update) -> Revocations {
+        match update {
             Update::Merge { entries, cursor } => {
                 let mut next = self.clone();
                 for (kind, value, at) in entries {
@@ -194,10 +197,20 @@ impl Revocations {
                 next.cursor.clone_from(cursor);
                 next
             }
-            Update::Rebuild { entries, cursor, started, .. } => {
-                let mut next = Revocations { cursor: cursor.clone(), rebuilt_at: *started, ..Revocations::default() };
-                let recent = started.saturating_sub(REBUILD_OVERLAP);
-                for (kind, value, at) in self.entries().filter(|(_, _, at)| *at >= recent) {
+            Update::Rebuild { entries, cursor, started, complete } => {
+                let mut next = Revocations {
+                    cursor: cursor.clone(),
+                    rebuilt_at: *started,
+                    stamp: self.stamp,
+                    ..Revocations::default()
+                };
+                // Issuer-clock seconds: what is older than the log's oldest entry was collected by the issuer.
+                let oldest_retained = entries.iter().map(|(_, _, at)| *at).min().unwrap_or(*started);
+                let keep_from = match complete {
+                    true => started.saturating_sub(REBUILD_OVERLAP),
+                    false => oldest_retained.saturating_sub(REBUILD_OVERLAP),
+                };
+                for (kind, value, at) in self.entries().filter(|(_, _, at)| *at >= keep_from) {
                     next.insert(kind, &value, at);
                 }
                 for (kind, value, at) in entries {
@@ -205,9 +218,7 @@ impl Revocations {
                 }
                 next
             }
-        };
-        next.stamp = stamp;
-        next
+        }
     }
 }
 
@@ -308,15 +319,19 @@ pub enum Update {
         /// The new cursor.
         cursor: String,
     },
-    /// The whole retained log: replaces the set (keeping entries newer than the rebuild's start, which a
-    /// back-channel logout may have added meanwhile).
+    /// The retained log from its start: replaces the set. A complete rebuild keeps, of the old set, only
+    /// entries from [`REBUILD_OVERLAP`] before its start (a back-channel logout may have added them
+    /// meanwhile); one cut short after [`MAX_PAGES`] keeps every old entry not older than the log's oldest
+    /// retained one (the issuer collected the rest) and goes on from its cursor with incremental polls.
     Rebuild {
-        /// Every entry.
+        /// The entries read, oldest first.
         entries: Vec<Entry>,
         /// The new cursor.
         cursor: String,
         /// Gateway-clock Unix seconds when the rebuild began.
         started: u64,
+        /// Whether the pages reached the end of the log.
+        complete: bool,
     },
 }
 
@@ -368,10 +383,15 @@ impl Poll {
         let sep = if url.path_and_query.contains('?') { '&' } else { '?' };
         let mut callout = Callout::get(cfg, &format!("{}{sep}after={}", self.endpoint, percent_encode(after)))?;
         callout.headers.push(("authorization".into(), basic_auth(&cfg.client_id, cfg.client_secret.expose())));
-        if self.rebuild.is_none() && !self.cursor.is_empty() {
+        if self.conditional() {
             callout.headers.push(("if-none-match".into(), format!("\"{}\"", self.cursor)));
         }
         Ok(callout)
+    }
+
+    /// Whether the next request is conditional (`If-None-Match`): an incremental poll from a cursor.
+    fn conditional(&self) -> bool {
+        self.rebuild.is_none() && !self.cursor.is_empty()
     }
 
     /// Takes the answer to the last request.
@@ -382,6 +402,9 @@ impl Poll {
         };
         self.pages = self.pages.saturating_add(1);
         let more = match page {
+            // RFC 9110 §15.4.5: a 304 answers a conditional request only; to a rebuild's (which sends no
+            // `If-None-Match`) it would claim an empty log, and must not empty the set.
+            Page::NotModified if !self.conditional() => return PollStep::Failed(FeedError::Status(304)),
             Page::NotModified => false,
             Page::Entries { cursor, reset, entries } => {
                 if reset && (self.rebuild.is_none() || self.pages > 1) {
@@ -404,10 +427,10 @@ impl Poll {
         }
         let complete = !more;
         PollStep::Done(match self.rebuild {
-            Some(started) if complete => Some(Update::Rebuild { entries: self.entries, cursor: self.cursor, started }),
-            _ if self.entries.is_empty() => None,
-            // An incremental poll, or a rebuild cut short: what was read is added, which never un-revokes.
-            _ => Some(Update::Merge { entries: self.entries, cursor: self.cursor }),
+            Some(started) => Some(Update::Rebuild { entries: self.entries, cursor: self.cursor, started, complete }),
+            None if self.entries.is_empty() => None,
+            // An incremental poll cut short after MAX_PAGES goes on from its cursor at the next poll.
+            None => Some(Update::Merge { entries: self.entries, cursor: self.cursor }),
         })
     }
 }
@@ -425,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_revokes_tokens_issued_at_or_before_it_and_nothing_else() {
+    fn a_sid_entry_revokes_its_session_and_other_entries_tokens_issued_at_or_before_them() {
         let mut set = Revocations::default();
         set.insert(Kind::Sid, "s1", 100);
         set.insert(Kind::Sub, "alice", 200);
@@ -434,13 +457,15 @@ mod tests {
             claims(json!({"sid": sid, "sub": sub, "groups": groups, "iat": iat}))
         };
         assert_eq!(set.revokes(&token("s1", "bob", json!([]), 100)), Some(Kind::Sid));
-        assert_eq!(set.revokes(&token("s1", "bob", json!([]), 101)), None, "issued after the revocation");
+        assert_eq!(set.revokes(&token("s1", "bob", json!([]), 101)), Some(Kind::Sid), "refreshed in an ended session");
         assert_eq!(set.revokes(&token("s2", "alice", json!([]), 150)), Some(Kind::Sub));
         assert_eq!(set.revokes(&token("s2", "alice", json!([]), 201)), None, "a new login after it");
         assert_eq!(set.revokes(&token("s2", "bob", json!(["dev", "contractors"]), 300)), Some(Kind::Group));
         assert_eq!(set.revokes(&token("s2", "bob", json!("contractors"), 300)), Some(Kind::Group));
         assert_eq!(set.revokes(&token("s2", "bob", json!(["dev"]), 1)), None, "another user, another group");
         assert_eq!(set.revokes(&claims(json!({"sub": "alice"}))), Some(Kind::Sub), "no iat: issued at the epoch");
+        assert_eq!(set.revokes(&claims(json!({"sub": "alice", "iat": 200.5}))), Some(Kind::Sub));
+        assert_eq!(set.revokes(&claims(json!({"sub": "alice", "iat": 201.5}))), None, "a fractional iat is a date");
         set.insert(Kind::All, "", 50);
         assert_eq!(set.revokes(&token("x", "y", json!([]), 50)), Some(Kind::All));
         assert_eq!(set.revokes(&token("x", "y", json!([]), 51)), None);
@@ -503,7 +528,7 @@ mod tests {
         assert_eq!(second.path, "/revocations?after=2");
         let done = poll.advance(&cfg, &page("2", false, &[]), 1_001);
         let PollStep::Done(Some(update)) = done else { panic!("{done:?}") };
-        let set = Revocations::default().apply(&update, 1);
+        let set = Revocations::default().apply(&update);
         assert_eq!((set.cursor.as_str(), set.rebuilt_at, set.len()), ("2", 1_000, 2));
     }
 
@@ -530,13 +555,55 @@ mod tests {
             panic!()
         };
         let PollStep::Done(Some(update)) = poll.advance(&cfg, &page("12", false, &[]), 5_000) else { panic!() };
-        let next = set.apply(&update, 2);
+        let next = set.apply(&update);
         let values: Vec<String> = next.entries().map(|(_, v, _)| v).collect();
         assert!(values.contains(&"ops".to_string()) && values.contains(&"just-logged-out".to_string()), "{values:?}");
         assert!(!values.contains(&"gone-from-the-log".to_string()), "what the issuer dropped goes");
         // An hour after the last rebuild, a poll starts from the beginning again.
         let (req, _) = Poll::start(&cfg, FEED, &next, 5_000 + REBUILD_INTERVAL.as_secs()).unwrap();
         assert_eq!(req.path, "/revocations?after=0");
+    }
+
+    #[test]
+    fn a_rebuild_cut_short_keeps_what_the_log_still_holds_and_goes_on_from_its_cursor() {
+        let cfg = cfg();
+        let mut set = Revocations { cursor: "7".into(), rebuilt_at: 1_000, ..Revocations::default() };
+        set.insert(Kind::Sid, "collected-by-the-issuer", 100);
+        set.insert(Kind::Sid, "on-a-later-page", 2_500);
+        let now = 1_000 + REBUILD_INTERVAL.as_secs();
+        let (_, mut poll) = Poll::start(&cfg, FEED, &set, now).unwrap();
+        let mut step = None;
+        for n in 1..=MAX_PAGES {
+            let seq = i64::from(n);
+            let user = format!("u{seq}");
+            match poll.advance(&cfg, &page(&seq.to_string(), false, &[("sub", &user, 2_000 + seq)]), now) {
+                PollStep::Next(_, next) => poll = next,
+                done => {
+                    step = Some(done);
+                    break;
+                }
+            }
+        }
+        let Some(PollStep::Done(Some(update @ Update::Rebuild { complete: false, .. }))) = step else {
+            panic!("{step:?}")
+        };
+        let next = set.apply(&update);
+        let values: Vec<String> = next.entries().map(|(_, v, _)| v).collect();
+        assert!(values.contains(&"on-a-later-page".to_string()), "not read yet, still in the log: {values:?}");
+        assert!(!values.contains(&"collected-by-the-issuer".to_string()), "older than the log's start");
+        assert_eq!(next.len(), usize::from(MAX_PAGES) + 1);
+        // The next poll goes on incrementally from where the rebuild stopped, not from the beginning again.
+        let (req, _) = Poll::start(&cfg, FEED, &next, now + 5).unwrap();
+        assert_eq!(req.path, format!("/revocations?after={MAX_PAGES}"));
+    }
+
+    #[test]
+    fn a_304_to_a_rebuild_which_asked_unconditionally_fails_the_poll() {
+        let cfg = cfg();
+        let (req, poll) = Poll::start(&cfg, FEED, &Revocations::default(), 1_000).unwrap();
+        assert!(!req.headers.iter().any(|(k, _)| k == "if-none-match"));
+        let not_modified = CalloutResponse { status: 304, body: Vec::new() };
+        assert_eq!(poll.advance(&cfg, &not_modified, 1_000), PollStep::Failed(FeedError::Status(304)));
     }
 
     #[test]

@@ -1089,10 +1089,9 @@ fn backchannel(content_type: &str, body: &str) -> RequestParts {
 }
 
 fn revoke(w: &World, kind: Kind, value: &str, at: u64) {
-    Cache::new(&w.store, &w.ns).update_revocations(&|set, stamp| {
+    Cache::new(&w.store, &w.ns).update_revocations(&|set| {
         let mut next = set.clone();
         next.insert(kind, value, at);
-        next.stamp = stamp;
         next
     });
 }
@@ -1103,9 +1102,19 @@ fn a_back_channel_logout_ends_the_sessions_of_its_sid_and_cannot_be_replayed() {
     let cookies = w.login();
     assert!(matches!(w.decide(&browser("/app", &refs(&cookies))), Decision::Forward { .. }));
 
-    let mut post =
-        request("POST", "/oauth2/backchannel_logout", &[("content-type", "application/x-www-form-urlencoded")], &[]);
-    assert_eq!(w.decide(&post), Decision::ReadBody { limit: MAX_LOGOUT_BODY }, "the token is in the body");
+    let mut post = request(
+        "POST",
+        "/oauth2/backchannel_logout",
+        &[("content-type", "application/x-www-form-urlencoded"), ("authorization", "Bearer x")],
+        &refs(&cookies),
+    );
+    // The token is in the body; the headers may go upstream first (Decision::ReadBody), without credentials.
+    let Decision::ReadBody { limit: MAX_LOGOUT_BODY, remove_headers } = w.decide(&post) else {
+        panic!("the token is in the body")
+    };
+    for name in ["authorization", "cookie"] {
+        assert!(remove_headers.iter().any(|h| h == name), "{name}: {remove_headers:?}");
+    }
     post.body = Some(format!("logout_token={}", logout_token(&w, json!({}))).into_bytes());
     let d = w.decide(&post);
     let Decision::Deny { status: 200, headers, .. } = &d else { panic!("{d:?}") };
@@ -1125,6 +1134,24 @@ fn a_back_channel_logout_ends_the_sessions_of_its_sid_and_cannot_be_replayed() {
     // Back-Channel Logout 1.0 §2.6: the same token again is a replay.
     let d = w.decide(&post);
     assert!(matches!(d, Decision::Deny { status: 400, reason: "replayed", .. }), "{d:?}");
+}
+
+#[test]
+fn a_token_refreshed_in_an_ended_session_is_refused_although_issued_after_the_logout() {
+    // The issuer ends a session at logout but another client's refresh-token family lives on (Dex's rule):
+    // a refresh then mints a token with the ended session's sid and a later iat.
+    let w = World::new();
+    let cookies = w.login();
+    w.evict_shared_cache();
+    w.now.set(NOW + 60);
+    let req = request("GET", "/app", &[("accept", HTML)], &refs(&cookies));
+    let Decision::Call { then, .. } = w.decide(&req) else { panic!("no cached token: a refresh") };
+    revoke(&w, Kind::Sid, "issuer-session-1", NOW);
+    let refreshed = w.id_token(json!({"sid": "issuer-session-1", "iat": NOW + 60}));
+    let resp = json!({"id_token": refreshed, "refresh_token": "rt-2"}).to_string();
+    let d = w.resume(&req, then, 200, &resp);
+    assert!(matches!(d, Decision::Redirect { ref location, .. } if location.starts_with(ISSUER)), "{d:?}");
+    assert!(w.saw(Event::Revoked(Kind::Sid)));
 }
 
 #[test]
@@ -1158,6 +1185,13 @@ fn back_channel_requests_failing_a_check_get_400_and_revoke_nothing() {
     let mut not_utf8 = backchannel(form, "");
     not_utf8.body = Some(vec![0xff, 0xfe]);
     assert!(matches!(w.decide(&not_utf8), Decision::Deny { status: 400, reason: "malformed_body", .. }));
+    // What the headers give away is refused before any body is read (or any header goes upstream).
+    let headers_only = |headers: &[(&str, &str)]| request("POST", "/oauth2/backchannel_logout", headers, &[]);
+    let d = w.decide(&headers_only(&[("content-type", "application/json")]));
+    assert!(matches!(d, Decision::Deny { status: 400, reason: "content_type", .. }), "{d:?}");
+    let too_long = (MAX_LOGOUT_BODY + 1).to_string();
+    let d = w.decide(&headers_only(&[("content-type", form), ("content-length", &too_long)]));
+    assert!(matches!(d, Decision::Deny { status: 413, .. }), "{d:?}");
     assert!(w.revocations().is_empty());
 }
 
@@ -1169,6 +1203,13 @@ fn a_logout_token_signed_with_a_new_key_refetches_the_keys_once() {
     assert_eq!(w.decide(&req), Decision::FetchKeys { jwks_only: true });
     w.keys_refetched = true;
     assert!(matches!(w.decide(&req), Decision::Deny { status: 400, reason: "unknown_kid", .. }));
+    // Keys fetched moments ago (another unknown kid): no second fetch, and no final 400 either; the
+    // issuer retries after a 503 (Back-Channel Logout 1.0 §2.8).
+    w.keys_refetched = false;
+    w.provider.as_mut().unwrap().fetched_at = NOW - 1;
+    let d = w.decide(&req);
+    let Decision::Deny { status: 503, headers, .. } = &d else { panic!("{d:?}") };
+    assert_eq!(header(headers, "retry-after"), Some("1"));
 }
 
 #[test]
@@ -1204,11 +1245,7 @@ fn sessions_in_a_revoked_group_or_before_revoke_all_log_in_again() {
         assert!(matches!(w.decide(&browser("/app", &refs(&cookies))), Decision::Redirect { .. }), "{kind:?}");
         assert!(w.saw(Event::Revoked(kind)));
         // The tombstone keeps the old cookie out even once the entry is gone from the set.
-        Cache::new(&w.store, &w.ns).update_revocations(&|_, stamp| {
-            let mut empty = Revocations::default();
-            empty.stamp = stamp;
-            empty
-        });
+        Cache::new(&w.store, &w.ns).update_revocations(&|_| Revocations::default());
         assert!(matches!(w.decide(&browser("/app", &refs(&cookies))), Decision::Redirect { .. }));
     }
 }

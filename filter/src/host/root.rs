@@ -11,7 +11,7 @@ use proxy_wasm::types::{ContextType, LogLevel};
 
 use super::{dispatch, log, read_response, unix_now, Shared};
 use crate::config::FilterConfig;
-use crate::discovery::{self, FetchOutcome, FetchStep, KeyState, RETRY_AFTER_FAILURE};
+use crate::discovery::{self, FetchOutcome, FetchStep, KeyState, Provider, RETRY_AFTER_FAILURE};
 use crate::flow::Event;
 use crate::revocation::{self, Poll, PollStep};
 
@@ -31,17 +31,14 @@ pub(super) struct Root {
 }
 
 impl Root {
-    fn maybe_fetch(&mut self) {
-        let Some(shared) = self.shared.clone() else {
-            return;
-        };
-        let now = unix_now();
+    /// Starts a discovery and JWKS fetch if the keys are loading, stale, or the issuer was last seen down, and
+    /// this worker holds the gateway-wide lease. `provider` is the snapshot in shared data.
+    fn maybe_fetch(&mut self, shared: &Shared, provider: Option<&Provider>, now: u64) {
         if self.fetching.is_some() || now < self.last_attempt.saturating_add(RETRY_AFTER_FAILURE.as_secs()) {
             return;
         }
-        let provider = shared.provider();
         let (down, _) = shared.health();
-        let due = match discovery::key_state(provider.as_deref(), now, shared.cfg.jwks_refresh_interval) {
+        let due = match discovery::key_state(provider, now, shared.cfg.jwks_refresh_interval) {
             KeyState::Loading | KeyState::Stale(_) => true,
             KeyState::Ready(_) => down,
         };
@@ -49,7 +46,7 @@ impl Root {
             return;
         }
         self.last_attempt = now;
-        self.step(&shared, discovery::start_fetch(&shared.cfg, None), now);
+        self.step(shared, discovery::start_fetch(&shared.cfg, None), now);
     }
 
     fn step(&mut self, shared: &Shared, outcome: FetchOutcome, now: u64) {
@@ -74,25 +71,22 @@ impl Root {
 }
 
 impl Root {
-    /// Polls the revocation feed if the issuer offers one, polling is on, and it is this gateway's turn.
-    fn maybe_poll(&mut self) {
-        let Some(shared) = self.shared.clone() else {
-            return;
-        };
+    /// Polls the revocation feed if the issuer offers one (in `provider`, the snapshot in shared data),
+    /// polling is on, and it is this gateway's turn.
+    fn maybe_poll(&mut self, shared: &Shared, provider: Option<&Provider>, now: u64) {
         let interval = shared.cfg.revocation_poll_interval;
         if interval.is_zero() || self.polling.is_some() {
             return;
         }
-        let Some(endpoint) = shared.provider().and_then(|p| p.metadata.revocation_feed_endpoint.clone()) else {
+        let Some(endpoint) = provider.and_then(|p| p.metadata.revocation_feed_endpoint.as_deref()) else {
             return;
         };
-        let now = unix_now();
         let cache = shared.cache();
         if !cache.try_feed_poll(now, revocation::next_poll(now, interval, &shared.rng)) {
             return;
         }
-        match Poll::start(&shared.cfg, &endpoint, &shared.revocations(), now) {
-            Ok((callout, poll)) => self.poll_step(&shared, PollStep::Next(callout, poll)),
+        match Poll::start(&shared.cfg, endpoint, &shared.revocations(), now) {
+            Ok((callout, poll)) => self.poll_step(shared, PollStep::Next(callout, poll)),
             Err(e) => log(LogLevel::Warn, &format!("revocation_feed_endpoint {endpoint:?}: {e}")),
         }
     }
@@ -108,7 +102,7 @@ impl Root {
             PollStep::Done(None) => self.feed_failing = false,
             PollStep::Done(Some(update)) => {
                 self.feed_failing = false;
-                match shared.cache().update_revocations(&|set, stamp| set.apply(&update, stamp)) {
+                match shared.cache().update_revocations(&|set| set.apply(&update)) {
                     Some(set) => {
                         log(
                             LogLevel::Info,
@@ -173,12 +167,12 @@ impl RootContext for Root {
                 shared.cache().prepare();
                 // A worker started later (or a VM rebuilt after a trap) honours what the others know at once.
                 shared.sync_revocations();
-                self.shared = Some(shared);
+                self.shared = Some(shared.clone());
                 self.last_attempt = 0;
                 if let Err(status) = proxy_wasm::hostcalls::set_tick_period(TICK) {
                     log(LogLevel::Error, &format!("cannot set the tick period ({status:?}): keys will not refresh"));
                 }
-                self.maybe_fetch();
+                self.maybe_fetch(&shared, shared.provider().as_deref(), unix_now());
                 true
             }
             Err(err) => {
@@ -191,11 +185,15 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        if let Some(shared) = &self.shared {
-            shared.sync_revocations();
-        }
-        self.maybe_fetch();
-        self.maybe_poll();
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        shared.sync_revocations();
+        // One read of the provider snapshot serves both checks.
+        let provider = shared.provider();
+        let now = unix_now();
+        self.maybe_fetch(&shared, provider.as_deref(), now);
+        self.maybe_poll(&shared, provider.as_deref(), now);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -138,8 +138,20 @@ impl Stream {
                     self.apply(shared, d)
                 }
             },
-            Decision::ReadBody { limit } => {
+            Decision::ReadBody { limit, remove_headers } => {
                 // proxy-wasm 0.2.1 hands over the body only once the headers went on (see the variant).
+                if let Some(Err(status)) = remove_headers
+                    .iter()
+                    .map(|name| abi::set_header(MapType::HttpRequestHeaders, name, None))
+                    .find(Result::is_err)
+                {
+                    log(
+                        LogLevel::Error,
+                        &format!("cannot edit the request headers (status {status}); refusing the request"),
+                    );
+                    self.local_response(500, &[("cache-control", "no-store")], b"filter failed\n");
+                    return Action::Pause;
+                }
                 self.reading_body = Some(limit);
                 Action::Continue
             }
