@@ -87,21 +87,22 @@ enum Command {
     },
 }
 
-/// What `issuer revoke` revokes: exactly one of these.
+/// What `issuer revoke` revokes: exactly one of these. Values may begin with `-` (a base64url `sid` does
+/// one time in 64).
 #[derive(clap::Args)]
 #[group(required = true, multiple = false)]
 struct RevokeTarget {
     /// Every login of the user with this email (case-insensitively).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     user: Option<String>,
     /// Every login with this `sub` claim.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     sub: Option<String>,
     /// Every login whose groups hold this group.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     group: Option<String>,
     /// One browser session (the `sid` claim).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     session: Option<String>,
     /// Everything: every refresh token and browser session.
     #[arg(long)]
@@ -438,4 +439,19 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn revoke_takes_a_session_id_that_begins_with_a_hyphen() {
+        let cli = Cli::try_parse_from(["issuer", "revoke", "--config", "c.yaml", "--session", "-9QmVx2_a"]).unwrap();
+        let Command::Revoke { target, .. } = cli.command else { panic!("revoke") };
+        assert_eq!(target.session.as_deref(), Some("-9QmVx2_a"));
+        assert!(Cli::try_parse_from(["issuer", "revoke", "--config", "c.yaml", "--session"]).is_err(), "a value");
+    }
 }

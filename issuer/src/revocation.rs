@@ -117,21 +117,26 @@ pub async fn revoke(state: &AppState, target: &Target) -> Result<Summary, TokenE
         }
     }
 
+    subjects.sort_unstable();
+    subjects.dedup();
+    let by_subject = subjects.into_iter().map(|s| (RevocationKind::Sub, s));
     let mut entries: Vec<(RevocationKind, String)> = match target {
-        Target::User(_) => {
-            subjects.sort_unstable();
-            subjects.dedup();
-            subjects.into_iter().map(|s| (RevocationKind::Sub, s)).collect()
-        }
+        Target::User(_) => by_subject.collect(),
         Target::Sub(sub) => vec![(RevocationKind::Sub, sub.clone())],
-        Target::Group(g) => vec![(RevocationKind::Group, g.clone())],
+        // A token minted without the `groups` scope carries no groups claim: the members found are named
+        // by `sub` too, so their tokens are refused all the same.
+        Target::Group(g) => std::iter::once((RevocationKind::Group, g.clone())).chain(by_subject).collect(),
         Target::Session(_) => vec![],
         Target::All => vec![(RevocationKind::All, String::new())],
     };
     // Every session is named too, so a gateway that keys on `sid` alone learns of it; one no longer stored
-    // (a browserless family's `sid`, a session another replica just ended) as well, since tokens naming it
-    // may still be out.
-    entries.extend(sessions.into_iter().map(|s| (RevocationKind::Sid, s)));
+    // (a session another replica just ended) as well, since tokens naming it may still be out. So is every
+    // browserless family revoked: its tokens carry the family id as their `sid`.
+    let browserless = matched.iter().filter(|t| t.session_id.is_none()).map(|t| t.family_id.clone());
+    let mut sids: Vec<String> = sessions.into_iter().chain(browserless).collect();
+    sids.sort_unstable();
+    sids.dedup();
+    entries.extend(sids.into_iter().map(|s| (RevocationKind::Sid, s)));
     for (kind, value) in entries {
         let seq = record(state, kind, &value).await?;
         summary.logged.push((kind, value, seq));

@@ -252,6 +252,20 @@ impl SessionCookie {
     pub fn opens(&self, session: &Session) -> bool {
         self.id == session.id && bool::from(self.secret_hash().as_bytes().ct_eq(session.secret_hash.as_bytes()))
     }
+
+    /// The token a logout confirmation form carries (base64url SHA-256 of the secret, apart from
+    /// [`Self::secret_hash`]): only a page that could read the cookie's secret can produce it, so another
+    /// site cannot post a confirmed logout for the browser.
+    pub fn logout_confirmation(&self) -> String {
+        let mut input = b"tokengate logout confirmation\0".to_vec();
+        input.extend_from_slice(self.secret.as_bytes());
+        B64.encode(digest::digest(&digest::SHA256, &input).as_ref())
+    }
+
+    /// Whether `presented` is [`Self::logout_confirmation`] (constant-time).
+    pub fn confirms_logout(&self, presented: &str) -> bool {
+        bool::from(self.logout_confirmation().as_bytes().ct_eq(presented.as_bytes()))
+    }
 }
 
 /// The `Set-Cookie` value for the session cookie: `value` with `Max-Age` when `max_age` is given (seconds;

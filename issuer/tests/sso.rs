@@ -342,6 +342,45 @@ async fn logout_ends_the_session_and_revokes_only_that_clients_families() {
 }
 
 #[tokio::test]
+async fn a_logout_without_a_hint_of_the_browsers_session_asks_first() {
+    let issuer = Issuer::start().await;
+    let browser = Browser::new();
+    let (code, _) = sign_in(&browser, &issuer, &EXAMPLE, false).await;
+    let tokens = exchange(&issuer, &EXAMPLE, &code).await;
+    let another_user = issuer.tokens("admin@example.com").await;
+
+    // RP-Initiated Logout 1.0 §2: no hint, or a hint of another session or user, and the OP asks.
+    for hint in [None, Some(&another_user)] {
+        let mut query = vec![("client_id", EXAMPLE.id), ("state", "bye")];
+        if let Some(h) = hint {
+            query.push(("id_token_hint", h["id_token"].as_str().unwrap()));
+        }
+        let r = browser.client.get(issuer.endpoint("/logout")).query(&query).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        assert!(r.headers().get("set-cookie").is_none(), "nothing ended yet");
+        let html = r.text().await.unwrap();
+        assert!(html.contains("Sign out?") && html.contains("name=\"confirm\""), "{html}");
+        assert!(html.contains("name=\"state\" value=\"bye\""), "the request's parameters carry over: {html}");
+        silent_code(&browser, &issuer, &GATEWAY, "").await;
+    }
+    // A post from elsewhere cannot know the confirmation, which only the session's cookie gives.
+    let forged = [("client_id", EXAMPLE.id), ("confirm", "AAAA")];
+    let r = browser.client.post(issuer.endpoint("/logout")).form(&forged).send().await.unwrap();
+    assert!(r.text().await.unwrap().contains("Sign out?"));
+    silent_code(&browser, &issuer, &GATEWAY, "").await;
+
+    // The page's own form signs out.
+    let html = browser.client.get(issuer.endpoint("/logout")).send().await.unwrap().text().await.unwrap();
+    let confirm = html.split("name=\"confirm\" value=\"").nth(1).and_then(|v| v.split('"').next()).unwrap();
+    let r = browser.client.post(issuer.endpoint("/logout")).form(&[("confirm", confirm)]).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("You have been signed out"));
+    assert!(shows_login(&browser, &issuer, &GATEWAY, "").await, "the session is over");
+    assert_eq!(refresh(&issuer, &EXAMPLE, &tokens).await.0, 200, "no client named: no family revoked");
+}
+
+#[tokio::test]
 async fn a_logout_without_the_session_and_with_a_stale_hint_revokes_nothing() {
     let issuer = Issuer::start().await;
 

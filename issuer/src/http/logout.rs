@@ -2,6 +2,10 @@
 //! refresh-token families minted in it for the client the `id_token_hint` (or `client_id`) names; what
 //! exactly is `crate::session::end`'s rule. The browser goes to a registered `post_logout_redirect_uri`
 //! or sees a signed-out page. An unregistered URI is never redirected to.
+//!
+//! When the browser has a session and the request has no `id_token_hint` of that session and user, the
+//! user is asked first (§2: the OP MUST ask then), with a form that posts back here: a link on another site
+//! cannot sign the browser out, nor tell every application of the session to sign out.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -18,10 +22,23 @@ use crate::token::IdTokenClaims;
 #[template(path = "signed_out.html")]
 struct SignedOut;
 
+/// The question of RP-Initiated Logout 1.0 §2; the form posts the request's parameters back with `confirm`.
+#[derive(askama::Template)]
+#[template(path = "logout_confirm.html")]
+struct Confirm<'a> {
+    action: String,
+    /// `(name, value)` of the hidden fields.
+    fields: Vec<(&'static str, &'a str)>,
+    issuer: &'a str,
+}
+
+/// The request parameters a confirmation form carries over.
+const CARRIED: [&str; 4] = ["id_token_hint", "client_id", "post_logout_redirect_uri", "state"];
+
 /// `GET /logout`.
 pub async fn logout(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     match Form::from_query(uri.query()) {
-        Ok(form) => handle(&state, &headers, &form).await,
+        Ok(form) => handle(&state, &headers, &form, false).await,
         Err(e) => error_page(StatusCode::BAD_REQUEST, "Bad request", e),
     }
 }
@@ -29,7 +46,7 @@ pub async fn logout(State(state): State<AppState>, uri: Uri, headers: HeaderMap)
 /// `POST /logout`.
 pub async fn logout_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     match Form::parse(&headers, &body) {
-        Ok(form) => handle(&state, &headers, &form).await,
+        Ok(form) => handle(&state, &headers, &form, true).await,
         Err(e) => error_page(StatusCode::BAD_REQUEST, "Bad request", e),
     }
 }
@@ -50,7 +67,7 @@ pub fn parse_id_token_hint(form: &Form, keys: &[PublicKey]) -> Result<Option<IdT
     verify_jwt(token, keys).and_then(|v| serde_json::from_value(v).ok()).map(Some).ok_or(HintError::NotOurs)
 }
 
-async fn handle(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
+async fn handle(state: &AppState, headers: &HeaderMap, form: &Form, posted: bool) -> Response {
     let keys = match state.keys().await {
         Ok(k) => k,
         Err(e) => return internal(e),
@@ -88,6 +105,9 @@ async fn handle(state: &AppState, headers: &HeaderMap, form: &Form) -> Response 
             Some(uri.to_owned())
         }
     };
+    if let Some(confirm) = confirmation(state, headers, form, hint.as_ref(), posted).await {
+        return confirm;
+    }
     let ended = match crate::session::end(state, headers, hint.as_ref(), client_id.as_deref()).await {
         Ok(e) => e,
         Err(e) => return e.into_response(),
@@ -102,6 +122,41 @@ async fn handle(state: &AppState, headers: &HeaderMap, form: &Form) -> Response 
     };
     ended.clear_cookie(state, &mut r);
     r
+}
+
+/// The confirmation page, when one is due: the browser has a live session, the hint (if any) is not of that
+/// session and its user, and the request is not the page's own confirmed `POST`.
+async fn confirmation(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &Form,
+    hint: Option<&IdTokenClaims>,
+    posted: bool,
+) -> Option<Response> {
+    let cookie = crate::session::cookie(state, headers)?;
+    let session = match crate::session::current(state, headers).await {
+        Ok(s) => s?,
+        Err(e) => return Some(super::storage_failure(e)),
+    };
+    let hinted = hint.is_some_and(|h| {
+        h.sid.as_deref() == Some(session.id.as_str()) && h.sub == state.config.subject(&session.identity)
+    });
+    let confirmed = posted && form.get("confirm").is_some_and(|c| cookie.confirms_logout(c));
+    if hinted || confirmed {
+        return None;
+    }
+    let token = cookie.logout_confirmation();
+    let mut fields: Vec<(&'static str, &str)> =
+        CARRIED.iter().filter_map(|&name| Some((name, form.get(name)?))).collect();
+    fields.push(("confirm", &token));
+    let page = Confirm {
+        action: format!("{}/logout", state.config.path_prefix()),
+        fields,
+        issuer: state.config.issuer.as_str().trim_end_matches('/'),
+    };
+    let mut r = super::page(StatusCode::OK, &page);
+    r.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    Some(r)
 }
 
 #[cfg(test)]

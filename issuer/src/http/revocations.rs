@@ -17,6 +17,14 @@ use crate::storage::RevocationKind;
 /// Most entries in one page; a gateway that gets this many asks again from the new cursor.
 pub const PAGE: u32 = 1000;
 
+/// Most bytes of entry values in one page (with each entry's JSON around them, well under the 256 KiB a
+/// gateway reads of a callout's answer); a page ends early rather than pass it. Long values (LDAP group DNs)
+/// make for shorter pages, never for an answer a gateway cannot read.
+pub const PAGE_BYTES: usize = 128 * 1024;
+
+/// JSON around one entry's value: `{"kind":"group","value":,"revoked_at":1700000000},` and some.
+const ENTRY_OVERHEAD: usize = 64;
+
 /// Seconds a gateway should wait between polls (the `interval` member).
 pub const POLL_INTERVAL_SECS: u64 = 5;
 
@@ -85,7 +93,17 @@ async fn handle(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Result<Resp
         return Ok((StatusCode::NOT_MODIFIED, etag_headers(newest)).into_response());
     }
     let from = if reset { 0 } else { after };
-    let rows = state.storage.list_revocations_after(from, PAGE).await?;
+    let mut rows = state.storage.list_revocations_after(from, PAGE).await?;
+    let mut bytes = 0;
+    // At least one entry, however long, so the cursor always moves.
+    let fits = rows
+        .iter()
+        .position(|r| {
+            bytes += ENTRY_OVERHEAD + serde_json::to_string(&r.value).map_or(6 * r.value.len(), |v| v.len());
+            bytes > PAGE_BYTES
+        })
+        .map_or(rows.len(), |n| n.max(1));
+    rows.truncate(fits);
     let cursor = rows.last().map_or(from, |r| r.seq);
     let feed = Feed {
         cursor: cursor.to_string(),

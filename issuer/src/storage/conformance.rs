@@ -29,7 +29,8 @@ macro_rules! suite {
             client_crud, client_update_is_atomic_and_keeps_the_id, password_crud_matches_emails_case_insensitively,
             refresh_tokens_are_listed_by_user, session_crud, session_update_is_atomic_and_keeps_the_id,
             session_records_round_trip_exactly, garbage_collection_removes_expired_sessions,
-            revocations_are_listed_after_a_cursor_and_collected_by_age);
+            revocations_are_listed_after_a_cursor_and_collected_by_age,
+            a_reader_following_the_revocation_cursor_never_skips_a_concurrent_insert);
     };
     (@each $attr:tt $make:expr; $($case:ident),*) => {
         $(
@@ -648,4 +649,45 @@ pub(crate) async fn revocations_are_listed_after_a_cursor_and_collected_by_age<S
     assert!(d > c, "a seq is never reused");
     assert_eq!(s.delete_revocations_before(350, 10).await.unwrap(), 1, "only entries older than the cutoff go");
     assert_eq!(s.list_revocations_after(0, 10).await.unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![d]);
+}
+
+/// The revocation feed's cursor is the last `seq` a reader saw: an entry that becomes visible later with a
+/// smaller `seq` (an insert that committed after a later one) would be skipped for good.
+pub(crate) async fn a_reader_following_the_revocation_cursor_never_skips_a_concurrent_insert<S: Storage + 'static>(
+    s: Arc<S>,
+) {
+    use super::RevocationKind;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for n in 0..40 {
+                    seqs.push(s.create_revocation(RevocationKind::Sid, &format!("w{w}-{n}"), 100).await.unwrap());
+                }
+                seqs
+            })
+        })
+        .collect();
+    let (mut cursor, mut seen) = (0, Vec::new());
+    let mut done = false;
+    loop {
+        // Once the writers are done, one more pass reads what is left.
+        let last_pass = done;
+        done = writers.iter().all(tokio::task::JoinHandle::is_finished);
+        let page = s.list_revocations_after(cursor, 7).await.unwrap();
+        if let Some(last) = page.last() {
+            cursor = last.seq;
+        }
+        if page.is_empty() && last_pass {
+            break;
+        }
+        seen.extend(page.into_iter().map(|r| r.seq));
+    }
+    let mut created: Vec<i64> = Vec::new();
+    for w in writers {
+        created.extend(w.await.unwrap());
+    }
+    created.sort_unstable();
+    assert_eq!(seen, created, "every entry once, in seq order, none skipped");
 }

@@ -580,13 +580,20 @@ impl Storage for Postgres {
     }
 
     async fn create_revocation(&self, kind: RevocationKind, value: &str, revoked_at: i64) -> Result<i64, StorageError> {
+        // `seq` comes from an identity column, assigned at insert but visible at commit: two replicas
+        // inserting at once could commit 11 before 10, and a feed reader between the two commits would move
+        // its cursor past 10 for good. Inserts take turns (revocations are rare), so `seq` order is commit
+        // order.
+        let mut tx = self.pool.begin().await.map_err(pg)?;
+        Self::advisory_lock(&mut tx, "tokengate.revocations").await?;
         let row = sqlx::query("INSERT INTO revocations (kind, value, revoked_at) VALUES ($1, $2, $3) RETURNING seq")
             .bind(kind.as_str())
             .bind(value)
             .bind(revoked_at)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await
             .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
         Ok(row.get::<i64, _>(0))
     }
 
