@@ -628,7 +628,7 @@ fn bounds(s: &mut String, r: &Results) {
             s,
             "- **{what} in wasm.** {} per request: the no-op module costs {} in the same host, and the filter's whole \
              decision natively takes {}; the rest is the same logic as wasm code (Cranelift, 32-bit, no SIMD: SHA-256, \
-             AES-GCM for the cookie, base64 and JSON of the cached entry and claims) and the ABI calls it makes (each \
+             ChaCha20-Poly1305 for the cookie, base64 and JSON of the cached entry and claims) and the ABI calls it makes (each \
              header, shared-data read and metric is a host call that copies bytes across the wasm boundary). \
              Profile of the loop: {split}.",
             us(c.wasm.median_us),

@@ -22,7 +22,7 @@
 //! # Floods
 //!
 //! Only what the filter verified is ever stored: a session after a successful login or refresh (a forged
-//! cookie fails AES-GCM and stores nothing), a bearer token after its signature, issuer, audience and
+//! cookie fails its AEAD tag and stores nothing), a bearer token after its signature, issuer, audience and
 //! expiry checked out. Garbage therefore costs CPU, never memory or evictions. Evicting real users takes
 //! validly signed tokens, and then only the least recently used entries of one set go first: a user active
 //! within the last minute outlives any number of one-off tokens unless more than `WAYS` are inserted into
