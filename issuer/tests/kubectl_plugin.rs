@@ -56,7 +56,27 @@ async fn login_url(child: &mut std::process::Child) -> String {
             }
         }
     });
-    rx.await.expect("the plugin prints the sign-in URL")
+    tokio::time::timeout(LIMIT, rx)
+        .await
+        .expect("the plugin prints the sign-in URL within the limit")
+        .expect("the plugin prints the sign-in URL")
+}
+
+/// How long the plugin may take to print its URL or to exit: far beyond what it needs, so that a stuck
+/// plugin fails the test with a message instead of hanging it.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Waits for the plugin to exit and returns its output; kills it and fails after [`LIMIT`].
+async fn finish(child: std::process::Child) -> std::process::Output {
+    let pid = child.id();
+    let wait = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+    match tokio::time::timeout(LIMIT, wait).await {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("the plugin did not exit within {LIMIT:?}");
+        }
+    }
 }
 
 /// The plugin's token cache under `home` (one file per issuer and client).
@@ -104,7 +124,7 @@ async fn get_token_logs_in_once_then_uses_the_cache_and_refreshes_an_expired_tok
     assert!(callback.starts_with(&redirect()), "{callback}");
     let r = http().get(&callback).send().await.unwrap();
     assert_eq!(r.status(), 200, "the plugin's loopback listener answers the browser");
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let out = finish(child).await;
     let first = exec_credential(&out);
     let token = first["status"]["token"].as_str().unwrap().to_owned();
     assert_eq!(claims(&token)["aud"], "kubernetes");
@@ -171,7 +191,7 @@ async fn kubelogin_flags_work_a_taken_port_is_no_obstacle_and_kubelogins_cache_i
     let callback = location.unwrap().replace("http://localhost:", "http://127.0.0.1:");
     let r = http().get(&callback).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let out = finish(child).await;
     let token = exec_credential(&out)["status"]["token"].as_str().unwrap().to_owned();
     assert_eq!(claims(&token)["email"], "jane@example.com");
     drop(busy);
@@ -241,7 +261,7 @@ async fn authcode_keyboard_signs_in_a_public_client_with_a_pasted_code() {
     let mut stdin = child.stdin.take().unwrap();
     std::io::Write::write_all(&mut stdin, format!("{code}\n").as_bytes()).unwrap();
     drop(stdin);
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let out = finish(child).await;
     let token = exec_credential(&out)["status"]["token"].as_str().unwrap().to_owned();
     assert_eq!(claims(&token)["aud"], "kubectl");
     assert_eq!(claims(&token)["email"], "jane@example.com");
@@ -268,7 +288,7 @@ async fn after_the_user_is_revoked_get_token_falls_back_to_a_new_login() {
             assert!(auth_url.starts_with(&issuer_url), "{auth_url}");
             let (_, location) = Browser::new().sign_in(&auth_url, "jane@example.com", "password").await;
             assert_eq!(http().get(location.unwrap()).send().await.unwrap().status(), 200);
-            let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+            let out = finish(child).await;
             exec_credential(&out)["status"]["token"].as_str().unwrap().to_owned()
         }
     };

@@ -185,9 +185,10 @@ impl Receiver {
         url
     }
 
-    /// Waits (at most 10 s) until `n` tokens have arrived; returns them.
+    /// Waits (at most 60 s: deliveries retry after 0.5 s and 1 s, and a loaded machine is slow) until `n`
+    /// tokens have arrived; returns them.
     async fn wait_for(&self, n: usize) -> Vec<String> {
-        tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::time::timeout(Duration::from_secs(60), async {
             loop {
                 let notified = self.arrived.notified();
                 {

@@ -16,9 +16,10 @@ use issuer::config::Config;
 use issuer::revocation::{revoke, Target};
 use serde_json::{json, Value};
 
-/// Bound on how long a revocation may take to bite in this test: the default poll interval (5 s) jittered
-/// by a fifth, a one-second tick, and room for a slow machine. The delays seen are printed.
-const DEADLINE: Duration = Duration::from_secs(20);
+/// Bound on how long a revocation may take to bite in this test: far above the default poll interval (5 s)
+/// jittered by a fifth plus a one-second tick, so a slow or loaded machine never fails it. The delays seen
+/// are printed; the expected delay is a figure for README and `make bench`, not for a timed test.
+const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A browser: one cookie jar for every host, redirects followed by hand so each hop is visible.
 struct User {
