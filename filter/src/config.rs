@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use crate::session::Keyring;
+use crate::session::{Cipher, Keyring};
 use crate::url::HttpUrl;
 
 const TOP_KEYS: &[&str] = &[
@@ -53,7 +53,8 @@ const OWN_AUTH_PARAMS: &[&str] = &[
     "code_challenge",
     "code_challenge_method",
 ];
-const COOKIE_KEYS: &[&str] = &["name", "domain", "path", "secure", "same_site", "lifetime", "pass_to_upstream"];
+const COOKIE_KEYS: &[&str] =
+    &["name", "domain", "path", "secure", "same_site", "lifetime", "pass_to_upstream", "cipher"];
 const SKIP_KEYS: &[&str] = &["path_prefix", "path_regex", "methods"];
 
 /// Headers the filter must never be told to set from claims: they would break routing or let a claim
@@ -169,6 +170,9 @@ pub struct CookieConfig {
     /// session cookie carries the refresh token, and an upstream that logs or echoes cookies would hold a
     /// replayable credential.
     pub pass_to_upstream: bool,
+    /// The AEAD new cookies are sealed with (`chacha20-poly1305`, the default, or `aes-256-gcm` while
+    /// gateways from before format 2 still serve); both always open.
+    pub cipher: Cipher,
 }
 
 /// A request that bypasses authentication.
@@ -612,6 +616,7 @@ impl Reader {
 
         let issuer_url = issuer_url?;
         let authority = authority.unwrap_or_else(|| issuer_url.authority());
+        let keyring = keyring?.sealing_with(cookie.as_ref().map(|c| c.cipher).unwrap_or_default());
         Some(FilterConfig {
             issuer: issuer?,
             issuer_url,
@@ -625,7 +630,7 @@ impl Reader {
             audiences,
             cookie: cookie?,
             cache,
-            keyring: keyring?,
+            keyring,
             pass_authorization_header,
             claims_to_headers,
             allowed_groups,
@@ -685,8 +690,22 @@ impl Reader {
         }
         let lifetime = self.duration(&mut m, "cookie", "lifetime", Duration::from_secs(168 * 3600));
         let pass_to_upstream = self.bool(&mut m, "cookie", "pass_to_upstream", false);
+        let cipher = match self.string(&mut m, "cookie", "cipher") {
+            None => Cipher::default(),
+            Some(c) => match c.to_ascii_lowercase().as_str() {
+                "chacha20-poly1305" => Cipher::ChaCha20Poly1305,
+                "aes-256-gcm" => Cipher::Aes256Gcm,
+                _ => {
+                    self.invalid(
+                        "cookie.cipher".into(),
+                        format!("expected \"chacha20-poly1305\" or \"aes-256-gcm\", found {c:?}"),
+                    );
+                    Cipher::default()
+                }
+            },
+        };
         self.unknown(m, "cookie", COOKIE_KEYS);
-        Some(CookieConfig { name, domain, path, secure, same_site, lifetime, pass_to_upstream })
+        Some(CookieConfig { name, domain, path, secure, same_site, lifetime, pass_to_upstream, cipher })
     }
 
     fn keyring(&mut self, m: &mut Map<String, Value>) -> Option<Keyring> {
@@ -859,6 +878,7 @@ mod tests {
         assert!(cfg.cookie.secure);
         assert_eq!(cfg.cookie.same_site, SameSite::Lax);
         assert_eq!(cfg.cookie.lifetime, Duration::from_secs(168 * 3600));
+        assert_eq!(cfg.cookie.cipher, Cipher::ChaCha20Poly1305);
         assert!(cfg.pass_authorization_header);
         assert!(cfg.skip_cors_preflight);
         assert_eq!(cfg.clock_skew, Duration::from_secs(60));
@@ -877,7 +897,7 @@ mod tests {
             "scopes": ["openid", "email"],
             "audiences": ["kubernetes"],
             "cookie": {"name": "sess", "domain": "example.com", "path": "/", "secure": false,
-                       "same_site": "Strict", "lifetime": "12h"},
+                       "same_site": "Strict", "lifetime": "12h", "cipher": "AES-256-GCM"},
             "pass_authorization_header": false,
             "claims_to_headers": {"email": "X-Auth-Request-Email", "groups": "x-auth-request-groups"},
             "allowed_groups": ["admins"],
@@ -897,6 +917,8 @@ mod tests {
         }
         let cfg = parse(v).unwrap();
         assert_eq!(cfg.authority, "dex.internal:5556");
+        assert_eq!(cfg.cookie.cipher, Cipher::Aes256Gcm);
+        assert!(format!("{:?}", cfg.keyring).contains("seal: Aes256Gcm"), "the keyring seals what was asked");
         assert_eq!(cfg.claims_to_headers[0], ("email".into(), "x-auth-request-email".into()));
         assert_eq!(cfg.allowed_emails, vec!["@example.com", "bob@other.org"]);
         assert_eq!(cfg.skip[1].methods, vec!["GET"]);
@@ -935,6 +957,10 @@ mod tests {
                 "`cookie.same_site`: expected \"Strict\", \"Lax\" or \"None\"",
             ),
             (serde_json::json!({"cookie": {"same_site": "None", "secure": false}}), "requires cookie.secure = true"),
+            (
+                serde_json::json!({"cookie": {"cipher": "aes-128-gcm"}}),
+                "`cookie.cipher`: expected \"chacha20-poly1305\" or \"aes-256-gcm\", found \"aes-128-gcm\"",
+            ),
             (
                 serde_json::json!({"cookie_secrets": ["c2hvcnQ="]}),
                 "`cookie_secrets[0]`: expected base64 of exactly 32 bytes",

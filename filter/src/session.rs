@@ -3,9 +3,10 @@
 //! the ID token lives is `cache`'s business.
 //!
 //! Sealed format, base64url without padding: `version (1) | key id (1) | nonce (12) | ciphertext | tag (16)`.
-//! Version 2, which every cookie is now sealed with, is ChaCha20-Poly1305 (RFC 8439) under a key derived
+//! Version 2, which cookies are sealed with by default, is ChaCha20-Poly1305 (RFC 8439) under a key derived
 //! from the secret (HMAC-SHA256 with a fixed label, so one secret never keys two ciphers); version 1,
-//! AES-256-GCM under the secret itself, still opens, so sessions survive the upgrade. ChaCha20 is
+//! AES-256-GCM under the secret itself, always opens, so sessions survive the upgrade, and `cookie.cipher:
+//! aes-256-gcm` keeps sealing it while gateways that predate version 2 still serve (see [`Cipher`]). ChaCha20 is
 //! arithmetic on 32-bit words: in wasm (no AES instructions, no SIMD) ring opens a 200-byte cookie in a
 //! quarter of AES-GCM's time, and a 600-byte one in a fifth. The key id is the first byte of SHA-256 over
 //! the secret, so rotating `cookie_secrets` (new key first, old keys kept) still opens old cookies. The
@@ -23,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::{CookieConfig, SameSite};
 use crate::random::Random;
 
-/// The format cookies are sealed with: ChaCha20-Poly1305.
+/// The format cookies are sealed with by default: ChaCha20-Poly1305.
 const VERSION: u8 = 2;
-/// The first format, still opened: AES-256-GCM.
+/// The first format, always opened, sealed with `cookie.cipher: aes-256-gcm`: AES-256-GCM.
 const VERSION_AES_GCM: u8 = 1;
 const HEADER_LEN: usize = 2 + NONCE_LEN;
 const TAG_LEN: usize = 16;
@@ -127,6 +128,17 @@ impl Expiring for LoginFlow {
     }
 }
 
+/// The AEAD new cookies are sealed with (`cookie.cipher`); cookies sealed with either always open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cipher {
+    /// Format 2, ChaCha20-Poly1305 (RFC 8439) under a key derived from the secret: the default.
+    #[default]
+    ChaCha20Poly1305,
+    /// Format 1, AES-256-GCM under the secret: what filters before format 2 can open, for the length of a
+    /// rolling upgrade (or a rollback) across gateways.
+    Aes256Gcm,
+}
+
 /// One `cookie_secrets` entry: its id and its key for each format.
 #[derive(Clone)]
 struct CookieKey {
@@ -139,18 +151,23 @@ struct CookieKey {
 #[derive(Clone)]
 pub struct Keyring {
     keys: Vec<CookieKey>,
+    seal: Cipher,
 }
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyring").field("key_ids", &self.keys.iter().map(|k| k.id).collect::<Vec<_>>()).finish()
+        f.debug_struct("Keyring")
+            .field("key_ids", &self.keys.iter().map(|k| k.id).collect::<Vec<_>>())
+            .field("seal", &self.seal)
+            .finish()
     }
 }
 
 // === impl Keyring ===
 
 impl Keyring {
-    /// Builds a keyring from 32-byte secrets; callers guarantee at least one (config validation does).
+    /// Builds a keyring from 32-byte secrets that seals with [`Cipher::default`]; callers guarantee at least
+    /// one secret (config validation does).
     pub fn new(secrets: &[[u8; 32]]) -> Keyring {
         let key = |alg: &'static Algorithm, bytes: &[u8]| UnboundKey::new(alg, bytes).ok().map(LessSafeKey::new);
         let keys = secrets
@@ -165,22 +182,34 @@ impl Keyring {
                 })
             })
             .collect();
-        Keyring { keys }
+        Keyring { keys, seal: Cipher::default() }
     }
 
-    /// Encrypts `payload` for the cookie called `name` (format version 2).
+    /// The same keys, sealing new cookies with `cipher`.
+    pub fn sealing_with(self, cipher: Cipher) -> Keyring {
+        Keyring { seal: cipher, ..self }
+    }
+
+    /// Encrypts `payload` for the cookie called `name` with the keyring's [`Cipher`].
     pub fn seal<T: Serialize>(&self, name: &str, payload: &T, rng: &dyn Random) -> Result<String, SessionError> {
         let key = self.keys.first().ok_or(SessionError::UnknownKey)?;
         let id = &key.id;
+        let (version, cipher) = match self.seal {
+            Cipher::ChaCha20Poly1305 => (VERSION, &key.chacha),
+            Cipher::Aes256Gcm => (VERSION_AES_GCM, &key.aes_gcm),
+        };
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill(&mut nonce).map_err(|_| SessionError::Random)?;
         let mut data = serde_json::to_vec(payload).map_err(|_| SessionError::Payload)?;
-        let aad = aad(name, VERSION, *id);
-        key.chacha
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut data)
+        cipher
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(name, version, *id)),
+                &mut data,
+            )
             .map_err(|_| SessionError::Payload)?;
         let mut out = Vec::with_capacity(HEADER_LEN + data.len());
-        out.push(VERSION);
+        out.push(version);
         out.push(*id);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&data);
@@ -345,6 +374,24 @@ mod tests {
     }
 
     #[test]
+    fn a_keyring_sealing_aes_gcm_writes_format_1_for_gateways_that_predate_format_2() {
+        let ring = Keyring::new(&[[7; 32]]).sealing_with(Cipher::Aes256Gcm);
+        let sealed = ring.seal("_tg", &session(3), &Counting).unwrap();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&sealed).unwrap()[0], 1);
+        // What the version-1 code opened: AES-256-GCM under the secret itself.
+        let raw = URL_SAFE_NO_PAD.decode(&sealed).unwrap();
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7; 32]).unwrap());
+        let mut data = raw[HEADER_LEN..].to_vec();
+        let nonce: [u8; NONCE_LEN] = raw[2..HEADER_LEN].try_into().unwrap();
+        let aad = [&[1, raw[1]][..], b"_tg"].concat();
+        let plain = key.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut data).unwrap();
+        assert_eq!(serde_json::from_slice::<Session>(plain).unwrap(), session(3));
+        // And a default keyring opens both formats.
+        let default = Keyring::new(&[[7; 32]]);
+        assert_eq!(default.open::<Session>("_tg", &sealed, 1_000).unwrap(), session(3));
+    }
+
+    #[test]
     fn new_cookies_are_chacha20_poly1305_under_a_derived_key() {
         let ring = Keyring::new(&[[7; 32]]);
         let sealed = URL_SAFE_NO_PAD.decode(ring.seal("_tg", &session(4), &Counting).unwrap()).unwrap();
@@ -461,6 +508,7 @@ mod tests {
             same_site: SameSite::Strict,
             lifetime: Duration::from_secs(60),
             pass_to_upstream: false,
+            cipher: Cipher::default(),
         };
         assert_eq!(
             set_cookie(&cfg, "_tg", "v", Duration::from_secs(60), SameSite::Lax),

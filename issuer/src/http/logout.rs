@@ -5,7 +5,9 @@
 //!
 //! When the browser has a session and the request has no `id_token_hint` of that session and user, the
 //! user is asked first (§2: the OP MUST ask then), with a form that posts back here: a link on another site
-//! cannot sign the browser out, nor tell every application of the session to sign out.
+//! cannot sign the browser out, nor tell every application of the session to sign out, unless it holds an
+//! ID token of that session (which only the applications that received one do; §2 lets such a hint skip
+//! the question).
 
 use axum::body::Bytes;
 use axum::extract::State;
