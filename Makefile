@@ -13,7 +13,7 @@ FUZZ_SECONDS   ?= 60
 SUDO           := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test wasm lint deny fmt bench drills fuzz clean
+.PHONY: help setup setup-test run test wasm lint deny fmt bench drills fuzz clean
 
 ##@ General
 
@@ -24,16 +24,20 @@ help: ## Show this help
 
 ##@ Setup
 
-setup: ## Install the Rust toolchain, the wasm target and system packages: clang (ring on wasm32), chromium + chromedriver (browser test), postgresql (storage tests), slapd + ldap-utils (LDAP connector tests), python3-venv (gRPC API test with grpcio) (idempotent)
+setup: ## Install what building and `make run` need: the Rust toolchain, the wasm target, clang (ring on wasm32), curl (idempotent)
 	@command -v rustup >/dev/null || { echo "rustup is required: https://rustup.rs"; exit 1; }
 	@rustup toolchain list | grep -q "^$(TOOLCHAIN)-" || rustup toolchain install $(TOOLCHAIN) --profile minimal
 	@rustup component list --toolchain $(TOOLCHAIN) --installed | grep -q '^clippy' || rustup component add clippy rustfmt --toolchain $(TOOLCHAIN)
 	@rustup target list --toolchain $(TOOLCHAIN) --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET) --toolchain $(TOOLCHAIN)
 	@missing=""; \
 	  command -v clang >/dev/null || missing="$$missing clang"; \
+	  command -v curl >/dev/null || missing="$$missing curl"; \
+	  if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
+
+setup-test: setup ## Also install the tests' real peers: chromium + chromedriver (browser test), postgresql (storage tests, drills), slapd + ldap-utils (LDAP connector tests), python3-venv (gRPC API test with grpcio) (idempotent)
+	@missing=""; \
 	  command -v chromium >/dev/null || missing="$$missing chromium"; \
 	  command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
-	  command -v curl >/dev/null || missing="$$missing curl"; \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	  [ -x /usr/sbin/slapd ] || missing="$$missing slapd"; \
 	  command -v ldapsearch >/dev/null || missing="$$missing ldap-utils"; \
@@ -52,13 +56,13 @@ wasm: setup ## Build the filter for Envoy: target/wasm32-wasip1/release/filter.w
 	@cp $(CARGO_TARGET_DIR)/$(WASM_TARGET)/wasm-release/filter.wasm $(WASM_OUT)
 	@ls -l $(WASM_OUT)
 
-test: setup wasm ## Run every test: unit (natively and compiled to wasm), storage conformance (memory, SQLite, PostgreSQL), issuer over HTTP, filter e2e in proxy-wasm-host (against the issuer and panva oidc-provider), HA and the failure drills, browser
+test: setup-test wasm ## Run every test: unit (natively and compiled to wasm), storage conformance (memory, SQLite, PostgreSQL), issuer over HTTP, filter e2e in proxy-wasm-host (against the issuer and panva oidc-provider), HA and the failure drills, browser
 	scripts/oidc-provider.sh $(CARGO_TARGET_DIR)/node > /dev/null
 	$(CARGO) build -p tests --bin wasm-test-runner
 	CARGO_TARGET_WASM32_WASIP1_RUNNER=$(CARGO_TARGET_DIR)/debug/wasm-test-runner $(CARGO) test -p filter --target $(WASM_TARGET)
 	scripts/with-postgres.sh $(CARGO) test --workspace --no-fail-fast -- --include-ignored
 
-drills: setup ## Run the issuer's failure drills (replicas killed under load, PostgreSQL restarted, keys rotating every 10 s, migrations raced, a GC backlog) and write their tables into BENCHMARKS.md; `make test` runs them too
+drills: setup-test ## Run the issuer's failure drills (replicas killed under load, PostgreSQL restarted, keys rotating every 10 s, migrations raced, a GC backlog) and write their tables into BENCHMARKS.md; `make test` runs them too
 	CARGO="$(CARGO)" scripts/drills.sh
 
 fuzz: wasm ## Run each fuzz target for FUZZ_SECONDS (default 60): the filter's (cookie, jwt, config), the compiled-module fuzzer, and the issuer's (config_file, client_auth, id_token_hint, user_code, login_form); installs nightly and cargo-fuzz
@@ -73,7 +77,7 @@ fuzz: wasm ## Run each fuzz target for FUZZ_SECONDS (default 60): the filter's (
 	done
 	$(CARGO) run -p tests --bin fuzz-module -- --seconds $(FUZZ_SECONDS) --wasm $(WASM_OUT)
 
-bench: setup wasm ## Run the benchmarks (filter in wasmtime, issuer vs oidc-provider; installs wrk and oidc-provider) and write BENCHMARKS.md
+bench: setup-test wasm ## Run the benchmarks (filter in wasmtime, issuer vs oidc-provider; installs wrk and oidc-provider) and write BENCHMARKS.md
 	CARGO="$(CARGO)" scripts/bench.sh
 
 lint: setup ## fmt --check and clippy -D warnings (native and wasm)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench` (after `make setup wasm`): installs the load tools, builds the no-op module, the release
+# `make bench` (after `make setup-test wasm`): installs the load tools, builds the no-op module, the release
 # issuer and the `bench` binary, then runs `bench run`, which measures everything and writes BENCHMARKS.md.
 # Every command that does work is recorded in $CARGO_TARGET_DIR/bench-work/commands.txt for the report.
 set -euo pipefail

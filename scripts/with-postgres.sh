@@ -4,7 +4,7 @@
 # temporary directory and is stopped (and the directory removed) when the command ends, however it ends.
 set -euo pipefail
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-[ -x "$pgbin/initdb" ] || { echo "PostgreSQL server binaries not found: run 'make setup'" >&2; exit 1; }
+[ -x "$pgbin/initdb" ] || { echo "PostgreSQL server binaries not found: run 'make setup-test'" >&2; exit 1; }
 
 dir=$(mktemp -d /tmp/tokengate-pg.XXXXXX)
 as_owner=()

@@ -151,7 +151,7 @@ pub(crate) fn markdown(r: &Results, quick: bool) -> String {
         p.wrk_threads, p.wrk_connections, p.wrk_secs, p.login_concurrency, p.measure_secs
     );
 
-    let _ = writeln!(s, "## Commands\n\n`make bench` runs `make setup wasm` (the filter: `cargo build -p filter --target wasm32-wasip1 \
+    let _ = writeln!(s, "## Commands\n\n`make bench` runs `make setup-test wasm` (the filter: `cargo build -p filter --target wasm32-wasip1 \
          --profile wasm-release`, copied to `$CARGO_TARGET_DIR/wasm32-wasip1/release/filter.wasm`), then \
          `scripts/bench.sh`, which ran:\n\n```sh");
     for c in &r.build_commands {

@@ -911,7 +911,11 @@ fn callback(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
         );
     }
     if !valid_id {
-        return fail("bad_state", "The sign-in response is missing its state. Go back and try again.", clear_flow);
+        return fail(
+            "bad_state",
+            "The sign-in response's state is missing or not one this gateway issued. Go back and try again.",
+            clear_flow,
+        );
     }
     let Some(raw) = req.cookie(&flow_cookie) else {
         return fail(
@@ -1028,6 +1032,9 @@ fn code_exchanged(
 // === sign-out ===
 
 fn sign_out(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
+    if req.header("sec-fetch-site").is_some_and(|s| s.trim().eq_ignore_ascii_case("cross-site")) {
+        return sign_out_confirmation(req);
+    }
     let set_cookies = clear_session_cookies(cfg, req);
     let session = open_session(cfg, ctx, req);
     let now = ctx.now_secs();
@@ -1075,6 +1082,20 @@ fn sign_out(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
 }
 
 // === back-channel logout ===
+
+/// 413 for a request body over `limit` bytes, with an RFC 6749-style JSON error like the endpoint's others.
+pub fn body_too_large(limit: usize) -> Decision {
+    let body = serde_json::json!({
+        "error": "invalid_request",
+        "error_description": format!("the request body is larger than {limit} bytes"),
+    });
+    Decision::Deny {
+        status: 413,
+        reason: "body_too_large",
+        headers: vec![("content-type".into(), "application/json".into()), ("cache-control".into(), "no-store".into())],
+        body: body.to_string(),
+    }
+}
 
 /// The largest back-channel logout request body read: a form with one JWT of a few hundred bytes.
 pub const MAX_LOGOUT_BODY: usize = 16 * 1024;
@@ -1126,12 +1147,7 @@ fn backchannel_logout(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> 
         .and_then(|n| n.trim().parse::<u64>().ok())
         .is_some_and(|n| n > MAX_LOGOUT_BODY as u64)
     {
-        return Decision::Deny {
-            status: 413,
-            reason: "body_too_large",
-            headers: vec![("cache-control".into(), "no-store".into())],
-            body: String::new(),
-        };
+        return body_too_large(MAX_LOGOUT_BODY);
     }
     let Some(body) = &req.body else {
         // The headers may reach the upstream before the filter's answer (see `Decision::ReadBody`): they carry
@@ -1369,6 +1385,31 @@ pub fn is_safe_redirect(cfg: &FilterConfig, req: &RequestParts, target: &str) ->
                 None => url.host == d,
             }
         })
+}
+
+/// A sign-out that another site started (Fetch Metadata `Sec-Fetch-Site: cross-site`: a link, form or
+/// script elsewhere; the `SameSite=Lax` cookie rides along on a link) does not sign out: it gets a page of
+/// this site whose button posts the same request back, same-origin. A forced logout would otherwise end
+/// the issuer session too, and so every application of it. The page cannot be framed. Browsers that send
+/// no Fetch Metadata (and non-browser clients) sign out at once, as before.
+fn sign_out_confirmation(req: &RequestParts) -> Decision {
+    let action = html_escape(&req.path);
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign out?</title></head><body>\
+         <h1>Sign out?</h1><p>Another site sent you here to sign out. Close this page to stay signed in.</p>\
+         <form method=\"post\" action=\"{action}\"><button type=\"submit\">Sign out</button></form></body></html>\n"
+    );
+    Decision::Deny {
+        status: 200,
+        reason: "sign_out_confirmation",
+        headers: vec![
+            ("content-type".into(), "text/html; charset=utf-8".into()),
+            ("cache-control".into(), "no-store".into()),
+            ("x-frame-options".into(), "DENY".into()),
+            ("content-security-policy".into(), "default-src 'none'; frame-ancestors 'none'".into()),
+        ],
+        body,
+    }
 }
 
 fn internal_error(req: &RequestParts) -> Decision {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use clap::builder::NonEmptyStringValueParser;
 use clap::{Parser, Subcommand};
 use issuer::config::Config;
 use issuer::state::{open_storage, AppState};
@@ -93,16 +94,16 @@ enum Command {
 #[group(required = true, multiple = false)]
 struct RevokeTarget {
     /// Every login of the user with this email (case-insensitively).
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = NonEmptyStringValueParser::new())]
     user: Option<String>,
     /// Every login with this `sub` claim.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = NonEmptyStringValueParser::new())]
     sub: Option<String>,
     /// Every login whose groups hold this group.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = NonEmptyStringValueParser::new())]
     group: Option<String>,
     /// One browser session (the `sid` claim).
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = NonEmptyStringValueParser::new())]
     session: Option<String>,
     /// Everything: every refresh token and browser session.
     #[arg(long)]
@@ -132,7 +133,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-#[allow(clippy::print_stdout)] // the command's output is its result
+#[allow(clippy::print_stdout, clippy::print_stderr)] // the command's output is its result; warnings go to stderr
 fn revoke(file: &Path, t: RevokeTarget) -> anyhow::Result<()> {
     use issuer::revocation::Target;
     let target = match (t.user, t.sub, t.group, t.session, t.all) {
@@ -152,8 +153,15 @@ fn revoke(file: &Path, t: RevokeTarget) -> anyhow::Result<()> {
         let state = AppState::new(config, storage, issuer::clock::Clock::system()).await?;
         let summary =
             issuer::revocation::revoke(&state, &target).await.map_err(|e| anyhow::anyhow!("revoking: {e}"))?;
-        tracing::info!(target: "audit", event = "admin_revoke", target = ?target, families = summary.families, sessions = summary.sessions);
+        tracing::info!(target: "audit", event = "admin_revoke", target = %target, families = summary.families, sessions = summary.sessions);
         println!("revoked {} refresh-token famil(ies) and {} browser session(s)", summary.families, summary.sessions);
+        if let (Target::User(email), true) = (&target, summary.logged.is_empty()) {
+            // Without a login on record there is no `sub` to publish: ID tokens already out stay valid.
+            eprintln!(
+                "warning: no refresh token or browser session of {email:?} is stored, so nothing was revoked or \
+                 logged; check the email, or revoke by `--sub SUB` (the sub claim of the user's tokens)"
+            );
+        }
         for (kind, value, seq) in &summary.logged {
             println!("logged {} {value:?} as revocation {seq}", kind.as_str());
         }
@@ -453,5 +461,9 @@ mod tests {
         let Command::Revoke { target, .. } = cli.command else { panic!("revoke") };
         assert_eq!(target.session.as_deref(), Some("-9QmVx2_a"));
         assert!(Cli::try_parse_from(["issuer", "revoke", "--config", "c.yaml", "--session"]).is_err(), "a value");
+        for flag in ["--user", "--sub", "--group", "--session"] {
+            let empty = Cli::try_parse_from(["issuer", "revoke", "--config", "c.yaml", flag, ""]);
+            assert!(empty.is_err(), "{flag} '' would log an entry naming nothing");
+        }
     }
 }

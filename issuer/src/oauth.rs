@@ -269,6 +269,10 @@ pub const OOB_REDIRECT_URI: &str = "urn:ietf:wg:oauth:2.0:oob";
 
 /// Appends query parameters to a (validated) redirect URI, keeping any query it already has.
 pub fn redirect_with(uri: &str, params: &[(&str, &str)]) -> String {
+    if params.is_empty() {
+        // As registered: no empty `?` appended.
+        return uri.to_owned();
+    }
     match url::Url::parse(uri) {
         Ok(mut u) => {
             {

@@ -44,6 +44,19 @@ pub enum Target {
     All,
 }
 
+/// As the command line names it (`user=jane@example.com`, `all`): for the audit log.
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::User(v) => write!(f, "user={v}"),
+            Target::Sub(v) => write!(f, "sub={v}"),
+            Target::Group(v) => write!(f, "group={v}"),
+            Target::Session(v) => write!(f, "session={v}"),
+            Target::All => f.write_str("all"),
+        }
+    }
+}
+
 /// What [`revoke`] did.
 #[derive(Debug, Default)]
 pub struct Summary {

@@ -110,6 +110,19 @@ async fn revoking_a_user_through_the_cli_ends_their_refresh_and_shows_in_the_fee
 }
 
 #[tokio::test]
+async fn revoking_a_user_with_nothing_stored_says_so_and_logs_nothing() {
+    let (issuer, config) = Issuer::start_with_file(|t| t).await;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_issuer"));
+    cmd.args(["revoke", "--config"]).arg(&config).args(["--user", "nobody@example.com"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "nothing to revoke is not an error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: no refresh token or browser session of \"nobody@example.com\""), "{stderr}");
+    let body: Value = feed(&issuer, "0", None).await.json().await.unwrap();
+    assert_eq!(body["revocations"], serde_json::json!([]), "{body}");
+}
+
+#[tokio::test]
 async fn long_values_make_shorter_pages_never_one_a_gateway_cannot_read() {
     let (issuer, _config) = Issuer::start_with_file(|t| t).await;
     let s = &issuer.state.storage;

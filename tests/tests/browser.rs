@@ -53,7 +53,7 @@ async fn chromium() -> (Process, tempfile::TempDir, Client) {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("chromedriver is installed by `make setup` (Debian package chromium-driver)"),
+            .expect("chromedriver is installed by `make setup-test` (Debian package chromium-driver)"),
     );
     wait_until_up(&format!("http://127.0.0.1:{driver_port}/status")).await;
     let profile = tempfile::tempdir().unwrap();

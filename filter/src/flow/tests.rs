@@ -677,6 +677,27 @@ fn sign_out_revokes_clears_cookies_and_goes_to_the_end_session_endpoint() {
 }
 
 #[test]
+fn a_sign_out_another_site_started_asks_first_and_the_same_origin_post_signs_out() {
+    let w = World::new();
+    let cookies = w.login();
+    let path = "/oauth2/sign_out?rd=/a%22b";
+    let mut cross = request("GET", path, &[("accept", HTML), ("sec-fetch-site", "cross-site")], &refs(&cookies));
+    let d = w.decide(&cross);
+    let Decision::Deny { status: 200, headers, body, .. } = &d else { panic!("{d:?}") };
+    assert_eq!(header(headers, "x-frame-options"), Some("DENY"));
+    assert_eq!(header(headers, "cache-control"), Some("no-store"));
+    assert!(body.contains("<form method=\"post\" action=\"/oauth2/sign_out?rd=/a%22b\">"), "{body}");
+    assert!(!headers.iter().any(|(k, _)| k == "set-cookie"), "nothing cleared");
+    assert!(matches!(w.decide(&browser("/app", &refs(&cookies))), Decision::Forward { .. }), "still signed in");
+    // A form on the other site posting here is cross-site too.
+    cross.method = "POST".into();
+    assert!(matches!(w.decide(&cross), Decision::Deny { status: 200, .. }));
+    // The page's own button: same-origin.
+    let mine = request("POST", path, &[("accept", HTML), ("sec-fetch-site", "same-origin")], &refs(&cookies));
+    assert!(matches!(w.decide(&mine), Decision::Call { .. }), "revokes and signs out");
+}
+
+#[test]
 fn sign_out_rd_parameter_is_checked_against_open_redirects() {
     let mut w = World::new();
     w.provider.as_mut().unwrap().metadata.end_session_endpoint = None;
@@ -1191,7 +1212,9 @@ fn back_channel_requests_failing_a_check_get_400_and_revoke_nothing() {
     assert!(matches!(d, Decision::Deny { status: 400, reason: "content_type", .. }), "{d:?}");
     let too_long = (MAX_LOGOUT_BODY + 1).to_string();
     let d = w.decide(&headers_only(&[("content-type", form), ("content-length", &too_long)]));
-    assert!(matches!(d, Decision::Deny { status: 413, .. }), "{d:?}");
+    let Decision::Deny { status: 413, headers, body, .. } = &d else { panic!("{d:?}") };
+    assert_eq!(header(headers, "content-type"), Some("application/json"));
+    assert!(body.contains("\"error\":\"invalid_request\"") && body.contains("16384 bytes"), "{body}");
     assert!(w.revocations().is_empty());
 }
 

@@ -267,8 +267,7 @@ impl HttpContext for Stream {
         };
         if body_size > limit {
             self.reading_body = None;
-            self.local_response(413, &[("cache-control", "no-store")], b"request body too large\n");
-            return Action::Pause;
+            return self.apply(&shared, flow::body_too_large(limit));
         }
         if !end_of_stream {
             // Envoy buffers the body until the end of the stream.

@@ -75,11 +75,9 @@ async fn handle(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Result<Resp
     }
     let after: i64 = match query.get("after") {
         None => 0,
-        Some(a) => a
-            .parse()
-            .ok()
-            .filter(|a: &i64| *a >= 0)
-            .ok_or_else(|| TokenError::InvalidRequest("after must be a non-negative integer".into()))?,
+        Some(a) => a.parse().ok().filter(|a: &i64| *a >= 0).ok_or_else(|| {
+            TokenError::InvalidRequest("after must be a cursor this feed returned (an integer from 0 to 2^63-1)".into())
+        })?,
     };
     let bounds = state.storage.get_revocation_bounds().await?;
     // GC always keeps the newest entry, so `newest` is the highest `seq` ever assigned (0: none yet).

@@ -174,11 +174,11 @@ impl PgServer {
     /// initdb and start, as `scripts/with-postgres.sh` does (as the `postgres` user when run as root).
     pub async fn start() -> PgServer {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL server binaries: run `make setup`")
+            .expect("PostgreSQL server binaries: run `make setup-test`")
             .map(|e| e.unwrap().path().join("bin"))
             .filter(|b| b.join("initdb").exists())
             .max()
-            .expect("PostgreSQL server binaries: run `make setup`");
+            .expect("PostgreSQL server binaries: run `make setup-test`");
         let dir = tempfile::Builder::new().prefix("tokengate-drill-pg").tempdir().unwrap();
         if Self::as_root() {
             assert!(std::process::Command::new("chown").arg("postgres:").arg(dir.path()).status().unwrap().success());

@@ -1,4 +1,4 @@
-//! A real OpenLDAP `slapd` (Debian's package, installed by `make setup`) on loopback ports chosen at run
+//! A real OpenLDAP `slapd` (Debian's package, installed by `make setup-test`) on loopback ports chosen at run
 //! time: plain LDAP (with StartTLS) and LDAPS, with a development CA, an `mdb` database in a temporary
 //! directory, and the directory's administrator for seeding and changing entries. Stopped on drop.
 #![allow(dead_code, unreachable_pub)] // shared through `#[path]`: each test binary uses a different part
@@ -29,7 +29,10 @@ pub struct Slapd {
 
 fn slapd_binary() -> PathBuf {
     let p = PathBuf::from("/usr/sbin/slapd");
-    assert!(p.exists(), "OpenLDAP slapd is not installed: run `make setup` (Debian packages slapd and ldap-utils)");
+    assert!(
+        p.exists(),
+        "OpenLDAP slapd is not installed: run `make setup-test` (Debian packages slapd and ldap-utils)"
+    );
     p
 }
 

@@ -408,18 +408,40 @@ async fn proxy(
     answer
 }
 
-/// The `whoami` binary on a free port.
+/// Waits (with a deadline) until `url` answers 2xx; `Err` with the exit status as soon as `process` exits
+/// instead (say, because another test took its port between [`free_port`] and its bind).
+pub async fn serving(url: &str, process: &mut Process) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = process.0.try_wait() {
+            return Err(format!("exited ({status}) before {url} answered"));
+        }
+        assert!(std::time::Instant::now() < deadline, "{url} did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `whoami` binary on a free port (another one if the port was taken meanwhile).
 pub async fn start_whoami() -> (Process, u16) {
-    let port = free_port();
-    let p = Process(
-        std::process::Command::new(env!("CARGO_BIN_EXE_whoami"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until_up(&format!("http://127.0.0.1:{port}/healthz")).await;
-    (p, port)
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let mut p = Process(
+            std::process::Command::new(env!("CARGO_BIN_EXE_whoami"))
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        match serving(&format!("http://127.0.0.1:{port}/healthz"), &mut p).await {
+            Ok(()) => return (p, port),
+            Err(e) => failures.push(e),
+        }
+    }
+    panic!("whoami did not start: {failures:?}")
 }
 
 /// The `gateway` binary serving `envoy/envoy.yaml` with the compiled filter on `port`, its clusters pointed
@@ -445,9 +467,12 @@ pub fn gateway_command(port: u16, issuer: &Issuer, whoami_port: u16, extra: &[St
     cmd
 }
 
-/// Starts a gateway command and waits until it answers on `port`.
+/// Starts a gateway command and waits until it answers on `port`; fails at once, with the exit status, if
+/// the gateway exits first.
 pub async fn spawn_gateway(mut cmd: std::process::Command, port: u16) -> Process {
-    let p = Process(cmd.spawn().unwrap());
-    wait_until_up(&format!("http://127.0.0.1:{port}/healthz")).await;
+    let mut p = Process(cmd.spawn().unwrap());
+    if let Err(e) = serving(&format!("http://127.0.0.1:{port}/healthz"), &mut p).await {
+        panic!("the gateway on port {port} {e}");
+    }
     p
 }
