@@ -494,12 +494,12 @@ impl fmt::Debug for StaticPassword {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read: {reason}")]
     Read {
         /// The file.
         file: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not as a source, so `anyhow` chains do not print it twice).
+        reason: std::io::Error,
     },
     /// The text is not YAML (serde_yaml's message carries the line and column).
     #[error("{file}: {message}")]
@@ -869,7 +869,7 @@ impl Config {
     /// files) are resolved against the current directory, like Dex does.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read { file: file.clone(), reason })?;
         Self::parse(&file, &text, &|name| std::env::var(name).ok())
     }
 

@@ -566,6 +566,8 @@ pub(crate) struct Ended {
     pub(crate) had_cookie: bool,
     /// Refresh-token families revoked.
     pub(crate) families: usize,
+    /// The `sub` of the session ended, if one was.
+    pub(crate) sub: Option<String>,
 }
 
 impl Ended {
@@ -591,7 +593,7 @@ pub(crate) async fn end(
     hint: Option<&IdTokenClaims>,
     client_id: Option<&str>,
 ) -> Result<Ended, TokenError> {
-    let mut ended = Ended { had_cookie: cookie(state, headers).is_some(), families: 0 };
+    let mut ended = Ended { had_cookie: cookie(state, headers).is_some(), families: 0, sub: None };
     let mut session = current(state, headers).await?;
     if session.is_none() {
         if let Some((hint, sid)) = hint.and_then(|h| Some((h, h.sid.as_deref()?))) {
@@ -630,7 +632,9 @@ pub(crate) async fn end(
         }
         ended.families = families.len();
     }
-    tracing::info!(target: "audit", event = "session_end", reason = "logout", sid = %session.id, sub = %state.config.subject(&session.identity), client = client_id.unwrap_or(""), families = ended.families);
+    let sub = state.config.subject(&session.identity);
+    tracing::info!(target: "audit", event = "session_end", reason = "logout", sid = %session.id, sub = %sub, client = client_id.unwrap_or(""), families = ended.families);
+    ended.sub = Some(sub);
     Ok(ended)
 }
 

@@ -37,6 +37,16 @@ fn check_config_names_the_file_the_key_and_the_expectation() {
 }
 
 #[test]
+fn a_missing_config_file_is_named_once_with_its_cause() {
+    let missing = std::env::temp_dir().join("tokengate-no-such-config.yaml");
+    let out = Command::new(BIN).args(["revoke", "--config"]).arg(&missing).arg("--all").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}: cannot read: ", missing.display())), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "the cause once: {err}");
+}
+
+#[test]
 fn hash_password_prints_a_bcrypt_hash_of_stdin() {
     let mut child = Command::new(BIN)
         .args(["hash-password", "--cost", "4"])
@@ -185,6 +195,11 @@ async fn audit_events_are_logged_as_json_and_no_secret_is() {
         .json()
         .await
         .unwrap();
+    // A logout without a hint, confirmed on the issuer's page: the audit still names the session's user.
+    let page = browser.client.get(format!("{url}/logout")).send().await.unwrap().text().await.unwrap();
+    let confirm = page.split("name=\"confirm\" value=\"").nth(1).and_then(|v| v.split('"').next()).unwrap();
+    let r = browser.client.post(format!("{url}/logout")).form(&[("confirm", confirm)]).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     drop(server);
 
     let text = std::fs::read_to_string(&log).unwrap();
@@ -201,6 +216,9 @@ async fn audit_events_are_logged_as_json_and_no_secret_is() {
     assert!(audit("login", Some("failure")), "failed login audited:\n{text}");
     assert!(audit("login", Some("success")), "successful login audited:\n{text}");
     assert!(audit("token_issued", None), "token issue audited:\n{text}");
+    let logout = events.iter().find(|e| e["target"] == "audit" && e["fields"]["event"] == "logout");
+    let sub = logout.and_then(|e| e["fields"]["sub"].as_str()).unwrap_or_default();
+    assert!(!sub.is_empty(), "the logout names its user:\n{text}");
     for secret in [
         "wrong-password-123",
         "example-app-secret",

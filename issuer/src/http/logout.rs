@@ -114,7 +114,9 @@ async fn handle(state: &AppState, headers: &HeaderMap, form: &Form, posted: bool
         Ok(e) => e,
         Err(e) => return e.into_response(),
     };
-    tracing::info!(target: "audit", event = "logout", sub = hint.as_ref().map_or("", |h| h.sub.as_str()), client = client_id.as_deref().unwrap_or(""), families = ended.families);
+    // The session's user, else the hint's (a stale hint ends nothing but is still who asked).
+    let sub = ended.sub.as_deref().or(hint.as_ref().map(|h| h.sub.as_str())).unwrap_or("");
+    tracing::info!(target: "audit", event = "logout", sub = %sub, client = client_id.as_deref().unwrap_or(""), families = ended.families);
     let mut r = match target {
         Some(uri) => {
             let params: Vec<(&str, &str)> = form.get("state").map(|s| vec![("state", s)]).unwrap_or_default();
