@@ -90,7 +90,7 @@ async fn serve_over_https_with_dev_certs() {
         assert_eq!(mode & 0o077, 0, "the private key is readable by its owner only");
     }
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let config = dir.path().join("issuer.yaml");
     let dev = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml")).unwrap();
     let text = dev
@@ -142,7 +142,7 @@ async fn serve_over_https_with_dev_certs() {
 #[tokio::test]
 async fn audit_events_are_logged_as_json_and_no_secret_is() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let dev = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.yaml")).unwrap();
     let text = dev

@@ -99,7 +99,7 @@ impl Setup {
         let issuer = format!("https://{}", issuer_listener.local_addr().unwrap());
         let api_listener = bind();
         let api_address = api_listener.local_addr().unwrap().to_string();
-        let plugin_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let plugin_port = common::free_port();
         let plugin_redirect = format!("http://127.0.0.1:{plugin_port}/callback");
 
         let mut config = dev_config(&issuer, &data.path().join("issuer.db"));

@@ -110,7 +110,7 @@ fn exec_credential(out: &std::process::Output) -> Value {
 #[tokio::test]
 async fn get_token_logs_in_once_then_uses_the_cache_and_refreshes_an_expired_token() {
     let _port = PORT_USER.lock().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     PORT.store(port, Ordering::SeqCst);
     let issuer = Issuer::start_tuned(register_loopback).await;
     let home = tempfile::tempdir().unwrap();
@@ -277,7 +277,7 @@ async fn after_the_user_is_revoked_get_token_falls_back_to_a_new_login() {
     // Issue 12: `issuer revoke --user` ends every refresh-token family of the user, so the plugin's cached
     // refresh token is refused (`invalid_grant`) and the plugin asks for a new sign-in instead of failing.
     let _port = PORT_USER.lock().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     PORT.store(port, Ordering::SeqCst);
     let issuer = Issuer::start_tuned(register_loopback).await;
     let home = tempfile::tempdir().unwrap();

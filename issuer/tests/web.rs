@@ -74,10 +74,7 @@ fn bad_proxies_and_headers_are_configuration_problems_with_their_keys() {
     assert!(!err.contains("web.trustedProxies"), "{err}");
 }
 
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::free_port;
 
 #[tokio::test]
 async fn telemetry_http_serves_metrics_and_health_on_its_own_listener() {

@@ -44,10 +44,7 @@ pub fn max_age(cache_control: &str) -> u64 {
     cache_control.split(',').find_map(|d| d.trim().strip_prefix("max-age=")).and_then(|v| v.parse().ok()).unwrap()
 }
 
-/// A free loopback port (bound, read and released: the process started next binds it).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use crate::common::free_port;
 
 /// The `storage:` section for a PostgreSQL database.
 pub fn postgres_storage(port: u16, database: &str, max_open_conns: u32) -> String {

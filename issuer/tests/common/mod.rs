@@ -304,3 +304,5 @@ pub fn header(jwt: &str) -> Value {
 }
 
 pub const HOUR: Duration = Duration::from_secs(3600);
+
+include!("free_port.rs");

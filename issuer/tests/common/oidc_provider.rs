@@ -37,10 +37,7 @@ impl Drop for OidcProvider {
     }
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+include!("free_port.rs");
 
 /// Starts the provider on `port` (see [`free_port`]) with `extra_clients` (a JSON array of oidc-provider
 /// client metadata) registered next to the filter's `gateway` client; waits until discovery answers.

@@ -36,9 +36,7 @@ fn slapd_binary() -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+include!("free_port.rs");
 
 impl Slapd {
     /// Configures and starts slapd, waits until it accepts connections, and seeds the base entries.

@@ -350,10 +350,7 @@ impl Drop for Process {
     }
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+include!("../../../issuer/tests/common/free_port.rs");
 
 /// Waits (with a deadline) until `url` answers 2xx.
 pub async fn wait_until_up(url: &str) {
