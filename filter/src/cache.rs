@@ -350,10 +350,7 @@ impl<'a> Cache<'a> {
     /// The stamp of the revocation set in shared data: it changes with every write, so a worker re-reads the
     /// set only when it differs from its copy's.
     pub fn revocations_stamp(&self) -> u64 {
-        self.store
-            .get(&self.revocations_stamp_key())
-            .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
-            .unwrap_or(0)
+        self.store.get(&self.revocations_stamp_key()).as_deref().and_then(decimal).unwrap_or(0)
     }
 
     /// Replaces the revocation set with `change(current)`, atomically across workers (compare-and-swap,
@@ -380,9 +377,7 @@ impl<'a> Cache<'a> {
     /// scheduling the next poll for `next` (unix seconds): one gateway-wide poll per interval, whichever
     /// worker ticks first.
     pub fn try_feed_poll(&self, now: u64, next: u64) -> bool {
-        let due = |current: Option<&[u8]>| {
-            current.and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) <= now
-        };
+        let due = |current: Option<&[u8]>| current.and_then(decimal).unwrap_or(0) <= now;
         self.store.set_if(&self.feed_poll_key(), &due, next.to_string().as_bytes())
     }
 
@@ -517,6 +512,11 @@ impl ClaimsMemo {
         self.slots.borrow_mut()[i] = Some((id_token.to_owned(), claims.clone()));
         Some(claims)
     }
+}
+
+/// A decimal `u64` stored as ASCII (a stamp, a time).
+fn decimal(raw: &[u8]) -> Option<u64> {
+    std::str::from_utf8(raw).ok()?.parse().ok()
 }
 
 /// `"<sid> <holder> <until>"`.

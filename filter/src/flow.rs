@@ -1083,18 +1083,21 @@ fn sign_out(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
 
 // === back-channel logout ===
 
-/// 413 for a request body over `limit` bytes, with an RFC 6749-style JSON error like the endpoint's others.
-pub fn body_too_large(limit: usize) -> Decision {
-    let body = serde_json::json!({
-        "error": "invalid_request",
-        "error_description": format!("the request body is larger than {limit} bytes"),
-    });
+/// An `invalid_request` answer with an RFC 6749 §5.2-style JSON body, never cached: how the back-channel
+/// logout endpoint refuses a request (Back-Channel Logout 1.0 §2.8).
+fn invalid_request(status: u16, reason: &'static str, description: &str) -> Decision {
+    let body = serde_json::json!({"error": "invalid_request", "error_description": description});
     Decision::Deny {
-        status: 413,
-        reason: "body_too_large",
+        status,
+        reason,
         headers: vec![("content-type".into(), "application/json".into()), ("cache-control".into(), "no-store".into())],
         body: body.to_string(),
     }
+}
+
+/// 413 for a request body over `limit` bytes, with a JSON error like the endpoint's others.
+pub fn body_too_large(limit: usize) -> Decision {
+    invalid_request(413, "body_too_large", &format!("the request body is larger than {limit} bytes"))
 }
 
 /// The largest back-channel logout request body read: a form with one JWT of a few hundred bytes.
@@ -1109,16 +1112,7 @@ pub const MAX_LOGOUT_BODY: usize = 16 * 1024;
 fn backchannel_logout(cfg: &FilterConfig, ctx: &Ctx<'_>, req: &RequestParts) -> Decision {
     let reject = |reason: &'static str, description: &str| {
         (ctx.events)(Event::BackchannelLogoutRejected(reason));
-        let body = serde_json::json!({"error": "invalid_request", "error_description": description}).to_string();
-        Decision::Deny {
-            status: 400,
-            reason,
-            headers: vec![
-                ("content-type".into(), "application/json".into()),
-                ("cache-control".into(), "no-store".into()),
-            ],
-            body,
-        }
+        invalid_request(400, reason, description)
     };
     let busy = || Decision::Deny {
         status: 503,

@@ -289,17 +289,8 @@ pub fn verify_logout_token(token: &str, jwks: &Jwks, want: &Expectations<'_>) ->
         return Err(TokenError::WrongType);
     }
     let skew = want.clock_skew.as_secs();
-    match claims.get("iss") {
-        Some(Value::String(iss)) if iss == want.issuer => {}
-        Some(_) => return Err(TokenError::WrongIssuer),
-        None => return Err(TokenError::MissingClaim("iss")),
-    }
-    let for_us = match claims.get("aud") {
-        Some(Value::String(a)) => a == want.client_id,
-        Some(Value::Array(a)) => a.iter().any(|a| a.as_str() == Some(want.client_id)),
-        _ => return Err(TokenError::MissingClaim("aud")),
-    };
-    if !for_us {
+    check_issuer(&claims, want)?;
+    if !audiences(&claims)?.contains(&want.client_id) {
         return Err(TokenError::WrongAudience);
     }
     let iat = numeric_date(&claims, "iat")?.ok_or(TokenError::MissingClaim("iat"))?;
@@ -385,18 +376,28 @@ pub(crate) fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> R
     }
 }
 
+/// `iss` is exactly the configured issuer.
+fn check_issuer(claims: &Map<String, Value>, want: &Expectations<'_>) -> Result<(), TokenError> {
+    match claims.get("iss") {
+        Some(Value::String(iss)) if iss == want.issuer => Ok(()),
+        Some(_) => Err(TokenError::WrongIssuer),
+        None => Err(TokenError::MissingClaim("iss")),
+    }
+}
+
+/// The `aud` claim as a list (RFC 7519 §4.1.3: one string or an array of them).
+fn audiences(claims: &Map<String, Value>) -> Result<Vec<&str>, TokenError> {
+    match claims.get("aud") {
+        Some(Value::String(a)) => Ok(vec![a.as_str()]),
+        Some(Value::Array(a)) => Ok(a.iter().filter_map(Value::as_str).collect()),
+        _ => Err(TokenError::MissingClaim("aud")),
+    }
+}
+
 fn check_claims(claims: &Map<String, Value>, want: &Expectations<'_>) -> Result<u64, TokenError> {
     let skew = want.clock_skew.as_secs();
-    match claims.get("iss") {
-        Some(Value::String(iss)) if iss == want.issuer => {}
-        Some(_) => return Err(TokenError::WrongIssuer),
-        None => return Err(TokenError::MissingClaim("iss")),
-    }
-    let auds: Vec<&str> = match claims.get("aud") {
-        Some(Value::String(a)) => vec![a.as_str()],
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-        _ => return Err(TokenError::MissingClaim("aud")),
-    };
+    check_issuer(claims, want)?;
+    let auds = audiences(claims)?;
     let accepted = |a: &str| a == want.client_id || want.audiences.iter().any(|x| x == a);
     if !auds.iter().any(|a| accepted(a)) {
         return Err(TokenError::WrongAudience);

@@ -99,12 +99,7 @@ impl Stream {
                         )
                     }));
                 if let Some(Err(status)) = edits.find(Result::is_err) {
-                    log(
-                        LogLevel::Error,
-                        &format!("cannot edit the request headers (status {status}); refusing the request"),
-                    );
-                    self.local_response(500, &[("cache-control", "no-store")], b"filter failed\n");
-                    return Action::Pause;
+                    return self.header_edit_failed(status);
                 }
                 self.response_cookies = response_cookies;
                 Action::Continue
@@ -145,12 +140,7 @@ impl Stream {
                     .map(|name| abi::set_header(MapType::HttpRequestHeaders, name, None))
                     .find(Result::is_err)
                 {
-                    log(
-                        LogLevel::Error,
-                        &format!("cannot edit the request headers (status {status}); refusing the request"),
-                    );
-                    self.local_response(500, &[("cache-control", "no-store")], b"filter failed\n");
-                    return Action::Pause;
+                    return self.header_edit_failed(status);
                 }
                 self.reading_body = Some(limit);
                 Action::Continue
@@ -173,6 +163,18 @@ impl Stream {
                 self.fetch_step(shared, start, now)
             }
         }
+    }
+
+    /// A request header edit failed: the request must not go on half-rewritten, so it is refused.
+    fn header_edit_failed(&self, status: u32) -> Action {
+        log(LogLevel::Error, &format!("cannot edit the request headers (status {status}); refusing the request"));
+        self.filter_failed()
+    }
+
+    /// Answers 500: the filter could not do what its decision needed.
+    fn filter_failed(&self) -> Action {
+        self.local_response(500, &[("cache-control", "no-store")], b"filter failed\n");
+        Action::Pause
     }
 
     fn local_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
@@ -278,10 +280,7 @@ impl HttpContext for Stream {
         let decision = self.with_ctx(&shared, |ctx| flow::decide(&shared.cfg, ctx, &self.req));
         // Whatever the answer, it is local: the body was the filter's to read, not the upstream's.
         match self.apply(&shared, decision) {
-            Action::Continue => {
-                self.local_response(500, &[("cache-control", "no-store")], b"filter failed\n");
-                Action::Pause
-            }
+            Action::Continue => self.filter_failed(),
             paused => paused,
         }
     }
