@@ -586,15 +586,17 @@ impl Ended {
 /// parameter; without one, no family is revoked). The session is the one the cookie opens, else the live
 /// session the `id_token_hint` names (`sid`) for the same user. A hint whose session is gone (stale)
 /// ends and revokes nothing, except that a hint from a grant without a browser (device, password), whose
-/// `sid` is its refresh-token family, revokes that family.
+/// `sid` is its refresh-token family, revokes that family. `current` is what [`current`] found for the
+/// request.
 pub(crate) async fn end(
     state: &AppState,
     headers: &HeaderMap,
+    current: Option<Session>,
     hint: Option<&IdTokenClaims>,
     client_id: Option<&str>,
 ) -> Result<Ended, TokenError> {
     let mut ended = Ended { had_cookie: cookie(state, headers).is_some(), families: 0, sub: None };
-    let mut session = current(state, headers).await?;
+    let mut session = current;
     if session.is_none() {
         if let Some((hint, sid)) = hint.and_then(|h| Some((h, h.sid.as_deref()?))) {
             session = match state.storage.get_session(sid).await {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, start_gateway, start_whoami, wait_until_up, Issuer, Process};
+use common::{free_port, serving, start_gateway, start_whoami, Issuer, Process};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
@@ -47,7 +47,7 @@ async fn wait_for_text(c: &Client, css: &str, text: &str) {
 /// returned guards).
 async fn chromium() -> (Process, tempfile::TempDir, Client) {
     let driver_port = free_port();
-    let driver = Process(
+    let mut driver = Process(
         Command::new("chromedriver")
             .arg(format!("--port={driver_port}"))
             .stdout(Stdio::null())
@@ -55,7 +55,9 @@ async fn chromium() -> (Process, tempfile::TempDir, Client) {
             .spawn()
             .expect("chromedriver is installed by `make setup-test` (Debian package chromium-driver)"),
     );
-    wait_until_up(&format!("http://127.0.0.1:{driver_port}/status")).await;
+    if let Err(e) = serving(&format!("http://127.0.0.1:{driver_port}/status"), &mut driver).await {
+        panic!("chromedriver on port {driver_port} {e}");
+    }
     let profile = tempfile::tempdir().unwrap();
     let mut caps = serde_json::Map::new();
     caps.insert(

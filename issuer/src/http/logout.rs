@@ -107,10 +107,15 @@ async fn handle(state: &AppState, headers: &HeaderMap, form: &Form, posted: bool
             Some(uri.to_owned())
         }
     };
-    if let Some(confirm) = confirmation(state, headers, form, hint.as_ref(), posted).await {
+    // Read once: it decides whether to ask first, and it is what the logout ends.
+    let current = match crate::session::current(state, headers).await {
+        Ok(s) => s,
+        Err(e) => return super::storage_failure(e),
+    };
+    if let Some(confirm) = confirmation(state, headers, form, hint.as_ref(), current.as_ref(), posted) {
         return confirm;
     }
-    let ended = match crate::session::end(state, headers, hint.as_ref(), client_id.as_deref()).await {
+    let ended = match crate::session::end(state, headers, current, hint.as_ref(), client_id.as_deref()).await {
         Ok(e) => e,
         Err(e) => return e.into_response(),
     };
@@ -128,20 +133,19 @@ async fn handle(state: &AppState, headers: &HeaderMap, form: &Form, posted: bool
     r
 }
 
-/// The confirmation page, when one is due: the browser has a live session, the hint (if any) is not of that
-/// session and its user, and the request is not the page's own confirmed `POST`.
-async fn confirmation(
+/// The confirmation page, when one is due: the browser has a live session (`current`, the one its cookie
+/// opens), the hint (if any) is not of that session and its user, and the request is not the page's own
+/// confirmed `POST`.
+fn confirmation(
     state: &AppState,
     headers: &HeaderMap,
     form: &Form,
     hint: Option<&IdTokenClaims>,
+    current: Option<&crate::storage::Session>,
     posted: bool,
 ) -> Option<Response> {
     let cookie = crate::session::cookie(state, headers)?;
-    let session = match crate::session::current(state, headers).await {
-        Ok(s) => s?,
-        Err(e) => return Some(super::storage_failure(e)),
-    };
+    let session = current?;
     let hinted = hint.is_some_and(|h| {
         h.sid.as_deref() == Some(session.id.as_str()) && h.sub == state.config.subject(&session.identity)
     });

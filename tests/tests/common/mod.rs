@@ -352,18 +352,6 @@ impl Drop for Process {
 
 include!("../../../issuer/tests/common/free_port.rs");
 
-/// Waits (with a deadline) until `url` answers 2xx.
-pub async fn wait_until_up(url: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{url} did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A pass-through HTTP proxy to `upstream` on a free loopback port; `rewrite` may change each answer
 /// (it gets the request body, the status, and the answer's headers and body). Returns the proxy's base URL.
 pub async fn start_rewriting_proxy(upstream: &str, rewrite: Rewrite) -> String {
