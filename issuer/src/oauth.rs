@@ -304,6 +304,17 @@ pub fn redirect_with_fragment(uri: &str, params: &[(&str, &str)]) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn redirects_carry_their_parameters_and_no_empty_query() {
+        assert_eq!(redirect_with("http://127.0.0.1:5555/", &[]), "http://127.0.0.1:5555/", "no `?` appended");
+        assert_eq!(redirect_with("http://127.0.0.1:5555/cb?x=1", &[]), "http://127.0.0.1:5555/cb?x=1");
+        assert_eq!(redirect_with("http://127.0.0.1:5555/", &[("state", "a b")]), "http://127.0.0.1:5555/?state=a+b");
+        assert_eq!(
+            redirect_with("http://127.0.0.1:5555/cb?x=1", &[("code", "c")]),
+            "http://127.0.0.1:5555/cb?x=1&code=c"
+        );
+    }
+
     #[tokio::test]
     async fn device_flow_errors_are_400_with_rfc8628_codes() {
         let cases = [
